@@ -1,0 +1,1 @@
+"""Actor-critic trained in imagination on the world model."""

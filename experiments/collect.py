@@ -1,0 +1,180 @@
+"""Collect Breakout episodes with a behaviour policy into a replay folder, and summarise a folder."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from envs.breakout import NUM_ACTIONS, labels_array, make_env
+from envs.errors import UserError
+from envs.replay import Episode, ReplayWriter, load_episodes, read_manifest, split_episodes
+from experiments.config import Config
+
+
+class RandomPolicy:
+    """Uniformly random actions (the reference 'random' agent and the default collection policy)."""
+
+    def __init__(self, num_actions: int = NUM_ACTIONS, seed: int = 0):
+        self.num_actions = num_actions
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> int:
+        return int(self.rng.integers(self.num_actions))
+
+
+def make_behaviour_policy(name: str, env, seed: int):
+    if name == "random":
+        return RandomPolicy(seed=seed)
+    if name == "tracker":
+        from planners.reference import TrackerPolicy
+
+        return TrackerPolicy(env, seed=seed)
+    raise UserError(f"unknown collection policy '{name}'; accepted: random, tracker")
+
+
+class _EpisodeBuffer:
+    def __init__(self, obs: np.ndarray, info: dict[str, Any]):
+        self.frames = [obs[-1].copy()]
+        self.labels = [labels_array(info)]
+        self.actions: list[int] = []
+        self.rewards: list[float] = []
+        self.terminated: list[bool] = []
+        self.truncated: list[bool] = []
+        self.life_loss: list[bool] = []
+
+    def add(self, action, obs, reward, terminated, truncated, info) -> None:
+        self.actions.append(int(action))
+        self.rewards.append(float(reward))
+        self.terminated.append(bool(terminated))
+        self.truncated.append(bool(truncated))
+        self.life_loss.append(bool(info["life_loss"]))
+        self.frames.append(obs[-1].copy())
+        self.labels.append(labels_array(info))
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def episode(self, cut: bool = False) -> Episode:
+        truncated = np.array(self.truncated, dtype=bool)
+        if cut and len(truncated):
+            truncated[-1] = True  # the step budget (or an interrupt) cut this episode short
+        return Episode(
+            frames=np.stack(self.frames).astype(np.uint8),
+            actions=np.array(self.actions, dtype=np.int64),
+            rewards=np.array(self.rewards, dtype=np.float32),
+            terminated=np.array(self.terminated, dtype=bool),
+            truncated=truncated,
+            life_loss=np.array(self.life_loss, dtype=bool),
+            labels=np.stack(self.labels).astype(np.int16),
+        )
+
+
+def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", append: bool = False,
+            seed: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Play ``steps`` agent steps with ``policy`` and write every episode to ``out``.
+
+    A step budget that ends inside an episode writes that episode too, marked truncated. On
+    Ctrl-C the episode in progress is written the same way before the interrupt propagates.
+    """
+    if steps < 1:
+        raise UserError(f"--steps must be a positive number of agent steps, got {steps}")
+    seed = cfg.run.seed if seed is None else seed
+    meta = {"env": dataclasses.asdict(cfg.environment), "policy": policy, "seed": seed}
+    writer = ReplayWriter(out, meta=meta, append=append)
+    env = make_env(cfg.environment, seed=seed)
+    agent = make_behaviour_policy(policy, env, seed)
+    # Appending continues with fresh episode seeds so that no game is replayed.
+    obs, info = env.reset(seed=seed + 1000 * writer.num_episodes)
+    agent.reset()
+    buf = _EpisodeBuffer(obs, info)
+    done_steps = 0
+    try:
+        with tqdm(total=steps, desc="collect", unit="step", disable=not progress, leave=False) as bar:
+            while done_steps < steps:
+                action = agent.act(obs)
+                obs, reward, terminated, truncated, info = env.step(action)
+                buf.add(action, obs, reward, terminated, truncated, info)
+                done_steps += 1
+                bar.update(1)
+                if terminated or truncated:
+                    writer.add(buf.episode(), {"policy": policy})
+                    obs, info = env.reset()
+                    agent.reset()
+                    buf = _EpisodeBuffer(obs, info)
+            if len(buf):
+                writer.add(buf.episode(cut=True), {"policy": policy})
+    except KeyboardInterrupt:
+        if len(buf):
+            writer.add(buf.episode(cut=True), {"policy": policy})
+        raise
+    finally:
+        env.close()
+    return summarize(out, val_fraction=cfg.data.val_fraction, seed=cfg.run.seed)
+
+
+def summarize(root: str | Path, val_fraction: float = 0.1, seed: int = 0, verify: bool = True) -> dict[str, Any]:
+    """Dataset summary: sizes, returns, life losses, label ranges and the train/val split."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    episodes, _ = load_episodes(root, verify=verify)
+    lengths = np.array([len(e) for e in episodes])
+    returns = np.array([float(e.rewards.sum()) for e in episodes])
+    complete = np.array([bool(e.terminated[-1]) if len(e) else False for e in episodes])
+    labels = np.concatenate([e.labels for e in episodes])
+    rewards = np.concatenate([e.rewards for e in episodes])
+    actions = np.concatenate([e.actions for e in episodes])
+    disk = sum(f.stat().st_size for f in (root / "episodes").glob("*.npz"))
+    frames = int(sum(len(e.frames) for e in episodes))
+    h, w = episodes[0].frames.shape[1:]
+    summary: dict[str, Any] = {
+        "path": str(root),
+        "episodes": len(episodes),
+        "complete_games": int(complete.sum()),
+        "transitions": int(lengths.sum()),
+        "frames_on_disk": frames,
+        "disk_bytes": int(disk),
+        "disk_vs_raw_frames": round(disk / max(1, frames * h * w), 4),
+        "episode_length": {"mean": float(lengths.mean()), "min": int(lengths.min()), "max": int(lengths.max())},
+        "episode_return": {"mean": float(returns.mean()), "min": float(returns.min()), "max": float(returns.max())},
+        "complete_game_return_mean": float(returns[complete].mean()) if complete.any() else None,
+        "nonzero_reward_fraction": float((rewards != 0).mean()),
+        "life_losses": int(sum(int(e.life_loss.sum()) for e in episodes)),
+        "action_counts": np.bincount(actions, minlength=NUM_ACTIONS).tolist(),
+        "ball_in_play_fraction": float((labels[:, 2] != 0).mean()),
+        "paddle_x_range": [int(labels[:, 0].min()), int(labels[:, 0].max())],
+        "policy": manifest.get("policy"),
+    }
+    if len(episodes) >= 2:
+        tr, va = split_episodes(len(episodes), val_fraction, seed)
+        summary["split"] = {"train_episodes": len(tr), "val_episodes": len(va),
+                            "train_transitions": int(lengths[tr].sum()), "val_transitions": int(lengths[va].sum())}
+    return summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [
+        f"dataset {s['path']}",
+        f"  episodes          {s['episodes']} ({s['complete_games']} complete games)",
+        f"  transitions       {s['transitions']}",
+        f"  episode length    mean {s['episode_length']['mean']:.1f}, min {s['episode_length']['min']}, "
+        f"max {s['episode_length']['max']}",
+        f"  episode return    mean {s['episode_return']['mean']:.2f}, min {s['episode_return']['min']:.0f}, "
+        f"max {s['episode_return']['max']:.0f}",
+        f"  life losses       {s['life_losses']}",
+        f"  non-zero rewards  {100 * s['nonzero_reward_fraction']:.2f}% of steps",
+        f"  ball in play      {100 * s['ball_in_play_fraction']:.1f}% of frames",
+        f"  actions           {dict(zip(('NOOP', 'FIRE', 'RIGHT', 'LEFT'), s['action_counts']))}",
+        f"  disk              {s['disk_bytes'] / 1e6:.1f} MB ({s['disk_vs_raw_frames']:.3f}x raw frames)",
+    ]
+    if "split" in s:
+        sp = s["split"]
+        lines.append(f"  split             train {sp['train_episodes']} episodes / {sp['train_transitions']} steps, "
+                     f"val {sp['val_episodes']} episodes / {sp['val_transitions']} steps")
+    return "\n".join(lines)

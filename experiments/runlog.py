@@ -1,0 +1,128 @@
+"""Run folders and metric logging.
+
+Every command writes to ``runs/<command>/<time>-<preset>-s<seed>/`` holding ``config.yaml`` (the
+resolved config), ``metrics.jsonl`` (one JSON object per logged step, namespaced keys such as
+``train/loss``) and ``wandb/`` (offline unless ``run.wandb=online``; wandb's cache and config
+folders are kept inside the run folder so nothing lands in the home folder).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from envs.errors import UserError
+from experiments.config import Config, save_config
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup_torch(cfg: Config) -> torch.device:
+    """Threads and device from ``run.*``."""
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    dev = cfg.run.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"run.device={cfg.run.device!r} but no CUDA device is available; use run.device=cpu")
+    return torch.device(dev)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu().item() if v.numel() == 1 else v.detach().cpu().tolist()
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+class RunLogger:
+    """A run folder with config.yaml, metrics.jsonl and an offline wandb run."""
+
+    def __init__(self, cfg: Config, command: str, run_dir: str | Path | None = None, resume: bool = False,
+                 group: str | None = None, name: str | None = None):
+        self.cfg = cfg
+        if run_dir is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = Path(cfg.run.runs_dir) / command / f"{stamp}-{cfg.preset}-s{cfg.run.seed}"
+            n = 1
+            while run_dir.exists():  # two runs in the same second
+                n += 1
+                run_dir = Path(cfg.run.runs_dir) / command / f"{stamp}-{cfg.preset}-s{cfg.run.seed}-{n}"
+        self.dir = Path(run_dir)
+        if resume and not self.dir.is_dir():
+            raise UserError(f"cannot resume: run folder {self.dir} does not exist; pass an existing run folder")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.dir / "config.yaml")
+        self._metrics = open(self.dir / "metrics.jsonl", "a")
+        self._wandb = None
+        if cfg.run.wandb != "disabled":
+            self._wandb = self._init_wandb(command, resume, group, name)
+
+    def _init_wandb(self, command: str, resume: bool, group: str | None, name: str | None):
+        wdir = self.dir / "wandb"
+        for sub in ("cache", "config", "data", "artifacts"):
+            (wdir / sub).mkdir(parents=True, exist_ok=True)
+        os.environ.update({
+            "WANDB_DIR": str(self.dir),
+            "WANDB_CACHE_DIR": str(wdir / "cache"),
+            "WANDB_CONFIG_DIR": str(wdir / "config"),
+            "WANDB_DATA_DIR": str(wdir / "data"),
+            "WANDB_ARTIFACT_DIR": str(wdir / "artifacts"),
+            "WANDB_SILENT": "true",
+        })
+        import wandb
+
+        run_id_file = self.dir / "wandb_run_id.txt"
+        run_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
+        run = wandb.init(
+            project="jepa-worldmodels", dir=str(self.dir), mode=self.cfg.run.wandb, config=self.cfg.to_dict(),
+            job_type=command, group=group, name=name or self.dir.name, id=run_id,
+            resume="allow" if resume else None, settings=wandb.Settings(console="off", silent=True),
+        )
+        run_id_file.write_text(run.id)
+        return run
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        row = {k: _jsonable(v) for k, v in metrics.items()}
+        if step is not None:
+            row["step"] = int(step)
+        row["time"] = round(time.time(), 3)
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+
+    def write_json(self, name: str, data: Any) -> Path:
+        path = self.dir / name
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
+        os.replace(tmp, path)
+        return path
+
+    def close(self) -> None:
+        self._metrics.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Planners that act in Breakout through the world model's public API."""

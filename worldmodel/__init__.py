@@ -1,0 +1,1 @@
+"""V-JEPA2-style world model: Stage-1 masked-latent encoder, Stage-2 action-conditioned transformer."""
