@@ -22,7 +22,7 @@ class RandomPolicy:
         self.num_actions = num_actions
         self.rng = np.random.default_rng(seed)
 
-    def reset(self) -> None:
+    def reset(self, env=None) -> None:
         pass
 
     def act(self, obs: np.ndarray) -> int:
@@ -92,7 +92,7 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
     agent = make_behaviour_policy(policy, env, seed)
     # Appending continues with fresh episode seeds so that no game is replayed.
     obs, info = env.reset(seed=seed + 1000 * writer.num_episodes)
-    agent.reset()
+    agent.reset(env)
     buf = _EpisodeBuffer(obs, info)
     done_steps = 0
     try:
@@ -106,7 +106,7 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
                 if terminated or truncated:
                     writer.add(buf.episode(), {"policy": policy})
                     obs, info = env.reset()
-                    agent.reset()
+                    agent.reset(env)
                     buf = _EpisodeBuffer(obs, info)
             if len(buf):
                 writer.add(buf.episode(cut=True), {"policy": policy})

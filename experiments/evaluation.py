@@ -1,0 +1,100 @@
+"""One evaluation protocol for every agent: full-game Breakout episodes, raw score.
+
+Every agent (random, tracker, oracle, CEM, actor-critic, SB3 models through an adapter) follows
+the same small interface::
+
+    agent.reset(env)      # start of an episode; env is the evaluation env (only emulator-reading
+                          # references such as the tracker and the oracle look at it)
+    agent.act(obs) -> int # obs: uint8 [4, 64, 64]
+
+Evaluation always plays whole games (all lives: ``terminal_on_life_loss`` is forced off), with the
+configured sticky actions, no-ops and frame cap, on seeds ``run.seed + evaluation.seed_offset + i``
+that are disjoint from training seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from envs.breakout import make_env
+from experiments.config import Config
+
+
+class Agent(Protocol):
+    def reset(self, env: Any = None) -> None: ...
+
+    def act(self, obs: np.ndarray) -> int: ...
+
+
+def eval_env_config(cfg: Config):
+    """The evaluation environment: the run's settings with whole games (no terminal on life loss)."""
+    return dataclasses.replace(cfg.environment, terminal_on_life_loss=False)
+
+
+def eval_seeds(cfg: Config, episodes: int) -> list[int]:
+    base = cfg.run.seed + cfg.evaluation.seed_offset
+    return [base + i for i in range(episodes)]
+
+
+def play_episode(agent: Agent, env, seed: int, on_step: Callable[[dict[str, Any]], None] | None = None,
+                 max_steps: int | None = None) -> dict[str, Any]:
+    """Play one full game; returns its raw score, length, lives lost and decision latencies."""
+    obs, info = env.reset(seed=seed)
+    agent.reset(env)
+    total, steps, latencies = 0.0, 0, []
+    done = False
+    while not done:
+        t0 = time.perf_counter()
+        action = int(agent.act(obs))
+        latencies.append(time.perf_counter() - t0)
+        obs, reward, terminated, truncated, info = env.step(action)
+        total += reward
+        steps += 1
+        done = terminated or truncated or (max_steps is not None and steps >= max_steps)
+        if on_step is not None:
+            on_step({"obs": obs, "action": action, "reward": reward, "info": info, "step": steps})
+    lat = np.array(latencies)
+    return {
+        "seed": seed,
+        "return": float(total),
+        "length": steps,
+        "score_ram": int(info["score"]),
+        "truncated": bool(truncated),
+        "game_over": bool(terminated),
+        "latency_mean_s": float(lat.mean()),
+        "latency_p50_s": float(np.percentile(lat, 50)),
+        "latency_p95_s": float(np.percentile(lat, 95)),
+    }
+
+
+def evaluate(agent: Agent, cfg: Config, episodes: int | None = None, seeds: list[int] | None = None,
+             desc: str = "eval", progress: bool = True, max_steps: int | None = None,
+             on_episode: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Play ``episodes`` full games (default ``evaluation.episodes``) and return one dict per game."""
+    episodes = cfg.evaluation.episodes if episodes is None else episodes
+    seeds = eval_seeds(cfg, episodes) if seeds is None else seeds
+    env = make_env(eval_env_config(cfg), seed=seeds[0])
+    results = []
+    try:
+        for i, seed in enumerate(tqdm(seeds, desc=desc, unit="game", disable=not progress, leave=False)):
+            res = play_episode(agent, env, seed, max_steps=max_steps)
+            res["episode"] = i
+            results.append(res)
+            if on_episode is not None:
+                on_episode(res)
+    finally:
+        env.close()
+    return results
+
+
+def summarize_returns(results: list[dict[str, Any]]) -> dict[str, float]:
+    r = np.array([x["return"] for x in results], dtype=np.float64)
+    return {"episodes": len(r), "mean": float(r.mean()), "std": float(r.std()), "min": float(r.min()),
+            "max": float(r.max()), "median": float(np.median(r)),
+            "length_mean": float(np.mean([x["length"] for x in results]))}
