@@ -80,11 +80,11 @@ def collect(policy, steps, out, append, preset, config_file, overrides, seed, wa
       python run.py collect --policy random --steps 5000 --out data/random5k
     """
     from experiments.collect import collect as run_collect
-    from experiments.collect import format_summary
+    from experiments.collect import format_summary, summarize
 
     cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
-    summary = run_collect(cfg, out, steps, policy=policy, append=append)
-    click.echo(format_summary(summary))
+    run_collect(cfg, out, steps, policy=policy, append=append)
+    click.echo(format_summary(summarize(out, cfg.data.val_fraction, cfg.run.seed)))
 
 
 @cli.command()
@@ -115,6 +115,193 @@ def demo(preset, config_file, overrides, seed, wandb_mode):
 
     cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
     run_demo(cfg)
+
+
+@cli.command("compare-baselines")
+@click.option("--agents", default="ppo,dqn,random", show_default=True,
+              help="Comma-separated agents: ppo, dqn, a2c, random, and (when their code is present) tracker, oracle, "
+                   "cem, actor-critic.")
+@click.option("--seeds", "num_seeds", type=int, default=1, show_default=True,
+              help="Training seeds per agent: run.seed, run.seed+1, ...")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Comparison folder [default: runs/compare-baselines/<preset>]; rerunning with the same folder "
+                   "skips finished agent/seed pairs.")
+@click.option("--world-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Stage-2 world-model checkpoint (cem, actor-critic).")
+@click.option("--agent-checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Actor-critic checkpoint from train-agent (actor-critic; value/prior for cem).")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Replay folder the world model was trained on: its transitions count as the world-model "
+                   "agents' env steps.")
+@click.option("--pretrain-run", "pretrain_runs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Pretrain run folder whose losses go on the dashboard (repeatable).")
+@config_options
+def compare_baselines(agents, num_seeds, out, world_model, agent_checkpoint, data, pretrain_runs, preset,
+                      config_file, overrides, seed, wandb_mode):
+    """Train and evaluate agents at one env-step budget; write results.md, results.json and a dashboard.
+
+    \b
+    Example:
+      python run.py compare-baselines --preset quick --seeds 1 --agents ppo,dqn,random
+    """
+    from experiments.compare import CompareOptions, parse_agents
+    from experiments.compare import compare_baselines as run_compare
+
+    cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
+    opts = CompareOptions(world_model=world_model, agent_checkpoint=agent_checkpoint, data=data,
+                          pretrain_runs=list(pretrain_runs))
+    report = run_compare(cfg, parse_agents(agents), num_seeds, out=out, opts=opts)
+    click.echo(Path(report["results_md"]).read_text())
+    click.echo(f"results: {report['results_json']}")
+    click.echo(f"dashboard: {report['dashboard']}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write [default: FIRST_RUN_DIR/dashboard.html]; PNG copies go to plots/ beside it.")
+def dashboard(run_dirs, out):
+    """Rebuild the episode-return dashboard (one offline HTML file) from saved runs.
+
+    \b
+    Example:
+      python run.py dashboard runs/compare-baselines/quick runs/pretrain/20250101-120000-quick-s0
+    """
+    from experiments.dashboard import build_dashboard
+
+    click.echo(f"dashboard: {build_dashboard(list(run_dirs), out)}")
+
+
+@cli.command()
+@click.option("--stage", type=click.Choice(["1", "2"]), default=None,
+              help="Which stage to train [default: collection (unless --data), stage 1, then stage 2].")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Replay folder to train on (default: collect data.collect_steps random-policy steps first).")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder to continue from its latest checkpoint (its saved config is used).")
+@click.option("--stage1-checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Stage-1 checkpoint whose encoder Stage 2 uses.")
+@config_options
+def pretrain(stage, data, resume, stage1_checkpoint, preset, config_file, overrides, seed, wandb_mode):
+    """Pretrain the world model: Stage 1 (masked-latent encoder) or Stage 2.
+
+    \b
+    Example:
+      python run.py pretrain --stage 1 --preset quick --data data/quick30k
+      python run.py pretrain --stage 1 --resume runs/pretrain/20261129-103007-quick-s0
+      python run.py pretrain --stage 2 --stage1-checkpoint runs/pretrain/<run>/stage1/best.pt
+      python run.py pretrain --preset quick   # collect, stage 1, stage 2 in one run folder
+    """
+    cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
+    if stage == "1":
+        from experiments.pretrain_stage1 import pretrain_stage1
+
+        result = pretrain_stage1(cfg, data=data, resume=resume)
+        click.echo(f"stage 1 done: best val loss {result['best_val_loss']:.4f} (epoch {result['best_epoch']}), "
+                   f"checkpoint {result['best_checkpoint']}")
+    elif stage == "2":
+        from experiments.pretrain_stage2 import pretrain_stage2
+
+        result = pretrain_stage2(cfg, stage1_checkpoint=stage1_checkpoint, data=data, resume=resume)
+        click.echo(f"stage 2 done: {result['epochs']} epochs, best val loss {result['best_val_loss']:.4f} (epoch "
+                   f"{result['best_epoch']}), checkpoint {result['best_checkpoint']}")
+    else:
+        from experiments.pretrain_stage2 import pretrain_both
+
+        result = pretrain_both(cfg, data=data, resume=resume)
+        click.echo(f"stage 2 done: {result['epochs']} epochs, best val loss {result['best_val_loss']:.4f} (epoch "
+                   f"{result['best_epoch']}), world model {result['best_checkpoint']}")
+
+
+@cli.command()
+@click.option("--stage", type=click.Choice(["1", "2"]), required=True, help="Which stage to evaluate.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Checkpoint file (.pt).")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Replay folder to evaluate on (default: the one the checkpoint was trained on).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON report path (default: next to the checkpoint).")
+def evaluate(stage, checkpoint, data, out):
+    """Evaluate a checkpoint: the seed's benchmark table with grades, success criteria and diagnostics.
+
+    \b
+    Example:
+      python run.py evaluate --stage 1 --checkpoint runs/pretrain/20261129-103007-quick-s0/stage1/best.pt
+      python run.py evaluate --stage 2 --checkpoint runs/pretrain/20261129-103007-quick-s0/stage2/best.pt
+    """
+    if stage == "2":
+        from experiments.evaluate_stage2 import evaluate_stage2
+        from experiments.evaluate_stage2 import format_report as format_report2
+
+        click.echo(format_report2(evaluate_stage2(checkpoint, data=data, out=out)))
+        return
+    from experiments.evaluate_stage1 import evaluate_stage1, format_report
+
+    report = evaluate_stage1(checkpoint, data=data, out=out)
+    click.echo(format_report(report))
+
+
+@cli.command("train-agent")
+@click.option("--world-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Stage-2 world-model checkpoint to imagine in (required unless --resume).")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Replay folder whose frames seed imagination [default: the world model's training data].")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="train-agent run folder to continue from its agent.pt (its saved config is used).")
+@config_options
+def train_agent(world_model, data, resume, preset, config_file, overrides, seed, wandb_mode):
+    """Train the actor-critic purely in imagination on a Stage-2 world model (DreamerV3-style).
+
+    \b
+    Example:
+      python run.py train-agent --world-model runs/pretrain/<run>/stage2/best.pt --preset quick
+      python run.py train-agent --resume runs/train-agent/<run>
+    """
+    from experiments.train_agent import format_summary
+    from experiments.train_agent import train_agent as run_train_agent
+
+    cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
+    if world_model is None and resume is None:
+        raise click.UsageError("pass --world-model PATH (a Stage-2 checkpoint) or --resume RUN_DIR")
+    click.echo(format_summary(run_train_agent(cfg, world_model, data=data, resume=resume)))
+
+
+@cli.command("plan-in-env")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Stage-2 world-model checkpoint (required for --planner cem).")
+@click.option("--planner", "planner_name", type=click.Choice(["cem", "oracle", "random", "tracker", "actor-critic"]),
+              default="cem", show_default=True,
+              help="cem: CEM over the world model; oracle: the same CEM over the emulator; random / tracker: "
+                   "references; actor-critic: the train-agent actor (needs --agent).")
+@click.option("--agent", "agent_path", type=click.Path(path_type=Path), default=None,
+              help="train-agent checkpoint (agent.pt): plays with --planner actor-critic; with cem its critic is the "
+                   "terminal value (planner.use_value=true) and its actor the policy prior (planner.policy_samples).")
+@click.option("--episodes", type=int, default=None, help="Full games to play (default evaluation.episodes).")
+@click.option("--max-steps", type=int, default=None, help="Cap each game at this many agent steps (slow oracle).")
+@click.option("--video", is_flag=True, help="Write video.gif of the first game with the predicted return drawn.")
+@click.option("--no-random", is_flag=True, help="Do not also play the random policy on the same seeds.")
+@config_options
+def plan_in_env(checkpoint, planner_name, agent_path, episodes, max_steps, video, no_random, preset, config_file,
+                overrides, seed, wandb_mode):
+    """Play full Breakout games with a planner; returns beside random's, episodes.jsonl and summary.json.
+
+    \b
+    Example:
+      python run.py plan-in-env --checkpoint runs/pretrain/<run>/stage2/best.pt --planner cem --episodes 5
+      python run.py plan-in-env --planner oracle --episodes 1 --max-steps 500 --set planner.horizon=30
+      python run.py plan-in-env --planner actor-critic --agent runs/train-agent/<run>/agent.pt
+      python run.py plan-in-env --planner cem --agent runs/train-agent/<run>/agent.pt \\
+        --set planner.use_value=true --set planner.policy_samples=16
+    """
+    from experiments.plan import format_plan_summary
+    from experiments.plan import plan_in_env as run_plan
+
+    cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
+    if agent_path is not None and planner_name == "cem" and not cfg.planner.use_value \
+            and cfg.planner.policy_samples == 0:
+        click.echo("note: --agent is unused while planner.use_value=false and planner.policy_samples=0", err=True)
+    summary = run_plan(cfg, planner_name, checkpoint, episodes=episodes, video=video, max_steps=max_steps,
+                       compare_random=not no_random, agent=agent_path)
+    click.echo(format_plan_summary(summary))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,8 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
             seed: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Play ``steps`` agent steps with ``policy`` and write every episode to ``out``.
 
+    Returns the numbers of episodes written and steps played; ``summarize(out)`` describes the folder.
+
     A step budget that ends inside an episode writes that episode too, marked truncated. On
     Ctrl-C the episode in progress is written the same way before the interrupt propagates.
     """
@@ -116,7 +118,7 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
         raise
     finally:
         env.close()
-    return summarize(out, val_fraction=cfg.data.val_fraction, seed=cfg.run.seed)
+    return {"path": str(out), "episodes_written": writer.num_episodes, "steps": done_steps}
 
 
 def summarize(root: str | Path, val_fraction: float = 0.1, seed: int = 0, verify: bool = True) -> dict[str, Any]:

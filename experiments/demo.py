@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from experiments.collect import collect, format_summary
+from experiments.collect import collect, format_summary, summarize
 from experiments.config import Config
 from experiments.runlog import RunLogger
 
@@ -13,7 +13,8 @@ def run_demo(cfg: Config) -> None:
     with RunLogger(cfg, "demo") as run:
         click.echo(f"run folder: {run.dir}")
         data_dir = run.dir / "data"
-        summary = collect(cfg, data_dir, cfg.data.collect_steps, policy=cfg.data.policy)
+        collect(cfg, data_dir, cfg.data.collect_steps, policy=cfg.data.policy)
+        summary = summarize(data_dir, cfg.data.val_fraction, cfg.run.seed)
         run.write_json("dataset_summary.json", summary)
         run.log({"data/transitions": summary["transitions"], "data/episodes": summary["episodes"],
                  "data/return_mean": summary["episode_return"]["mean"]}, step=0)

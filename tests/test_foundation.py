@@ -1,0 +1,267 @@
+"""Foundation: config, the Breakout pipeline, replay data on disk, the CLI's edges."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from gymnasium.utils.env_checker import check_env
+
+from envs.breakout import LEFT, NUM_ACTIONS, RIGHT, make_env, make_vec_env
+from envs.dataset import FrameStackDataset, TemporalSequenceDataset
+from envs.errors import UserError
+from envs.replay import load_episodes, split_episodes
+from experiments.collect import collect
+from experiments.config import load_config
+
+from .conftest import ROOT
+
+
+# ----------------------------------------------------------------------------------------------- config
+def test_presets_load_and_stack():
+    base = load_config(None)
+    assert base.vjepa2_world_model.stage1.masking_ratio == 0.4
+    assert base.vjepa2_world_model.stage1.ema_decay == 0.996
+    assert base.vjepa2_world_model.stage2.sequence_length == 8
+    assert base.models.encoder.params.vit.mlp_dim == 512
+    for preset in ("tiny", "quick", "full", "atari100k"):
+        cfg = load_config(preset)
+        assert cfg.preset == preset
+    a100k = load_config("atari100k")
+    assert a100k.environment.repeat_action_probability == 0.0
+    assert a100k.environment.max_episode_frames == 108_000
+    assert a100k.baselines.agent_steps == 100_000
+
+
+def test_dotted_override_and_types():
+    cfg = load_config("tiny", ["vjepa2_world_model.stage1.masking_ratio=0.5", "run.seed=7"])
+    assert cfg.vjepa2_world_model.stage1.masking_ratio == 0.5 and cfg.run.seed == 7
+    cfg = load_config("tiny", ["vjepa2_world_model.stage1.learning_rate=1"])  # int accepted for float
+    assert isinstance(cfg.vjepa2_world_model.stage1.learning_rate, float)
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("vjepa2_world_model.stage1.maskin_ratio=0.5", "vjepa2_world_model.stage1.maskin_ratio"),
+    ("vjepa2_world_model.stage1.num_epochs=ten", "vjepa2_world_model.stage1.num_epochs"),
+    ("vjepa2_world_model.stage1.masking_ratio=1.5", "vjepa2_world_model.stage1.masking_ratio"),
+    ("vjepa2_world_model.stage1.masking_ratio=0", "vjepa2_world_model.stage1.masking_ratio"),
+    ("vjepa2_world_model.stage2.rollout_steps=9", "vjepa2_world_model.stage2.rollout_steps"),
+    ("run.wandb=maybe", "run.wandb"),
+])
+def test_bad_config_message(override, fragment):
+    with pytest.raises(UserError, match=fragment.replace(".", r"\.")):
+        load_config("tiny", [override])
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--set", "vjepa2_world_model.stage1.maskin_ratio=0.5"], "unknown config key 'vjepa2_world_model.stage1.maskin_ratio'"),
+    (["--set", "models.shared_latent_dim=big"], "'models.shared_latent_dim'"),
+    (["--set", "vjepa2_world_model.stage1.masking_ratio=1.2"], "'vjepa2_world_model.stage1.masking_ratio'"),
+    (["--set", "vjepa2_world_model.stage2.sequence_length=2"], "sequence_length must be >= rollout_steps"),
+    (["--config", "does/not/exist.yaml"], "does not exist"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+])
+def test_bad_config_cli_exit_code(cli, tmp_path, args, fragment):
+    res = cli("collect", "--steps", "10", "--out", str(tmp_path / "d"), *args)
+    assert res.returncode == 2, res.stderr
+    assert fragment in res.stderr
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+def test_every_command_has_help_with_example(cli):
+    res = cli("--help")
+    assert res.returncode == 0
+    commands = [line.split()[0] for line in res.stdout.split("Commands:")[1].strip().splitlines() if line.strip()]
+    assert "collect" in commands
+    for name in commands:
+        sub = cli(name, "--help")
+        assert sub.returncode == 0, name
+        assert "Example" in sub.stdout, name
+
+
+# ----------------------------------------------------------------------------------------------- env
+def test_env_checker_passes():
+    env = make_env(load_config("tiny").environment, seed=0)
+    check_env(env, skip_render_check=True)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (4, 64, 64) and obs.dtype == np.uint8
+    for key in ("paddle_x", "ball_x", "ball_y", "lives", "score"):
+        assert key in info
+    env.close()
+
+
+def test_right_moves_paddle_right():
+    env = make_env(load_config("tiny").environment, seed=0)
+    _, info = env.reset(seed=0)
+    x0 = info["paddle_x"]
+    for _ in range(5):
+        _, _, _, _, info = env.step(RIGHT)
+    assert info["paddle_x"] > x0
+    x1 = info["paddle_x"]
+    for _ in range(5):
+        _, _, _, _, info = env.step(LEFT)
+    assert info["paddle_x"] < x1
+
+
+def test_life_loss_and_score_labels():
+    cfg = load_config("tiny", ["environment.repeat_action_probability=0.0"])
+    env = make_env(cfg.environment, seed=1)
+    env.reset(seed=1)
+    total, losses, info = 0.0, 0, {}
+    for _ in range(2000):
+        _, r, term, trunc, info = env.step(0)  # NOOP: the served ball is missed
+        total += r
+        losses += info["life_loss"]
+        if term or trunc:
+            break
+    assert term and losses == 5 and info["lives"] == 0
+    assert info["score"] == total
+
+
+def test_terminal_on_life_loss_continues_game():
+    cfg = load_config("tiny", ["environment.terminal_on_life_loss=true", "environment.repeat_action_probability=0.0"])
+    env = make_env(cfg.environment, seed=0)
+    _, info = env.reset(seed=0)
+    lives = info["lives"]
+    for _ in range(1000):
+        _, _, term, _, info = env.step(0)
+        if term:
+            break
+    assert info["life_loss"] and info["lives"] == lives - 1
+    _, info = env.reset()
+    assert info["lives"] == lives - 1  # same game, next life
+
+
+def test_vector_env_shapes():
+    vec = make_vec_env(load_config("tiny").environment, num_envs=2, seed=0)
+    obs, info = vec.reset(seed=0)
+    assert obs.shape == (2, 4, 64, 64) and obs.dtype == np.uint8
+    obs, r, term, trunc, info = vec.step(np.array([1, 2]))
+    assert obs.shape == (2, 4, 64, 64) and r.shape == (2,)
+    assert info["paddle_x"].shape == (2,)
+    vec.close()
+
+
+# ----------------------------------------------------------------------------------------------- replay data
+def test_collection_matches_acting_path_bytes(tmp_path):
+    cfg = load_config("tiny")
+    out = tmp_path / "d"
+    collect(cfg, out, steps=300, seed=3, progress=False)
+    episodes, manifest = load_episodes(out)
+    store = FrameStackDataset(episodes[:1]).store
+    ep = episodes[0]
+    env = make_env(cfg.environment, seed=3)
+    obs, _ = env.reset(seed=3)
+    acted = [obs]
+    for a in ep.actions:
+        obs, *_ = env.step(int(a))
+        acted.append(obs)
+    rebuilt = store.obs(np.arange(len(ep) + 1))
+    assert rebuilt.shape == (len(ep) + 1, 4, 64, 64)
+    assert np.array_equal(np.stack(acted), rebuilt)
+
+
+def test_manifest_and_disk_size(tiny_data):
+    manifest = json.loads((tiny_data / "manifest.json").read_text())
+    assert sum(e["length"] for e in manifest["episodes"]) == 600
+    assert all(len(e["sha256"]) == 64 for e in manifest["episodes"])
+    episodes, _ = load_episodes(tiny_data)
+    frames = sum(len(e.frames) for e in episodes)
+    disk = sum(p.stat().st_size for p in (tiny_data / "episodes").glob("*.npz"))
+    assert disk <= 1.1 * frames * 64 * 64
+    assert episodes[-1].truncated[-1]  # the step budget cut the last episode
+    assert manifest["env"]["repeat_action_probability"] == 0.25
+
+
+def test_sequences_never_cross_episode_end(tiny_data):
+    episodes, _ = load_episodes(tiny_data)
+    ds = TemporalSequenceDataset(episodes, sequence_length=8)
+    b = ds.batch(np.arange(len(ds)))
+    assert b["obs"].shape == (len(ds), 9, 4, 64, 64)
+    assert b["actions"].shape == (len(ds), 8)
+    ep_of = ds.store.episode_of[b["frame_index"].numpy()]
+    assert (ep_of == ep_of[:, :1]).all()
+    # only the last transition of a sequence may end an episode
+    assert not b["terminated"][:, :-1].any()
+    expected = sum(max(0, len(e) - 8 + 1) for e in episodes)
+    assert len(ds) == expected
+    # rewards and actions line up with the episode arrays
+    first = ds.batch(np.array([0]))
+    assert np.array_equal(first["actions"][0].numpy(), episodes[0].actions[:8])
+
+
+def test_episode_split_is_by_episode():
+    tr, va = split_episodes(10, 0.2, seed=0)
+    assert len(va) == 2 and len(tr) == 8 and not set(tr) & set(va)
+    with pytest.raises(UserError, match="at least 2 episodes"):
+        split_episodes(1, 0.2)
+
+
+def test_corrupted_file_is_detected(tmp_path):
+    out = tmp_path / "d"
+    collect(load_config("tiny"), out, steps=300, progress=False)
+    victim = sorted((out / "episodes").glob("*.npz"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=victim.name):
+        load_episodes(out)
+    victim.write_bytes(bytes(data[: len(data) // 3]))  # truncated, checked without checksums too
+    with pytest.raises(UserError, match="truncated or corrupted"):
+        load_episodes(out, verify=False)
+
+
+def test_nonempty_folder_refused_or_appended(cli, tmp_path):
+    out = tmp_path / "d"
+    assert cli("collect", "--steps", "200", "--out", str(out), "--preset", "tiny", "--wandb", "disabled").returncode == 0
+    before = (out / "manifest.json").read_text()
+    res = cli("collect", "--steps", "200", "--out", str(out), "--preset", "tiny")
+    assert res.returncode == 2 and "not empty" in res.stderr and "--append" in res.stderr
+    assert (out / "manifest.json").read_text() == before
+    res = cli("collect", "--steps", "200", "--out", str(out), "--preset", "tiny", "--append")
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sum(e["length"] for e in manifest["episodes"]) == 400
+    load_episodes(out)
+
+
+def test_killed_collection_leaves_completed_episodes_readable(tmp_path):
+    out = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "collect", "--steps", "1000000", "--out", str(out),
+                             "--preset", "tiny"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            m = out / "manifest.json"
+            if m.is_file() and len(json.loads(m.read_text())["episodes"]) >= 2:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    episodes, manifest = load_episodes(out)
+    assert len(episodes) >= 2
+
+
+def test_run_folder_has_config_metrics_and_offline_wandb(cli, tmp_path):
+    res = cli("demo", "--preset", "tiny", "--wandb", "offline", "--set", f"run.runs_dir={tmp_path}",
+              "--set", "data.collect_steps=300")
+    assert res.returncode == 0, res.stderr
+    (run_dir,) = list((tmp_path / "demo").iterdir())
+    assert run_dir.name.endswith("-tiny-s0")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["data"]["collect_steps"] == 300 and cfg["preset"] == "tiny"
+    assert (run_dir / "metrics.jsonl").read_text().strip()
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_random_actions_cover_action_space(tiny_data):
+    episodes, _ = load_episodes(tiny_data)
+    acts = np.concatenate([e.actions for e in episodes])
+    assert set(np.unique(acts)) == set(range(NUM_ACTIONS))
