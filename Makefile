@@ -19,6 +19,9 @@ demo: $(STAMP)
 	$(PY) run.py demo --preset quick
 
 test: $(STAMP)
+	@# The dashboard test renders HTML in headless Chromium: install it where apt-get runs as root (CI).
+	@if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

@@ -48,6 +48,9 @@ class VitConfig:
     heads: int = 4  # attention heads
     mlp_dim: int = 512  # hidden width of each block's MLP
     dropout: float = 0.2  # dropout in attention output and MLP
+    readout: Literal["mean", "spatial"] = "mean"  # latent = mean of tokens, or Linear(N*k -> D) of per-patch k dims
+    readout_channels: int = 8  # k: per-patch channels of the spatial readout
+    frame_diffs: bool = False  # also feed the temporal differences f_t - f_{t-1} to the patch embedding
 
 
 @dataclass
@@ -95,7 +98,10 @@ class Stage1Config:
     ema_decay: float = 0.996  # target <- decay * target + (1 - decay) * online
     weight_decay: float = 0.05
     early_stopping_patience: int = 3  # epochs without val improvement before stopping
-    target: Literal["pooled", "tokens"] = "tokens"  # seed's pooled-latent MLP or V-JEPA 2 token target
+    # seed's pooled-latent MLP, V-JEPA 2 token target, or latent -> all target tokens decoder (see worldmodel/stage1.py)
+    target: Literal["pooled", "tokens", "bottleneck"] = "tokens"
+    bottleneck_token_weight: float = 1.0  # bottleneck target: weight of the added masked-token loss (0 = none)
+    motion_weighting: float = 0.0  # bottleneck target: token error weight 1 + this * patch motion / mean motion
     batch_size: int = 128
     grad_clip: float = 1.0  # max global grad norm
     warmup_epochs: float = 0.5  # linear LR warm-up before cosine decay
@@ -118,6 +124,7 @@ class Stage2Config:
     continue_weight: float = 1.0
     batch_size: int = 64
     grad_clip: float = 1.0
+    sequences_per_epoch: int = 0  # training sequences drawn per epoch from all start positions (0 = all of them)
 
 
 @dataclass
@@ -145,6 +152,7 @@ class PlannerConfig:
     repeat_prob: float = 0.0  # temporally correlated samples: P(repeat previous action)
     use_value: bool = False  # add the actor-critic's value at the horizon (needs --agent)
     policy_samples: int = 0  # candidates drawn from the actor (needs --agent)
+    warm_start_mix: float = 0.1  # shifted plan mixed with uniform by this fraction (keeps sampling alive)
 
 
 @dataclass
@@ -160,6 +168,12 @@ class AgentConfig:
     updates: int = 5000
     critic_ema_decay: float = 0.98
     grad_clip: float = 100.0
+    return_norm_decay: float = 0.99  # EMA decay of the 5th/95th return percentiles (return normalisation)
+    life_loss_penalty: float = 1.0  # imagined reward minus penalty * P(life lost at that step)
+    start_latents: int = 20_000  # replay frames encoded once as imagination start states (random subset)
+    checkpoint_every: int = 500  # updates between checkpoints (and metric logs every 1/10 of it)
+    eval_every: int = 0  # updates between short real-env evaluations (0 = only at the end)
+    eval_episodes: int = 1  # full-game episodes per periodic evaluation
 
 
 @dataclass
@@ -309,6 +323,8 @@ def validate(cfg: Config) -> Config:
     _check(vit.heads >= 1 and m.shared_latent_dim % vit.heads == 0, "models.encoder.params.vit.heads", vit.heads,
            f"a divisor of models.shared_latent_dim ({m.shared_latent_dim})")
     _check(0.0 <= vit.dropout < 1.0, "models.encoder.params.vit.dropout", vit.dropout, "a value in [0, 1)")
+    _check(vit.readout_channels >= 1, "models.encoder.params.vit.readout_channels", vit.readout_channels,
+           "an integer >= 1")
     _check(m.shared_latent_dim % m.predictor.heads == 0, "models.predictor.heads", m.predictor.heads,
            f"a divisor of models.shared_latent_dim ({m.shared_latent_dim})")
     wm = m.world_model
@@ -316,6 +332,10 @@ def validate(cfg: Config) -> Config:
            f"a divisor of models.world_model.hidden_dim ({wm.hidden_dim})")
     _check(0.0 < s1.masking_ratio < 1.0, "vjepa2_world_model.stage1.masking_ratio", s1.masking_ratio,
            "a fraction strictly between 0 and 1")
+    _check(s1.bottleneck_token_weight >= 0.0, "vjepa2_world_model.stage1.bottleneck_token_weight",
+           s1.bottleneck_token_weight, "a value >= 0")
+    _check(s1.motion_weighting >= 0.0, "vjepa2_world_model.stage1.motion_weighting", s1.motion_weighting,
+           "a value >= 0")
     _check(0.0 <= s1.ema_decay <= 1.0, "vjepa2_world_model.stage1.ema_decay", s1.ema_decay, "a value in [0, 1]")
     for name, stage in (("stage1", s1), ("stage2", s2)):
         p = f"vjepa2_world_model.{name}"
@@ -330,6 +350,8 @@ def validate(cfg: Config) -> Config:
     _check(1 <= s2.rollout_steps <= s2.sequence_length, "vjepa2_world_model.stage2.rollout_steps",
            s2.rollout_steps, f"an integer in [1, sequence_length={s2.sequence_length}] "
            "(sequence_length must be >= rollout_steps)")
+    _check(s2.sequences_per_epoch >= 0, "vjepa2_world_model.stage2.sequences_per_epoch", s2.sequences_per_epoch,
+           "an integer >= 0 (0 = every training sequence once per epoch)")
     _check(0.0 <= s2.teacher_forcing_ratio <= 1.0, "vjepa2_world_model.stage2.teacher_forcing_ratio",
            s2.teacher_forcing_ratio, "a probability in [0, 1]")
     _check(cfg.data.collect_steps >= 1, "data.collect_steps", cfg.data.collect_steps, "an integer >= 1")
@@ -344,6 +366,20 @@ def validate(cfg: Config) -> Config:
     _check(0.0 <= p.repeat_prob < 1.0, "planner.repeat_prob", p.repeat_prob, "a probability in [0, 1)")
     _check(0 <= p.policy_samples <= p.samples, "planner.policy_samples", p.policy_samples,
            f"an integer in [0, planner.samples={p.samples}]")
+    _check(0.0 <= p.warm_start_mix <= 1.0, "planner.warm_start_mix", p.warm_start_mix, "a value in [0, 1]")
+    a = cfg.agent
+    _check(a.imagine_horizon >= 1, "agent.imagine_horizon", a.imagine_horizon, "an integer >= 1")
+    _check(0.0 <= a.lambda_ <= 1.0, "agent.lambda_", a.lambda_, "a value in [0, 1]")
+    _check(0.0 < a.discount <= 1.0, "agent.discount", a.discount, "a value in (0, 1]")
+    _check(0.0 <= a.critic_ema_decay < 1.0, "agent.critic_ema_decay", a.critic_ema_decay, "a value in [0, 1)")
+    _check(a.life_loss_penalty >= 0.0, "agent.life_loss_penalty", a.life_loss_penalty, "a number >= 0")
+    _check(0.0 <= a.return_norm_decay < 1.0, "agent.return_norm_decay", a.return_norm_decay, "a value in [0, 1)")
+    _check(a.actor_lr > 0 and a.critic_lr > 0, "agent.actor_lr", a.actor_lr,
+           "positive numbers for agent.actor_lr and agent.critic_lr")
+    _check(a.batch_size >= 1 and a.updates >= 1 and a.start_latents >= 1, "agent.batch_size", a.batch_size,
+           "integers >= 1 for agent.batch_size, agent.updates and agent.start_latents")
+    _check(a.checkpoint_every >= 1 and a.eval_every >= 0 and a.eval_episodes >= 1, "agent.checkpoint_every",
+           a.checkpoint_every, "agent.checkpoint_every >= 1, agent.eval_every >= 0, agent.eval_episodes >= 1")
     _check(cfg.evaluation.episodes >= 1, "evaluation.episodes", cfg.evaluation.episodes, "an integer >= 1")
     _check(cfg.run.threads >= 0, "run.threads", cfg.run.threads, "an integer >= 0 (0 = torch default)")
     return cfg

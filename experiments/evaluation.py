@@ -75,15 +75,19 @@ def play_episode(agent: Agent, env, seed: int, on_step: Callable[[dict[str, Any]
 
 def evaluate(agent: Agent, cfg: Config, episodes: int | None = None, seeds: list[int] | None = None,
              desc: str = "eval", progress: bool = True, max_steps: int | None = None,
-             on_episode: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Play ``episodes`` full games (default ``evaluation.episodes``) and return one dict per game."""
+             on_episode: Callable[[dict[str, Any]], None] | None = None,
+             on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Play ``episodes`` full games (default ``evaluation.episodes``) and return one dict per game.
+
+    ``on_step`` is passed to :func:`play_episode` for every game (e.g. to record a video).
+    """
     episodes = cfg.evaluation.episodes if episodes is None else episodes
     seeds = eval_seeds(cfg, episodes) if seeds is None else seeds
     env = make_env(eval_env_config(cfg), seed=seeds[0])
     results = []
     try:
         for i, seed in enumerate(tqdm(seeds, desc=desc, unit="game", disable=not progress, leave=False)):
-            res = play_episode(agent, env, seed, max_steps=max_steps)
+            res = play_episode(agent, env, seed, on_step=on_step, max_steps=max_steps)
             res["episode"] = i
             results.append(res)
             if on_episode is not None:

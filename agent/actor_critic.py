@@ -1,0 +1,344 @@
+"""Actor-critic trained purely in imagination on the world model (DreamerV3-style).
+
+Given start latents ``z0`` sampled from replay data, the actor ``pi(a|z)`` picks actions step by
+step inside the world model for ``H = agent.imagine_horizon`` steps. On the imagined trajectory::
+
+    R_h = r_h + discount * c_h * ((1 - lambda) * V_slow(z_{h+1}) + lambda * R_{h+1}),   R_H = V_slow(z_H)
+
+where ``c_h`` is the predicted probability that step ``h`` does not lose a life (a life loss ends
+the imagined trajectory), ``r_h`` is the predicted reward minus ``agent.life_loss_penalty * (1 - c_h)``,
+and ``V_slow`` is an EMA copy of the critic (a stable value target).
+Every step is weighted by ``w_h = prod_{k<h} c_k``, the probability that the trajectory is still
+alive when it reaches ``z_h``.
+
+- Critic: weighted squared error of ``V(z_h)`` against ``stopgrad(R_h)``.
+- Actor: REINFORCE, ``-log pi(a_h|z_h) * stopgrad((R_h - V(z_h)) / S) - entropy_coef * H[pi(.|z_h)]``,
+  with ``S = max(1, P95 - P5)`` of the returns, the percentiles tracked by an EMA (DreamerV3's return
+  normalisation: advantages keep their scale across games without amplifying noise where returns are
+  small).
+
+The world model is used only through its public API (``imagine`` or, when it has one, the step-wise
+``imagine_policy``), always without gradients: REINFORCE needs no gradient through the dynamics,
+so the rollout runs under ``no_grad`` and log-probabilities are recomputed on the stored latents.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from experiments.config import AgentConfig
+
+
+class LatentModel(Protocol):
+    """The world model's public API as the actor-critic sees it."""
+
+    latent_dim: int
+    num_actions: int
+
+    def encode(self, obs: Any) -> torch.Tensor: ...
+
+    def imagine(self, z0: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> nn.Sequential:
+    """Linear -> LayerNorm -> SiLU blocks, then a linear head (DreamerV3's MLP layout)."""
+    mods: list[nn.Module] = []
+    d = in_dim
+    for _ in range(layers):
+        mods += [nn.Linear(d, hidden), nn.LayerNorm(hidden), nn.SiLU()]
+        d = hidden
+    mods.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*mods)
+
+
+class Actor(nn.Module):
+    """pi(a|z): categorical policy over the discrete actions from a latent ``z [B, D]``."""
+
+    def __init__(self, latent_dim: int, num_actions: int, hidden_dim: int = 256, unimix: float = 0.01):
+        super().__init__()
+        self.latent_dim, self.num_actions, self.unimix = latent_dim, num_actions, unimix
+        self.net = mlp(latent_dim, hidden_dim, num_actions)
+        # Start near uniform: a zero-initialised head gives equal logits, so early imagination explores.
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def log_probs(self, z: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities ``[..., A]``; mixes in ``unimix`` of the uniform so no action has probability 0."""
+        assert z.shape[-1] == self.latent_dim, f"latent size {z.shape[-1]} != actor's {self.latent_dim}"
+        probs = torch.softmax(self.net(z), dim=-1)
+        probs = (1.0 - self.unimix) * probs + self.unimix / self.num_actions
+        return torch.log(probs)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.log_probs(z)
+
+    @torch.no_grad()
+    def act(self, z: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None
+            ) -> torch.Tensor:
+        """Actions ``long [B]`` for latents ``[B, D]``: the mode, or a sample."""
+        logp = self.log_probs(z)
+        if deterministic:
+            return logp.argmax(dim=-1)
+        probs = logp.exp() if generator is None else logp.exp().cpu()  # a CPU generator samples on the CPU
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(z.device)
+
+
+class Critic(nn.Module):
+    """V(z): expected lambda-return from a latent ``z [B, D]`` -> ``[B]``."""
+
+    def __init__(self, latent_dim: int, hidden_dim: int = 256):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.net = mlp(latent_dim, hidden_dim, 1)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        assert z.shape[-1] == self.latent_dim, f"latent size {z.shape[-1]} != critic's {self.latent_dim}"
+        return self.net(z).squeeze(-1)
+
+
+class ReturnNormalizer(nn.Module):
+    """EMA of the 5th and 95th return percentiles; ``scale = max(1, hi - lo)``."""
+
+    def __init__(self, decay: float = 0.99, low: float = 0.05, high: float = 0.95):
+        super().__init__()
+        self.decay, self.low, self.high = decay, low, high
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.zeros(()))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def update(self, returns: torch.Tensor) -> None:
+        flat = returns.detach().flatten().float()
+        lo, hi = torch.quantile(flat, self.low), torch.quantile(flat, self.high)
+        if not bool(self.initialised):  # first batch sets the range instead of decaying from zero
+            self.lo.copy_(lo)
+            self.hi.copy_(hi)
+            self.initialised.fill_(True)
+        else:
+            self.lo.mul_(self.decay).add_((1 - self.decay) * lo)
+            self.hi.mul_(self.decay).add_((1 - self.decay) * hi)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return torch.clamp(self.hi - self.lo, min=1.0)
+
+
+def lambda_returns(rewards: torch.Tensor, continues: torch.Tensor, values: torch.Tensor, discount: float,
+                   lambda_: float) -> torch.Tensor:
+    """Lambda-returns ``[B, H]`` of rewards ``[B, H]``, continuation ``[B, H]`` and values ``[B, H+1]``.
+
+    ``values[:, h]`` is V(z_h); ``values[:, H]`` bootstraps the tail. ``continues[:, h]`` is the
+    probability that the trajectory goes on after step h (it scales everything after ``r_h``).
+    """
+    B, H = rewards.shape
+    assert continues.shape == (B, H) and values.shape == (B, H + 1), (
+        f"lambda_returns shapes: rewards {tuple(rewards.shape)}, continues {tuple(continues.shape)}, "
+        f"values {tuple(values.shape)} (expected [B,H], [B,H], [B,H+1])")
+    out = torch.empty_like(rewards)
+    nxt = values[:, H]
+    for h in range(H - 1, -1, -1):  # a backward recursion over H <= ~30 steps; batched over B
+        nxt = rewards[:, h] + discount * continues[:, h] * ((1 - lambda_) * values[:, h + 1] + lambda_ * nxt)
+        out[:, h] = nxt
+    return out
+
+
+PolicyFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def imagine_with_policy(model: LatentModel, z0: torch.Tensor, policy_fn: PolicyFn, horizon: int
+                        ) -> dict[str, torch.Tensor]:
+    """Roll the policy out in the world model, choosing each action from the latest imagined latent.
+
+    Uses ``model.imagine_policy(z0, policy_fn, horizon)`` when the model provides a step-wise rollout;
+    otherwise calls ``imagine`` on growing action prefixes (exact for a causal, deterministic model:
+    the first h outputs do not depend on later actions).
+
+    Returns a dict: ``latents [B, H+1, D]`` (z_0 first), ``actions long [B, H]``, ``rewards [B, H]``,
+    ``continues [B, H]``.
+    """
+    B, D = z0.shape
+    if hasattr(model, "imagine_policy"):
+        latents, actions, rewards, continues = model.imagine_policy(z0, policy_fn, horizon)
+    else:
+        acts = torch.empty(B, 0, dtype=torch.long, device=z0.device)
+        z = z0
+        lat, rew, con = [], [], []
+        for _ in range(horizon):
+            a = policy_fn(z).long().view(B, 1)
+            acts = torch.cat([acts, a], dim=1)
+            zs, rs, cs = model.imagine(z0, acts)  # [B, h, D], [B, h], [B, h]
+            z = zs[:, -1]
+            lat.append(z)
+            rew.append(rs[:, -1])
+            con.append(cs[:, -1])
+        latents, actions = torch.stack(lat, 1), acts
+        rewards, continues = torch.stack(rew, 1), torch.stack(con, 1)
+    assert latents.shape == (B, horizon, D) and actions.shape == (B, horizon), (
+        f"rollout shapes: latents {tuple(latents.shape)}, actions {tuple(actions.shape)}; expected "
+        f"[{B}, {horizon}, {D}] and [{B}, {horizon}]")
+    assert rewards.shape == (B, horizon) and continues.shape == (B, horizon), (
+        f"rollout shapes: rewards {tuple(rewards.shape)}, continues {tuple(continues.shape)}; "
+        f"expected [{B}, {horizon}]")
+    # Fresh tensors (the model may return inference-mode ones, which autograd refuses to save).
+    return {"latents": torch.cat([z0[:, None], latents.to(z0)], dim=1), "actions": actions.long().clone(),
+            "rewards": rewards.float().clone(), "continues": continues.float().clamp(0.0, 1.0)}
+
+
+class ActorCritic(nn.Module):
+    """Actor, critic, slow critic, their optimisers and the return normaliser; ``update(z0)`` is one step."""
+
+    def __init__(self, latent_dim: int, num_actions: int, cfg: AgentConfig, device: torch.device | str = "cpu"):
+        super().__init__()
+        self.cfg = cfg
+        self.latent_dim, self.num_actions = latent_dim, num_actions
+        self.actor = Actor(latent_dim, num_actions, cfg.hidden_dim)
+        self.critic = Critic(latent_dim, cfg.hidden_dim)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.normalizer = ReturnNormalizer(cfg.return_norm_decay)
+        self.to(device)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, eps=1e-5)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, eps=1e-5)
+        self.generator = torch.Generator(device="cpu")
+        self.updates = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.actor.parameters()).device
+
+    def seed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def _sample_actions(self, z: torch.Tensor) -> torch.Tensor:
+        probs = self.actor.log_probs(z).exp().cpu()
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).to(z.device)
+
+    def imagine(self, model: LatentModel, z0: torch.Tensor) -> dict[str, torch.Tensor]:
+        """An imagined rollout of the current actor (sampled actions) from start latents ``z0 [B, D]``."""
+        return imagine_with_policy(model, z0, self._sample_actions, self.cfg.imagine_horizon)
+
+    def update(self, model: LatentModel, z0: torch.Tensor) -> dict[str, float]:
+        """One actor and one critic step on a fresh imagined batch; returns plain-float metrics."""
+        c = self.cfg
+        traj = self.imagine(model, z0)
+        z, a, r, cont = traj["latents"], traj["actions"], traj["rewards"], traj["continues"]  # [B,H+1,D] [B,H]..
+        B, H = a.shape
+        with torch.no_grad():
+            slow_v = self.slow_critic(z)  # [B, H+1]
+            # A life loss ends the imagined trajectory; the optional penalty makes losing one cost more
+            # than the (often small) value it forfeits, as in the CEM planner's score.
+            shaped = r - c.life_loss_penalty * (1.0 - cont)  # [B, H]
+            returns = lambda_returns(shaped, cont, slow_v, c.discount, c.lambda_)  # [B, H]
+            # w_h: probability the imagined trajectory is still alive at step h (w_0 = 1).
+            weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], dim=1), dim=1)
+            self.normalizer.update(returns)
+            scale = self.normalizer.scale
+
+        # Critic: regress V(z_h) on the lambda-return.
+        v = self.critic(z[:, :-1])  # [B, H]
+        critic_loss = (weight * 0.5 * (v - returns) ** 2).mean()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        critic_gn = nn.utils.clip_grad_norm_(self.critic.parameters(), c.grad_clip)
+        self.critic_opt.step()
+
+        # Actor: REINFORCE on normalised advantages plus an entropy bonus.
+        logp_all = self.actor.log_probs(z[:, :-1])  # [B, H, A]
+        logp = logp_all.gather(-1, a[..., None]).squeeze(-1)  # [B, H]
+        entropy = -(logp_all.exp() * logp_all).sum(-1)  # [B, H]
+        adv = ((returns - v.detach()) / scale).detach()
+        actor_loss = (weight * (-logp * adv - c.entropy_coef * entropy)).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        actor_gn = nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_clip)
+        self.actor_opt.step()
+
+        with torch.no_grad():  # slow critic <- EMA of the critic
+            for p_slow, p in zip(self.slow_critic.parameters(), self.critic.parameters(), strict=True):
+                p_slow.lerp_(p, 1.0 - c.critic_ema_decay)
+        self.updates += 1
+        # Imagined return of the sampled actions: discounted rewards, each counted while alive.
+        disc = c.discount ** torch.arange(H, device=r.device, dtype=r.dtype)
+        imagined = (weight * r * disc).sum(1)  # [B]
+        action_freq = torch.bincount(a.flatten().cpu(), minlength=self.num_actions).float() / a.numel()
+        out = {
+            "train/imagined_return": float(imagined.mean()),
+            "train/lambda_return": float(returns.mean()),
+            "train/value": float(v.detach().mean()),
+            "train/reward": float(r.mean()),
+            "train/continue": float(cont.mean()),
+            "train/entropy": float(entropy.detach().mean()),
+            "train/actor_loss": float(actor_loss.detach()),
+            "train/critic_loss": float(critic_loss.detach()),
+            "train/return_scale": float(scale),
+            "train/return_p5": float(self.normalizer.lo),
+            "train/return_p95": float(self.normalizer.hi),
+            "train/actor_grad_norm": float(actor_gn),
+            "train/critic_grad_norm": float(critic_gn),
+        }
+        out.update({f"train/action_{i}": float(f) for i, f in enumerate(action_freq)})
+        return out
+
+    def value(self, z: torch.Tensor) -> torch.Tensor:
+        """V(z) ``[B]`` without gradients (the planner's terminal value)."""
+        with torch.no_grad():
+            return self.critic(z)
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def training_state(self) -> dict[str, Any]:
+        """Everything resuming needs, as tensors, numbers and dicts (``weights_only`` loadable)."""
+        return {
+            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "slow_critic": self.slow_critic.state_dict(), "normalizer": self.normalizer.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+            "generator": self.generator.get_state(), "updates": self.updates,
+            "latent_dim": self.latent_dim, "num_actions": self.num_actions,
+        }
+
+    def load_training_state(self, state: dict[str, Any], optimizers: bool = True) -> None:
+        if (state["latent_dim"], state["num_actions"]) != (self.latent_dim, self.num_actions):
+            raise ValueError(f"checkpoint is for latent_dim={state['latent_dim']}, num_actions={state['num_actions']};"
+                             f" this agent has {self.latent_dim}, {self.num_actions}")
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.slow_critic.load_state_dict(state["slow_critic"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        if optimizers:
+            self.actor_opt.load_state_dict(state["actor_opt"])
+            self.critic_opt.load_state_dict(state["critic_opt"])
+            self.generator.set_state(state["generator"])
+        self.updates = int(state["updates"])
+
+
+def policy_prior(actor: Actor, model: LatentModel | None = None, generator: torch.Generator | None = None
+                 ) -> Callable[..., torch.Tensor]:
+    """The actor as a sampling policy for planners.
+
+    Returns ``fn(z [B, D]) -> actions long [B]`` (one step), or, with ``model`` given, also
+    ``fn(z0 [M, D], horizon) -> action sequences long [M, H]``: the actor rolled out step by step in the
+    world model (the CEM planner's ``policy_fn``, TD-MPC2's policy prior).
+    """
+
+    def step(z: torch.Tensor) -> torch.Tensor:
+        return actor.act(z, deterministic=False, generator=generator)
+
+    def fn(z: torch.Tensor, horizon: int | None = None) -> torch.Tensor:
+        if horizon is None:
+            return step(z)
+        if model is None:
+            raise ValueError("policy_prior(actor) samples single actions; pass the world model "
+                             "(policy_prior(actor, model)) to sample action sequences")
+        return imagine_with_policy(model, z, step, horizon)["actions"]  # [M, H]
+
+    return fn
+
+
+__all__ = ["Actor", "ActorCritic", "Critic", "ReturnNormalizer", "imagine_with_policy", "lambda_returns",
+           "policy_prior"]

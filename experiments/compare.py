@@ -1,0 +1,366 @@
+"""`run.py compare-baselines`: every agent at one env-step budget, one evaluation protocol, one table.
+
+The comparison folder (``--out``, default ``runs/compare-baselines/<preset>``) holds::
+
+    compare.json              the config the comparison was started with (a rerun must match it)
+    <agent>/s<seed>/          one run per agent and seed: config.yaml, metrics.jsonl (learning curve
+                              as eval/* against env steps), result.json (final evaluation), model.zip
+                              (SB3 agents) and an offline wandb run; all of them in one wandb group
+    results.json, results.md  statistics per agent (experiments/results.py)
+    dashboard.html, plots/    the episode-return dashboard (experiments/dashboard.py)
+
+A pair whose ``result.json`` exists is finished and skipped on a rerun; an unfinished pair folder
+(interrupted run) is started again from scratch.
+
+Every agent is scored by :func:`experiments.evaluation.evaluate` (full games, raw score,
+evaluation seeds disjoint from training seeds, ``evaluation.episodes`` games per training seed).
+Agents come from a small registry: each entry builds (and, for the SB3 baselines, trains) an
+agent for one seed and reports the env steps it consumed; world-model agents count the
+transitions of the replay data their world model was trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from tqdm import tqdm
+
+from envs.errors import UserError
+from experiments.config import Config
+from experiments.evaluation import evaluate, summarize_returns
+from experiments.runlog import RunLogger, seed_everything
+
+RESULT_FILE = "result.json"
+WM_WALL_CLOCK_NOTE = "world-model pretraining and agent training (see their own runs); only evaluation is timed here"
+
+
+@dataclass
+class CompareOptions:
+    """What the command line passes besides the config."""
+
+    world_model: Path | None = None  # Stage-2 checkpoint for the world-model agents
+    agent_checkpoint: Path | None = None  # train-agent checkpoint for actor-critic
+    data: Path | None = None  # replay folder the world model was trained on (its env steps)
+    pretrain_runs: list[Path] = field(default_factory=list)  # runs whose losses go on the dashboard
+
+
+@dataclass
+class AgentSpec:
+    """One registry entry.
+
+    ``build(cfg, opts, seed, ctx)`` returns a dict with ``agent`` (evaluation interface),
+    ``env_steps``, ``hyperparams`` and optionally ``curve`` (learning-curve points) and ``model``
+    (an SB3 model to save). ``ctx`` has ``on_point`` and ``on_progress`` callbacks.
+    """
+
+    name: str
+    build: Callable[[Config, CompareOptions, int, dict[str, Any]], dict[str, Any]]
+    available: Callable[[], bool]  # its code is present in this checkout
+    needs: tuple[str, ...] = ()  # CompareOptions fields that must be set
+    description: str = ""
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+# --------------------------------------------------------------------------------------- builders
+def _build_sb3(algo: str):
+    def build(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
+        from experiments.baselines import train_sb3
+
+        return train_sb3(algo, cfg, seed=seed, on_point=ctx["on_point"], on_progress=ctx["on_progress"])
+
+    return build
+
+
+def _build_random(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
+    from experiments.collect import RandomPolicy
+
+    return {"agent": RandomPolicy(seed=seed), "env_steps": 0, "hyperparams": {"policy": "uniform random"}}
+
+
+def _build_tracker(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
+    from experiments.plan import build_planner
+
+    return {"agent": build_planner("tracker", cfg, seed=seed), "env_steps": 0,
+            "hyperparams": {"policy": "RAM ball tracker (reads the emulator; a reference, not a learner)"}}
+
+
+def _build_oracle(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
+    from experiments.plan import build_planner
+
+    return {"agent": build_planner("oracle", cfg, seed=seed), "env_steps": 0,
+            "hyperparams": {"planner": dataclasses.asdict(cfg.planner), "model": "emulator (reference, not a learner)"}}
+
+
+def data_env_steps(opts: CompareOptions) -> tuple[int, str]:
+    """Transitions of the replay data behind the world model: the world-model agents' env steps.
+
+    ``--data`` if given, else the data folder recorded in (or found beside) the world-model checkpoint.
+    """
+    from envs.replay import read_manifest
+    from experiments.train_agent import find_data_dir
+
+    data = opts.data if opts.data is not None else find_data_dir(opts.world_model)
+    if data is None:
+        raise UserError(f"cannot tell which replay data world model {opts.world_model} was trained on; pass --data "
+                        "DIR so that its transitions count as the world-model agents' env steps")
+    manifest = read_manifest(data)
+    return int(sum(int(e["length"]) for e in manifest["episodes"])), str(data)
+
+
+def _load_world_model(cfg: Config, opts: CompareOptions):
+    from experiments.runlog import setup_torch
+    from worldmodel import load_world_model
+
+    return load_world_model(opts.world_model, device=setup_torch(cfg))
+
+
+def _build_cem(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
+    from experiments.plan import build_planner
+
+    wm = _load_world_model(cfg, opts)
+    value_fn = policy_fn = None
+    if opts.agent_checkpoint is not None and (cfg.planner.use_value or cfg.planner.policy_samples > 0):
+        from agent.actor_critic import policy_prior
+        from agent.wrapper import load_agent
+
+        ac = load_agent(opts.agent_checkpoint, wm, seed=seed, device=wm.device)
+        value_fn = ac.critic
+        policy_fn = policy_prior(ac.actor, model=wm)
+    steps, data = data_env_steps(opts)
+    agent = build_planner("cem", cfg, model=wm, value_fn=value_fn, policy_fn=policy_fn, seed=seed)
+    return {"agent": agent, "env_steps": steps,
+            "hyperparams": {"planner": dataclasses.asdict(cfg.planner), "world_model": str(opts.world_model),
+                            "wall_clock_excludes": WM_WALL_CLOCK_NOTE,
+                            "data": data, "agent_checkpoint": str(opts.agent_checkpoint or "")}}
+
+
+def _build_actor_critic(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
+    from agent.wrapper import load_agent
+
+    wm = _load_world_model(cfg, opts)
+    steps, data = data_env_steps(opts)
+    return {"agent": load_agent(opts.agent_checkpoint, wm, seed=seed, device=wm.device), "env_steps": steps,
+            "hyperparams": {"agent": dataclasses.asdict(cfg.agent), "world_model": str(opts.world_model),
+                            "wall_clock_excludes": WM_WALL_CLOCK_NOTE,
+                            "agent_checkpoint": str(opts.agent_checkpoint), "data": data, "policy": "sample"}}
+
+
+REGISTRY: dict[str, AgentSpec] = {
+    "ppo": AgentSpec("ppo", _build_sb3("ppo"), lambda: True, description="SB3 PPO, RL-Zoo Atari settings"),
+    "dqn": AgentSpec("dqn", _build_sb3("dqn"), lambda: True, description="SB3 DQN, RL-Zoo Atari settings"),
+    "a2c": AgentSpec("a2c", _build_sb3("a2c"), lambda: True, description="SB3 A2C, RL-Zoo Atari settings"),
+    "random": AgentSpec("random", _build_random, lambda: True, description="uniformly random actions"),
+    "tracker": AgentSpec("tracker", _build_tracker, lambda: _has("planners.reference") and _has("experiments.plan"),
+                         description="RAM ball tracker (reference)"),
+    "oracle": AgentSpec("oracle", _build_oracle, lambda: _has("planners.oracle") and _has("experiments.plan"),
+                        description="CEM over the emulator (ceiling; slow)"),
+    "cem": AgentSpec("cem", _build_cem, lambda: _has("worldmodel.api") and _has("experiments.plan"),
+                     needs=("world_model",), description="CEM planning in the world model"),
+    "actor-critic": AgentSpec("actor-critic", _build_actor_critic,
+                              lambda: _has("worldmodel.api") and _has("agent.wrapper")
+                              and _has("experiments.train_agent"),
+                              needs=("world_model", "agent_checkpoint"),
+                              description="actor-critic trained in imagination"),
+}
+
+
+def available_agents() -> list[str]:
+    """Agent names whose code is present (world-model agents appear once their modules land)."""
+    return [name for name, spec in REGISTRY.items() if spec.available()]
+
+
+def parse_agents(text: str) -> list[str]:
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    ok = available_agents()
+    if not names:
+        raise UserError(f"--agents is empty; pass a comma-separated list from: {', '.join(ok)}")
+    for n in names:
+        if n not in ok:
+            raise UserError(f"unknown or unavailable agent '{n}' in --agents; accepted: {', '.join(ok)}")
+    return list(dict.fromkeys(names))
+
+
+# --------------------------------------------------------------------------------------- folders
+def default_out(cfg: Config) -> Path:
+    return Path(cfg.run.runs_dir) / "compare-baselines" / cfg.preset
+
+
+# Config sections that decide a pair's result: finished pairs are reused only while these match. The world
+# model's and the actor-critic's own settings live in their checkpoints, which the options name.
+COMPARABLE_SECTIONS = ("environment", "evaluation", "baselines", "planner")
+
+
+def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: tree.get(k) for k in COMPARABLE_SECTIONS}
+
+
+def _check_out(out: Path, cfg: Config) -> None:
+    marker = out / "compare.json"
+    mine = {"preset": cfg.preset, "config": _comparable(cfg.to_dict())}
+    if marker.is_file():
+        try:
+            theirs = json.loads(marker.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{marker} is corrupted; delete it or pass a new --out folder") from None
+        if _comparable(theirs.get("config") or {}) != mine["config"]:
+            raise UserError(f"--out {out} holds a comparison made with a different config (preset "
+                            f"{theirs.get('preset')!r}); pass a new --out folder or the same preset and --set options")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(mine, indent=1))
+
+
+def pair_dir(out: Path, agent: str, seed: int) -> Path:
+    return out / agent / f"s{seed}"
+
+
+def load_pair_results(out: Path) -> dict[str, list[dict[str, Any]]]:
+    """Finished pairs of a comparison folder: agent -> list of per-seed results (sorted by seed)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(Path(out).glob(f"*/s*/{RESULT_FILE}")):
+        res = json.loads(path.read_text())
+        found.setdefault(res["agent"], []).append(res)
+    for v in found.values():
+        v.sort(key=lambda r: r["seed"])
+    return found
+
+
+# --------------------------------------------------------------------------------------- one pair
+def run_pair(spec: AgentSpec, cfg: Config, opts: CompareOptions, seed: int, out: Path, group: str,
+             progress: bool = True) -> dict[str, Any]:
+    """Build/train one agent for one seed, evaluate it, write ``result.json``."""
+    folder = pair_dir(out, spec.name, seed)
+    if folder.exists():  # an interrupted pair: start it again
+        shutil.rmtree(folder)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed))
+    seed_everything(seed)
+    t0 = time.perf_counter()
+    with RunLogger(cfg, "compare-baselines", run_dir=folder, group=group, name=f"{spec.name}-s{seed}") as run:
+        budget = cfg.baselines.agent_steps
+        bars: list[tqdm] = []  # made on the first training step: agents that do not train show no bar
+
+        def on_progress(steps: int) -> None:
+            if not bars:
+                bars.append(tqdm(total=budget, desc=f"{spec.name} s{seed} train", unit="step", disable=not progress,
+                                 leave=False))
+            bars[0].update(steps - bars[0].n)
+
+        def on_point(p: dict[str, Any]) -> None:
+            run.log({"eval/return_mean": p["mean"], "eval/return_median": p["median"], "eval/return_std": p["std"],
+                     "eval/episodes": p["episodes"], "eval/env_steps": p["env_steps"]}, step=p["env_steps"])
+            if bars:
+                bars[0].set_postfix(eval_return=f"{p['mean']:.1f}")
+
+        built = spec.build(cfg, opts, seed, {"on_point": on_point, "on_progress": on_progress})
+        for bar in bars:
+            bar.close()
+        build_seconds = time.perf_counter() - t0
+        if "model" in built:
+            built["model"].save(folder / "model.zip")
+        t1 = time.perf_counter()
+        episodes = evaluate(built["agent"], cfg, desc=f"{spec.name} s{seed} eval", progress=progress)
+        eval_seconds = time.perf_counter() - t1
+        final = summarize_returns(episodes)
+        env_steps = int(built["env_steps"])
+        curve = list(built.get("curve", []))
+        curve.append({"env_steps": env_steps, "returns": [e["return"] for e in episodes], **final, "final": True})
+        run.log({"eval/return_mean": final["mean"], "eval/return_median": final["median"],
+                 "eval/return_std": final["std"], "eval/episodes": final["episodes"], "eval/env_steps": env_steps,
+                 "final/return_mean": final["mean"], "perf/build_seconds": build_seconds,
+                 "perf/eval_seconds": eval_seconds}, step=env_steps)
+        result = {
+            "agent": spec.name, "seed": seed, "preset": cfg.preset, "returns": [e["return"] for e in episodes],
+            "episodes": episodes, "final": final, "env_steps": env_steps, "budget": budget,
+            "wall_clock_s": time.perf_counter() - t0, "build_seconds": build_seconds,
+            "train_seconds": built.get("train_seconds", 0.0), "eval_seconds": eval_seconds,
+            "hyperparams": built.get("hyperparams", {}), "curve": curve,
+            "eval_seeds": [e["seed"] for e in episodes],
+        }
+        run.write_json(RESULT_FILE + ".partial", result)
+        os.replace(folder / (RESULT_FILE + ".partial"), folder / RESULT_FILE)  # the pair is finished only now
+    return result
+
+
+# --------------------------------------------------------------------------------------- comparison
+def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | None = None,
+                      opts: CompareOptions | None = None, progress: bool = True,
+                      dashboard: bool = True) -> dict[str, Any]:
+    """Run (or finish) every agent x seed pair, then write results and the dashboard."""
+    opts = opts or CompareOptions()
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    for name in agents:
+        spec = REGISTRY[name]
+        for need in spec.needs:
+            if getattr(opts, need) is None:
+                flag = "--" + need.replace("_", "-")
+                raise UserError(f"agent '{name}' needs {flag}; pass it or drop '{name}' from --agents")
+    out = Path(out) if out is not None else default_out(cfg)
+    _check_out(out, cfg)
+    torch.set_num_threads(cfg.run.threads or 1)
+    group = f"compare-{cfg.preset}-{out.resolve().name}"
+    seed_list = [cfg.run.seed + k for k in range(seeds)]
+    pairs = [(a, s) for a in agents for s in seed_list]
+    todo = [(a, s) for a, s in pairs if not (pair_dir(out, a, s) / RESULT_FILE).is_file()]
+    if progress:
+        click.echo(f"comparison folder {out}: {len(pairs)} agent/seed pairs, {len(pairs) - len(todo)} already "
+                   f"finished, {len(todo)} to run (budget {cfg.baselines.agent_steps:,} agent steps)")
+    for i, (name, seed) in enumerate(todo, 1):
+        if progress:
+            click.echo(f"[{i}/{len(todo)}] {name} seed {seed}")
+        res = run_pair(REGISTRY[name], cfg, opts, seed, out, group, progress=progress)
+        if progress:
+            click.echo(f"      {name} seed {seed}: return {res['final']['mean']:.2f} over {res['final']['episodes']} "
+                       f"games, {res['env_steps']:,} env steps, {res['wall_clock_s']:.0f} s")
+        if res["env_steps"] > cfg.baselines.agent_steps:
+            click.echo(f"      note: {name} used {res['env_steps']:,} env steps, more than the budget "
+                       f"baselines.agent_steps={cfg.baselines.agent_steps:,}", err=True)
+    if opts.world_model is not None:  # the world model's own run: its losses go on the dashboard
+        run_dir = next((d for d in list(Path(opts.world_model).parents)[:3] if (d / "metrics.jsonl").is_file()), None)
+        if run_dir is not None and run_dir not in opts.pretrain_runs:
+            opts = dataclasses.replace(opts, pretrain_runs=[*opts.pretrain_runs, run_dir])
+    return finish(out, agents, seed_list, cfg, opts, dashboard=dashboard)
+
+
+def finish(out: Path, agents: list[str], seed_list: list[int], cfg: Config, opts: CompareOptions,
+           dashboard: bool = True) -> dict[str, Any]:
+    from experiments.results import summarize_agent, write_results
+
+    found = load_pair_results(out)
+    summaries = []
+    for name in agents:
+        per_seed = [r for r in found.get(name, []) if r["seed"] in seed_list]
+        if per_seed:
+            summaries.append(summarize_agent(name, per_seed))
+    meta = {"preset": cfg.preset, "budget_agent_steps": cfg.baselines.agent_steps,
+            "episodes_per_seed": cfg.evaluation.episodes, "seeds": seed_list, "agents": agents,
+            "command": "python run.py " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("run.py") else None,
+            "environment": dataclasses.asdict(cfg.environment), "evaluation": dataclasses.asdict(cfg.evaluation),
+            "baselines": dataclasses.asdict(cfg.baselines)}
+    paths = write_results(out, summaries, meta)
+    report: dict[str, Any] = {"out": str(out), "summaries": summaries, "results_md": str(paths["md"]),
+                              "results_json": str(paths["json"])}
+    if dashboard:
+        from experiments.dashboard import build_dashboard
+
+        report["dashboard"] = str(build_dashboard([out, *opts.pretrain_runs], out / "dashboard.html"))
+    return report

@@ -1,0 +1,124 @@
+"""``run.py evaluate --stage 1``: the seed's Stage-1 benchmark table, its success criteria, and diagnostics.
+
+Losses are recomputed on the checkpoint's data in eval mode (no dropout) with masks from a fixed
+seed, on the training episodes (a sample) and the validation episodes, so the val/train ratio
+compares like with like. The representation diagnostics (std, effective rank, linear probes) of the
+checkpoint's target encoder stand next to those of a random encoder of the same shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from envs.errors import UserError
+from experiments.config import config_from_dict
+from experiments.pretrain_stage1 import load_split, masked_loss, random_baseline
+from worldmodel.checkpoint import load_checkpoint, load_state
+from worldmodel.diagnostics import PROBE_TARGETS, representation_diagnostics, warn_if_collapsed
+from worldmodel.encoder import PooledEncoder
+from worldmodel.stage1 import build_stage1_model
+
+# The seed's Stage-1 benchmark table: upper bounds of Excellent, Good, Acceptable (above: Poor).
+BENCHMARKS = {
+    "train_loss": ("Train Loss", (0.01, 0.05, 0.1)),
+    "val_loss": ("Val Loss", (0.015, 0.06, 0.12)),
+    "val_train_ratio": ("Val/Train Ratio", (1.2, 1.5, 2.0)),
+}
+GRADES = ("Excellent", "Good", "Acceptable", "Poor")
+# This project's acceptance for "the encoder learns meaningful representations" (issue 3).
+PROBE_THRESHOLDS = {"paddle_x": 0.9, "ball_x": 0.6, "ball_y": 0.6}
+MIN_RANK_FRACTION = 0.25  # effective rank >= 16 of 64
+BASELINE_MARGIN = 0.1  # probe R^2 must beat the random encoder's by this much
+STABLE_VAL_TOLERANCE = 0.05  # "no overfitting": last val loss within 5% of the best one
+TRAIN_SAMPLES = 5000  # training observations used to recompute the train loss
+
+
+def grade(value: float, bounds: tuple[float, float, float]) -> str:
+    for name, bound in zip(GRADES, bounds):
+        if value < bound:
+            return name
+    return GRADES[-1]
+
+
+def evaluate_stage1(checkpoint: str | Path, data: str | Path | None = None, out: str | Path | None = None,
+                    threads: int = 1) -> dict[str, Any]:
+    """Evaluate a stage-1 checkpoint; writes and returns the report."""
+    checkpoint = Path(checkpoint)
+    ckpt = load_checkpoint(checkpoint, kind="stage1")
+    cfg = config_from_dict(ckpt["config"])
+    torch.set_num_threads(threads)
+    data = Path(data if data is not None else ckpt["data_dir"])
+    if not data.is_dir():
+        raise UserError(f"data folder {data} of checkpoint {checkpoint} does not exist; pass --data DIR")
+    train_ds, val_ds = load_split(cfg, data)
+    model = build_stage1_model(cfg)
+    for name in ("online", "target", "predictor"):
+        load_state(getattr(model, name), ckpt[name], checkpoint, name)
+    model.eval()
+
+    train_loss = masked_loss(model, train_ds, seed=cfg.run.seed + 2, max_samples=TRAIN_SAMPLES)
+    val_loss = masked_loss(model, val_ds, seed=cfg.run.seed + 1)
+    ratio = val_loss / max(train_loss, 1e-12)
+    values = {"train_loss": train_loss, "val_loss": val_loss, "val_train_ratio": ratio}
+    table = [{"metric": label, "key": key, "value": values[key], "grade": grade(values[key], bounds)}
+             for key, (label, bounds) in BENCHMARKS.items()]
+
+    diag = representation_diagnostics(PooledEncoder(model.target), train_ds, val_ds, seed=cfg.run.seed)
+    baseline = ckpt.get("random_baseline") or random_baseline(cfg, train_ds, val_ds)
+    history = ckpt.get("history") or []
+    val_hist = [float(h["val_loss"]) for h in history]
+    stable = bool(val_hist) and val_hist[-1] <= min(val_hist) * (1 + STABLE_VAL_TOLERANCE)
+    probe_ok = {k: diag[f"probe_r2/{k}"] >= thr and diag[f"probe_r2/{k}"] >= baseline[f"probe_r2/{k}"]
+                + BASELINE_MARGIN for k, thr in PROBE_THRESHOLDS.items()}
+    rank_ok = diag["effective_rank"] >= MIN_RANK_FRACTION * diag["latent_dim"]
+    criteria = [
+        {"criterion": "Train loss < 0.05", "value": train_loss, "pass": train_loss < 0.05},
+        {"criterion": "Val/Train ratio < 1.5", "value": ratio, "pass": ratio < 1.5},
+        {"criterion": f"No overfitting (last val loss within {STABLE_VAL_TOLERANCE:.0%} of the best)",
+         "value": val_hist[-1] if val_hist else None, "pass": stable},
+        {"criterion": "Encoder learns meaningful representations (probe R^2 paddle_x >= 0.9, ball_x >= 0.6, "
+                      f"ball_y >= 0.6, each >= random + {BASELINE_MARGIN}; effective rank >= "
+                      f"{MIN_RANK_FRACTION:.0%} of D; no collapse)",
+         "value": {**{k: diag[f"probe_r2/{k}"] for k in PROBE_TARGETS}, "effective_rank": diag["effective_rank"]},
+         "pass": all(probe_ok.values()) and rank_ok and not diag["collapsed"]},
+    ]
+    report = {
+        "checkpoint": str(checkpoint), "data_dir": str(data), "target": ckpt.get("target_kind"),
+        "epoch": int(ckpt["epoch"]), "step": int(ckpt["step"]), "benchmarks": table, "success_criteria": criteria,
+        "diagnostics": diag, "random_baseline": baseline, "history": history,
+        "all_criteria_pass": all(c["pass"] for c in criteria),
+    }
+    out = Path(out) if out is not None else checkpoint.with_name(checkpoint.stem + "_eval_stage1.json")
+    _write_json(out, report)
+    report["report_path"] = str(out)
+    return report
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write (temp file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [f"Stage 1 evaluation of {r['checkpoint']} ({r['target']} target, epoch {r['epoch']}, step {r['step']})",
+             "", "Seed benchmark table", f"  {'Metric':<18}{'Value':>10}  Grade"]
+    lines += [f"  {row['metric']:<18}{row['value']:>10.4f}  {row['grade']}" for row in r["benchmarks"]]
+    lines += ["", "Seed success criteria"]
+    for c in r["success_criteria"]:
+        lines.append(f"  [{'PASS' if c['pass'] else 'FAIL'}] {c['criterion']}")
+    d, b = r["diagnostics"], r["random_baseline"]
+    lines += ["", "Representation diagnostics (target encoder vs random encoder of the same shape)",
+              f"  {'':<26}{'trained':>10}{'random':>10}"]
+    for key in ["std_mean", "std_min", "effective_rank", "effective_rank_uncentred",
+                *[f"probe_r2/{k}" for k in PROBE_TARGETS]]:
+        lines.append(f"  {key:<26}{d.get(key, float('nan')):>10.4f}{b.get(key, float('nan')):>10.4f}")
+    warn_if_collapsed(d, lines.append)
+    lines += ["", f"all criteria pass: {r['all_criteria_pass']}", f"report written to {r['report_path']}"]
+    return "\n".join(lines)

@@ -1,0 +1,267 @@
+"""``run.py evaluate --stage 2``: the seed's Stage-2 table and success criteria, and what a planner needs.
+
+* Losses (the training objective's parts) are recomputed in eval mode with the evaluation protocol
+  (pure teacher forcing; rollout of ``rollout_steps`` from ``z_0``) on a sample of the training
+  sequences and on all validation sequences, so the val/train ratio compares like with like.
+* Open-loop latent error: from a real ``z_0`` of a validation sequence, ``imagine`` with the true
+  actions, L1 against the real latents at horizons 1..8, next to copy-last (``z_k = z_0``) and the
+  mean training latent.
+* Rewards: precision and recall of "reward > 0" (predicted reward > 0.5 points), one step ahead
+  (teacher forcing) and imagined (open loop over horizons 1..8).
+* Life loss: ROC AUC of ``1 - continue_prob`` against the life-loss flag, one step and imagined.
+* Probe: a ridge regression from latent to paddle_x / ball_x / ball_y fitted on real training
+  latents, applied to imagined latents; mean absolute error against the RAM truth per horizon,
+  next to the same probe on the real latents (its floor) and on copy-last latents.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from envs.errors import UserError
+from experiments.config import config_from_dict
+from experiments.evaluate_stage1 import GRADES, _write_json, grade
+from experiments.pretrain_stage2 import evaluate_losses, load_sequences
+from worldmodel.api import load_world_model
+from worldmodel.checkpoint import load_checkpoint
+from worldmodel.diagnostics import BALL_Y, PROBE_TARGETS
+from worldmodel.stage2 import LatentSequences, build_world_model_loss
+from worldmodel.transformer import symexp
+
+# The seed's Stage-2 benchmark table: upper bounds of Excellent, Good, Acceptable (above: Poor).
+BENCHMARKS = {
+    "latent_total": ("Total Loss", (0.1, 0.3, 0.5)),
+    "teacher_forcing": ("Teacher Forcing Loss", (0.08, 0.2, 0.4)),
+    "rollout": ("Rollout Loss", (0.15, 0.4, 0.6)),
+    "val_train_ratio": ("Val/Train Ratio", (1.2, 1.5, 2.0)),
+}
+OPEN_LOOP_HORIZON = 8
+TRAIN_SEQUENCES = 4000  # training sequences used to recompute the train losses
+PROBE_TRAIN_FRAMES = 20000
+REWARD_THRESHOLD = 0.5  # predicted points above which a step counts as "rewarding"
+STABLE_VAL_TOLERANCE = 0.05  # "validation loss stable": last val loss within 5% of the best one
+MIN_EPOCHS = 15
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC (Mann-Whitney U with average ranks for ties); NaN when a class is empty."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    s = scores[order]
+    ranks = np.empty(len(s))
+    i = 0
+    while i < len(s):  # average ranks over runs of ties
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1
+        i = j + 1
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def precision_recall(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    pred, true = np.asarray(pred, bool), np.asarray(true, bool)
+    tp = int((pred & true).sum())
+    return {"precision": tp / pred.sum() if pred.sum() else float("nan"),
+            "recall": tp / true.sum() if true.sum() else float("nan"),
+            "predicted_positive": int(pred.sum()), "true_positive_steps": int(true.sum())}
+
+
+class LinearProbe:
+    """Ridge regression (standardised features, intercept, alpha 1) from latents to RAM labels."""
+
+    def __init__(self, z: torch.Tensor, y: np.ndarray, alpha: float = 1.0):
+        z = z.double()
+        self.mu, self.sd = z.mean(0), z.std(0).clamp_min(1e-8)
+        x = (z - self.mu) / self.sd
+        yt = torch.as_tensor(y, dtype=torch.float64)
+        self.y_mu = yt.mean()
+        eye = torch.eye(x.shape[1], dtype=torch.float64)
+        self.w = torch.linalg.solve(x.T @ x + alpha * eye, x.T @ (yt - self.y_mu))
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return ((z.double() - self.mu) / self.sd) @ self.w + self.y_mu
+
+
+def evaluate_stage2(checkpoint: str | Path, data: str | Path | None = None, out: str | Path | None = None,
+                    threads: int = 1, progress: bool = False) -> dict[str, Any]:
+    """Evaluate a stage-2 checkpoint; writes and returns the report."""
+    checkpoint = Path(checkpoint)
+    kind = load_checkpoint(checkpoint)["kind"]
+    if kind != "stage2":
+        raise UserError(f"checkpoint {checkpoint} is a {kind!r} checkpoint; `evaluate --stage 2` needs a 'stage2' "
+                        "checkpoint (runs/pretrain/<run>/stage2/best.pt)")
+    ckpt = load_checkpoint(checkpoint, kind="stage2")
+    cfg = config_from_dict(ckpt["config"])
+    torch.set_num_threads(threads)
+    data = Path(data if data is not None else ckpt["data_dir"])
+    if not data.is_dir():
+        raise UserError(f"data folder {data} of checkpoint {checkpoint} does not exist; pass --data DIR")
+    wm = load_world_model(checkpoint)
+    model, loss_fn = wm.dynamics, build_world_model_loss(cfg)
+    train_seq, val_seq, _ = load_sequences(cfg, data, wm.encoder, wm.device, progress)
+
+    train = evaluate_losses(model, loss_fn, train_seq, max_sequences=TRAIN_SEQUENCES)
+    val = evaluate_losses(model, loss_fn, val_seq)
+    ratio = val["latent_total"] / max(train["latent_total"], 1e-12)
+    values = {**val, "val_train_ratio": ratio}
+    table = [{"metric": label, "key": key, "value": values[key], "grade": grade(values[key], bounds),
+              "train": train.get(key)} for key, (label, bounds) in BENCHMARKS.items()]
+
+    # Open-loop and head diagnostics on non-overlapping validation windows of 8 steps.
+    H = OPEN_LOOP_HORIZON
+    store, latents = val_seq.store, val_seq.latents
+    val_eps = np.unique(store.episode_of[val_seq.starts])
+    win = _windows(store, val_eps, H)
+    seqs = LatentSequences(latents, store, win, H)
+    b = seqs.batch(np.arange(len(seqs)))
+    z, a = b["z"], b["actions"]  # [N, H+1, D], [N, H]
+    with torch.inference_mode():
+        lat, rew_im, cont_im = wm.imagine(z[:, 0], a)  # [N, H, D], [N, H], [N, H]
+        T = model.max_len
+        tf_pred, tf_rew, tf_cont = model(z[:, :T], a[:, :T])  # one step ahead, teacher forced (first T steps)
+    train_mask = np.isin(store.episode_of, np.unique(store.episode_of[train_seq.starts]))
+    z_mean = latents[torch.from_numpy(np.flatnonzero(train_mask))].mean(0)  # [D]
+    true = z[:, 1:]
+    open_loop = {
+        "horizon": list(range(1, H + 1)),
+        "model": (lat - true).abs().mean((0, 2)).tolist(),
+        "copy_last": (z[:, :1] - true).abs().mean((0, 2)).tolist(),
+        "mean_latent": (z_mean - true).abs().mean((0, 2)).tolist(),
+        "windows": len(seqs),
+    }
+    open_loop["model_over_copy_last"] = [m / max(c, 1e-12) for m, c in zip(open_loop["model"], open_loop["copy_last"])]
+
+    r_true = b["rewards"].numpy() > 0
+    ll_true = b["life_loss"].numpy()
+    rewards = {
+        "teacher_forced": precision_recall(symexp(tf_rew).numpy() > REWARD_THRESHOLD, r_true[:, :T]),
+        "imagined": precision_recall(rew_im.numpy() > REWARD_THRESHOLD, r_true),
+        "threshold_points": REWARD_THRESHOLD,
+    }
+    life = {
+        "auc_teacher_forced": roc_auc(-tf_cont.numpy().ravel(), ll_true[:, :T].ravel()),
+        "auc_imagined": roc_auc(-cont_im.numpy().ravel(), ll_true.ravel()),
+        "auc_imagined_per_horizon": [roc_auc(-cont_im[:, k].numpy(), ll_true[:, k]) for k in range(H)],
+        "life_loss_steps": int(ll_true.sum()), "steps": int(ll_true.size),
+    }
+    probe = _probe_report(latents, store, train_mask, z, lat, b["labels"].numpy(), cfg.run.seed)
+
+    history = ckpt.get("history") or []
+    val_hist = [float(h["val"]["latent_total"]) for h in history]  # the seed's (validation) Total Loss
+    stable = bool(val_hist) and val_hist[-1] <= min(val_hist) * (1 + STABLE_VAL_TOLERANCE)
+    epochs = int(ckpt["epoch"])
+    h4 = open_loop["model_over_copy_last"][min(3, H - 1)]
+    criteria = [
+        {"criterion": "Total loss reaches the 0.1-0.3 range (or below)", "value": val["latent_total"],
+         "pass": val["latent_total"] <= 0.3},
+        {"criterion": "Rollout loss > teacher-forcing loss", "value": [val["rollout"], val["teacher_forcing"]],
+         "pass": val["rollout"] > val["teacher_forcing"]},
+        {"criterion": f"Training runs for {MIN_EPOCHS}+ epochs", "value": epochs, "pass": epochs >= MIN_EPOCHS},
+        {"criterion": f"Validation loss stable (last within {STABLE_VAL_TOLERANCE:.0%} of the best) and val/train "
+                      "ratio < 1.5", "value": [val_hist[-1] if val_hist else None, ratio],
+         "pass": stable and ratio < 1.5},
+        {"criterion": "World model learns temporal dynamics (open-loop latent error at horizon 4 <= 0.5x copy-last)",
+         "value": h4, "pass": h4 <= 0.5},
+    ]
+    report = {
+        "checkpoint": str(checkpoint), "data_dir": str(data), "epoch": epochs, "step": int(ckpt["step"]),
+        "benchmarks": table, "train_losses": train, "val_losses": val, "success_criteria": criteria,
+        "open_loop": open_loop, "rewards": rewards, "life_loss": life, "probe": probe, "history": history,
+        "all_criteria_pass": all(c["pass"] for c in criteria),
+    }
+    out = Path(out) if out is not None else checkpoint.with_name(checkpoint.stem + "_eval_stage2.json")
+    _write_json(out, report)
+    report["report_path"] = str(out)
+    return report
+
+
+def _windows(store, episodes: np.ndarray, H: int) -> np.ndarray:
+    """Start frames of non-overlapping windows of ``H`` transitions inside the given episodes."""
+    starts = []
+    for e in episodes:
+        off, n_trans = store.frame_offsets[e], store.frame_counts[e] - 1
+        if n_trans >= H:
+            starts.append(off + np.arange(0, n_trans - H + 1, H))
+    if not starts:
+        raise UserError(f"no validation episode has {H} transitions; collect more data")
+    return np.concatenate(starts)
+
+
+def _probe_report(latents: torch.Tensor, store, train_mask: np.ndarray, z: torch.Tensor, lat: torch.Tensor,
+                  labels: np.ndarray, seed: int) -> dict[str, Any]:
+    """Probe MAE (RAM units) per horizon on imagined, real and copy-last latents."""
+    idx = np.flatnonzero(train_mask)
+    if len(idx) > PROBE_TRAIN_FRAMES:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, PROBE_TRAIN_FRAMES, replace=False))
+    z_tr, y_tr = latents[torch.from_numpy(idx)], store.labels[idx].astype(np.float64)
+    H = lat.shape[1]
+    out: dict[str, Any] = {"horizon": list(range(1, H + 1)), "train_frames": int(len(idx))}
+    for name, col in PROBE_TARGETS.items():
+        fit = y_tr[:, BALL_Y] != 0 if col in (1, BALL_Y) else np.ones(len(y_tr), bool)
+        probe = LinearProbe(z_tr[torch.from_numpy(fit)], y_tr[fit, col])
+        truth = labels[:, 1:, col]  # [N, H]
+        valid = labels[:, 1:, BALL_Y] != 0 if col in (1, BALL_Y) else np.ones_like(truth, bool)
+        N, D = z.shape[0], z.shape[-1]
+        imagined = probe(lat.reshape(-1, D)).view(N, H).numpy()
+        real = probe(z[:, 1:].reshape(-1, D)).view(N, H).numpy()
+        copy = probe(z[:, 0]).numpy()[:, None].repeat(H, 1)
+
+        out[name] = {"imagined": _mae(imagined, truth, valid), "real": _mae(real, truth, valid),
+                     "copy_last": _mae(copy, truth, valid),
+                     "label_std": float(truth[valid].std()) if valid.any() else float("nan")}
+    return out
+
+
+def _mae(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> list[float]:
+    """Mean absolute error per horizon (column) over the valid entries."""
+    err = np.abs(pred - truth)
+    return [float(err[:, k][valid[:, k]].mean()) if valid[:, k].any() else float("nan") for k in range(err.shape[1])]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3f}" if v == v else "nan"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [f"Stage 2 evaluation of {r['checkpoint']} (epoch {r['epoch']}, step {r['step']})", "",
+             "Seed benchmark table (validation episodes; train in brackets)",
+             f"  {'Metric':<22}{'Value':>9}  {'(train)':>9}  Grade"]
+    for row in r["benchmarks"]:
+        tr = f"({row['train']:.4f})" if row["train"] is not None else ""
+        lines.append(f"  {row['metric']:<22}{row['value']:>9.4f}  {tr:>9}  {row['grade']}")
+    lines.append(f"  grades: {', '.join(GRADES)} by the seed's thresholds")
+    v = r["val_losses"]
+    lines.append(f"  other heads (val): reward MSE (symlog) {v['reward']:.4f}, continuation BCE {v['continue']:.4f}")
+    lines += ["", "Seed success criteria"]
+    lines += [f"  [{'PASS' if c['pass'] else 'FAIL'}] {c['criterion']}" for c in r["success_criteria"]]
+    ol = r["open_loop"]
+    lines += ["", f"Open-loop latent L1 (imagine with the true actions, {ol['windows']} validation windows)",
+              "  horizon   " + "".join(f"{h:>8}" for h in ol["horizon"])]
+    for key in ("model", "copy_last", "mean_latent", "model_over_copy_last"):
+        lines.append(f"  {key:<10}" + "".join(f"{x:>8.4f}" for x in ol[key]))
+    rw, ll = r["rewards"], r["life_loss"]
+    lines += ["", f"Rewards > 0 (predicted > {rw['threshold_points']} points)"]
+    for k in ("teacher_forced", "imagined"):
+        pr = rw[k]
+        lines.append(f"  {k:<15} precision {_fmt(pr['precision'])}  recall {_fmt(pr['recall'])}  "
+                     f"({pr['predicted_positive']} predicted, {pr['true_positive_steps']} true)")
+    lines += ["", f"Life loss ({ll['life_loss_steps']} of {ll['steps']} steps)",
+              f"  AUC teacher forced {_fmt(ll['auc_teacher_forced'])}   imagined {_fmt(ll['auc_imagined'])}",
+              "  imagined AUC per horizon " + " ".join(_fmt(x) for x in ll["auc_imagined_per_horizon"])]
+    p = r["probe"]
+    lines += ["", f"Stage-1 linear probe on imagined latents: mean abs error vs RAM (fitted on {p['train_frames']} "
+              "real train latents)", "  horizon            " + "".join(f"{h:>7}" for h in p["horizon"])]
+    for name in PROBE_TARGETS:
+        for k in ("imagined", "real", "copy_last"):
+            lines.append(f"  {name + ' ' + k:<19}" + "".join(f"{x:>7.2f}" for x in p[name][k]))
+        lines.append(f"  ({name} label std {p[name]['label_std']:.2f})")
+    lines += ["", f"all criteria pass: {r['all_criteria_pass']}", f"report written to {r['report_path']}"]
+    return "\n".join(lines)

@@ -1,0 +1,346 @@
+"""Actor-critic in imagination: units, a toy MDP with a known optimum, the wrapper, training and resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from agent.actor_critic import ActorCritic, ReturnNormalizer, imagine_with_policy, lambda_returns
+from agent.wrapper import ActorCriticAgent, load_agent, load_agent_checkpoint
+from envs.breakout import NUM_ACTIONS
+from envs.errors import UserError
+from experiments.config import load_config
+
+
+# ------------------------------------------------------------------------------------------ toy models
+class ToyChainMDP:
+    """Two latent states with a known optimal policy.
+
+    In s0 action 0 pays 1 and moves to s1; in s1 action 1 pays 1 and moves back to s0. Action 2
+    waits (no reward, no loss). Action 3 pays 2 at once but ends the trajectory (continue 0), and so
+    does the wrong one of actions 0/1 (without reward). Optimal: alternate 0, 1, 0, ... forever
+    (about 1 per step), never the tempting 2-point trap.
+    """
+
+    latent_dim, num_actions = 6, 4
+
+    def __init__(self):
+        self.states = torch.eye(self.latent_dim)[:2]  # [2, D]
+
+    def encode(self, state_ids) -> torch.Tensor:
+        return self.states[torch.as_tensor(state_ids).long()]
+
+    @torch.no_grad()
+    def imagine(self, z0, actions):
+        b, h = actions.shape
+        s = z0[:, 1].round().long()  # [B] state index
+        lat, rew, con = [], [], []
+        for t in range(h):
+            a = actions[:, t]
+            good, wait, trap = a == s, a == 2, a == 3
+            rew.append(good.float() + 2.0 * trap.float())
+            con.append((good | wait).float())
+            s = torch.where(good, 1 - s, s)
+            lat.append(self.states[s])
+        return torch.stack(lat, 1), torch.stack(rew, 1), torch.stack(con, 1)
+
+
+class LinearObsModel(nn.Module):
+    """A small deterministic model over real observations (plumbing tests): pooled pixels -> z, linear dynamics."""
+
+    def __init__(self, latent_dim: int = 8, num_actions: int = NUM_ACTIONS):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.latent_dim, self.num_actions = latent_dim, num_actions
+        self.proj = nn.Parameter(torch.randn(64, latent_dim, generator=g) * 0.3)
+        self.dyn = nn.Parameter(torch.randn(latent_dim, latent_dim, generator=g) * 0.3)
+        self.act_emb = nn.Parameter(torch.randn(num_actions, latent_dim, generator=g))
+        self.head = nn.Parameter(torch.randn(latent_dim, 2, generator=g))
+
+    @torch.no_grad()
+    def encode(self, obs):
+        x = torch.as_tensor(np.asarray(obs)).float() / 255.0  # [B, 4, 64, 64]
+        x = nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)  # [B, 64]
+        return torch.tanh(x @ self.proj)
+
+    @torch.no_grad()
+    def imagine(self, z0, actions):
+        z, lat = z0, []
+        for t in range(actions.shape[1]):
+            z = torch.tanh(z @ self.dyn + self.act_emb[actions[:, t]])
+            lat.append(z)
+        lat = torch.stack(lat, 1)  # [B, H, D]
+        out = lat @ self.head  # [B, H, 2]
+        return lat, torch.sigmoid(out[..., 0]), torch.sigmoid(out[..., 1] + 3.0)
+
+
+def agent_cfg(*overrides):
+    return load_config("tiny", ["run.wandb=disabled", *overrides])
+
+
+# ------------------------------------------------------------------------------------------ units
+def test_lambda_returns_known_values():
+    r = torch.tensor([[1.0, 2.0, 3.0]])
+    c = torch.ones(1, 3)
+    v = torch.tensor([[0.0, 10.0, 20.0, 30.0]])
+    # lambda = 1: discounted Monte Carlo return with the bootstrap V(z_H) at the end.
+    g = 0.5
+    mc = lambda_returns(r, c, v, g, 1.0)
+    assert torch.allclose(mc[0], torch.tensor([1 + g * 2 + g**2 * 3 + g**3 * 30, 2 + g * 3 + g**2 * 30, 3 + g * 30]))
+    # lambda = 0: one-step TD targets r_h + g V(z_{h+1}).
+    td = lambda_returns(r, c, v, g, 0.0)
+    assert torch.allclose(td[0], torch.tensor([1 + g * 10, 2 + g * 20, 3 + g * 30]))
+    # A zero continuation cuts everything after that step's reward.
+    c_cut = torch.tensor([[1.0, 0.0, 1.0]])
+    cut = lambda_returns(r, c_cut, v, g, 0.95)
+    assert cut[0, 1] == 2.0
+    assert torch.isclose(cut[0, 0], torch.tensor(1 + g * (0.05 * 10 + 0.95 * 2.0)))
+    with pytest.raises(AssertionError, match="lambda_returns shapes"):
+        lambda_returns(r, c, v[:, :3], g, 0.95)
+
+
+def test_return_normalizer_ema_and_floor():
+    n = ReturnNormalizer(decay=0.5)
+    ret = torch.linspace(0, 100, 101)
+    n.update(ret)  # first batch sets the range
+    assert torch.isclose(n.lo, torch.tensor(5.0)) and torch.isclose(n.hi, torch.tensor(95.0))
+    n.update(torch.zeros(101))
+    assert torch.isclose(n.lo, torch.tensor(2.5)) and torch.isclose(n.hi, torch.tensor(47.5))
+    assert torch.isclose(n.scale, torch.tensor(45.0))
+    small = ReturnNormalizer()
+    small.update(torch.full((10,), 0.3))
+    assert small.scale == 1.0  # never amplifies small returns
+
+
+def test_stepwise_rollout_matches_imagine():
+    model = LinearObsModel()
+    z0 = torch.randn(5, model.latent_dim)
+    g = torch.Generator().manual_seed(1)
+    traj = imagine_with_policy(model, z0, lambda z: torch.randint(0, 4, (z.shape[0],), generator=g), 6)
+    assert traj["latents"].shape == (5, 7, 8) and traj["actions"].shape == (5, 6)
+    lat, rew, con = model.imagine(z0, traj["actions"])
+    assert torch.allclose(traj["latents"][:, 1:], lat) and torch.allclose(traj["rewards"], rew)
+    assert torch.allclose(traj["continues"], con)
+    assert torch.equal(traj["latents"][:, 0], z0)
+
+
+def test_world_model_imagine_policy_matches_imagine():
+    """The step-wise rollout of worldmodel.api (added for the actor-critic) agrees with imagine(), past the window."""
+    from worldmodel.api import WorldModel
+    from worldmodel.transformer import build_world_model_transformer
+
+    cfg = agent_cfg()
+    torch.manual_seed(0)
+    dyn = build_world_model_transformer(cfg)
+    with torch.no_grad():
+        dyn.head.weight.normal_(0, 0.3)  # move away from copy-last so the check has something to compare
+        for name, buf in dyn.named_buffers():  # latent normalisation statistics, when the model has them
+            if name in ("z_mean", "z_std", "dz_std"):
+                buf.uniform_(0.5, 2.0)
+    wm = WorldModel(nn.Identity(), dyn)
+    h = dyn.max_len + 3
+    z0 = torch.randn(4, wm.latent_dim)
+    g = torch.Generator().manual_seed(2)
+    ac = ActorCritic(wm.latent_dim, wm.num_actions, cfg.agent)
+    traj = imagine_with_policy(wm, z0, lambda z: torch.randint(0, 4, (z.shape[0],), generator=g), h)
+    lat, rew, con = wm.imagine(z0, traj["actions"])
+    assert torch.allclose(traj["latents"][:, 1:], lat, atol=1e-5) and torch.allclose(traj["rewards"], rew, atol=1e-5)
+    assert torch.allclose(traj["continues"], con, atol=1e-6)
+    out = ac.update(wm, z0)  # the real model's inference-mode outputs are usable for training
+    assert np.isfinite(out["train/actor_loss"])
+
+
+def test_update_leaves_world_model_untouched():
+    model = LinearObsModel()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ac = ActorCritic(model.latent_dim, model.num_actions, agent_cfg().agent)
+    critic_before = [p.clone() for p in ac.critic.parameters()]
+    out = ac.update(model, torch.randn(16, model.latent_dim))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"world model weight {k} changed"
+    assert all(p.grad is None for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(critic_before, ac.critic.parameters()))
+    for key in ("train/imagined_return", "train/entropy", "train/actor_loss", "train/critic_loss",
+                "train/return_scale"):
+        assert isinstance(out[key], float) and np.isfinite(out[key])
+
+
+def test_slow_critic_is_an_ema():
+    cfg = agent_cfg("agent.critic_ema_decay=0.9").agent
+    ac = ActorCritic(8, 4, cfg)
+    slow0 = [p.clone() for p in ac.slow_critic.parameters()]
+    ac.update(LinearObsModel(), torch.randn(16, 8))
+    for s0, s, p in zip(slow0, ac.slow_critic.parameters(), ac.critic.parameters()):
+        assert torch.allclose(s, 0.9 * s0 + 0.1 * p, atol=1e-6)
+    assert all(not p.requires_grad for p in ac.slow_critic.parameters())
+
+
+# ------------------------------------------------------------------------------------------ behaviour
+def test_actor_learns_toy_mdp_optimum():
+    torch.manual_seed(0)
+    cfg = agent_cfg("agent.actor_lr=0.001", "agent.critic_lr=0.001", "agent.imagine_horizon=8").agent
+    mdp = ToyChainMDP()
+    ac = ActorCritic(mdp.latent_dim, mdp.num_actions, cfg)
+    ac.seed(0)
+    z0 = mdp.encode(torch.arange(64) % 2)  # both states as starts
+    first = ac.update(mdp, z0)
+    for _ in range(250):
+        last = ac.update(mdp, z0)
+    probs = ac.actor.log_probs(mdp.states).exp().detach()  # [2 states, 4 actions]
+    assert probs[0].argmax() == 0 and probs[1].argmax() == 1, probs
+    assert probs[0, 0] > 0.9 and probs[1, 1] > 0.9, probs
+    assert last["train/imagined_return"] > first["train/imagined_return"] + 3.0
+    assert last["train/entropy"] < first["train/entropy"]
+    # The critic ranks the states' futures above a dead end: a value near the optimum's discounted sum.
+    assert ac.value(mdp.states).min() > 3.0
+
+
+# ------------------------------------------------------------------------------------------ wrapper
+def test_wrapper_act_predict_and_sb3_evaluate_policy():
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from envs.breakout import make_env
+
+    cfg = agent_cfg("environment.max_episode_frames=400")
+    model = LinearObsModel()
+    ac = ActorCritic(model.latent_dim, model.num_actions, cfg.agent)
+    agent = ActorCriticAgent(model, ac.actor, ac.critic, deterministic=True)
+    obs = np.zeros((4, 64, 64), np.uint8)
+    agent.reset()
+    assert agent.act(obs) in range(NUM_ACTIONS) and agent.last_value is not None
+    a, state = agent.predict(np.stack([obs, obs + 1]), deterministic=False)
+    assert a.shape == (2,) and a.dtype == np.int64 and state is None
+    a1, _ = agent.predict(obs)
+    assert np.ndim(a1) == 0
+    env = make_env(cfg.environment, seed=0)
+    mean, std = evaluate_policy(agent, env, n_eval_episodes=1, warn=False)
+    assert np.isfinite(mean)
+    env.close()
+    with pytest.raises(UserError, match="latent_dim"):
+        ActorCriticAgent(LinearObsModel(latent_dim=5), ac.actor)
+
+
+# ------------------------------------------------------------------------------------------ training loop
+def test_train_resume_and_load(tiny_data, tmp_path, monkeypatch):
+    from experiments import train_agent as ta
+
+    cfg = agent_cfg(f"run.runs_dir={tmp_path}", "agent.updates=12", "agent.checkpoint_every=4",
+                    "agent.start_latents=200", "agent.batch_size=8", "environment.max_episode_frames=400")
+    model = LinearObsModel()
+    wm_path = tmp_path / "wm.pt"  # only its path is recorded; the model is passed in
+    real_update = ActorCritic.update
+    calls = {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(ActorCritic, "update", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ta.train_agent(cfg, wm_path, data=tiny_data, model=model, progress=False)
+    monkeypatch.setattr(ActorCritic, "update", real_update)
+    run_dir = next((tmp_path / "train-agent").iterdir())
+    ckpt = load_agent_checkpoint(run_dir / "agent.pt")
+    assert ckpt["state"]["updates"] == 6  # the interrupted run saved its progress
+    summary = ta.train_agent(cfg, resume=run_dir, model=model, progress=False)
+    assert summary["resumed_from"] == 6 and summary["updates"] == 12
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if "train/imagined_return" in r]
+    assert train_steps[-1] == 12 and max(train_steps) == 12
+    assert {"train/entropy", "train/actor_loss", "train/critic_loss", "train/return_scale",
+            "perf/updates_per_s"} <= set(rows[-2])
+    assert any("eval/return_mean" in r for r in rows)
+    assert load_agent_checkpoint(run_dir)["state"]["updates"] == 12
+    agent = load_agent(run_dir / "agent.pt", model)
+    assert agent.act(np.zeros((4, 64, 64), np.uint8)) in range(NUM_ACTIONS)
+
+
+def test_bad_agent_checkpoints(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_agent_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot be read"):
+        load_agent_checkpoint(bad)
+    other = tmp_path / "other.pt"
+    torch.save({"kind": "stage2"}, other)
+    with pytest.raises(UserError, match="not an agent checkpoint"):
+        load_agent_checkpoint(other)
+
+
+# ------------------------------------------------------------------------------------------ CLI end to end
+@pytest.fixture(scope="module")
+def untrained_world_model(tmp_path_factory, tiny_data):
+    """A Stage-2 checkpoint file in the format of worldmodel.api with untrained (tiny-preset) networks."""
+    from worldmodel.checkpoint import save_checkpoint
+    from worldmodel.encoder import build_encoder
+    from worldmodel.stage1 import encoder_kwargs
+    from worldmodel.transformer import build_world_model_transformer
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    vit, dyn = build_encoder(cfg), build_world_model_transformer(cfg)
+    wm_kwargs = {"latent_dim": dyn.latent_dim, "num_actions": dyn.num_actions, "hidden_dim": dyn.z_in.out_features,
+                 "depth": len(dyn.blocks), "heads": dyn.heads, "mlp_dim": dyn.blocks[0].mlp[0].out_features,
+                 "dropout": 0.0, "max_len": dyn.max_len}
+    path = tmp_path_factory.mktemp("wm") / "best.pt"
+    save_checkpoint({"kind": "stage2", "config": cfg.to_dict(), "data_dir": str(tiny_data),
+                     "encoder_kwargs": encoder_kwargs(vit), "encoder": vit.state_dict(),
+                     "world_model_kwargs": wm_kwargs, "world_model": dyn.state_dict()}, path)
+    return path
+
+
+def test_cli_train_agent_end_to_end(cli, untrained_world_model, tmp_path):
+    common = ["--preset", "tiny", "--wandb", "disabled", "--set", f"run.runs_dir={tmp_path}",
+              "--set", "agent.updates=6", "--set", "agent.checkpoint_every=3", "--set", "agent.start_latents=64",
+              "--set", "environment.max_episode_frames=400"]
+    res = cli("train-agent", "--world-model", str(untrained_world_model), *common)  # data found via the checkpoint
+    assert res.returncode == 0, res.stderr
+    assert "agent checkpoint:" in res.stdout and "real-env return" in res.stdout
+    run_dir = next((tmp_path / "train-agent").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["updates"] == 6 and np.isfinite(summary["final_train"]["train/critic_loss"])
+    assert load_agent_checkpoint(run_dir / "agent.pt")["world_model"] == str(untrained_world_model)
+
+
+def test_cli_train_agent_bad_input(tmp_path, untrained_world_model):
+    from click.testing import CliRunner
+
+    from run import cli as run_cli
+
+    def invoke(*args):  # in-process: the same CLI class, without a Python start-up per case
+        return CliRunner().invoke(run_cli, ["train-agent", "--preset", "tiny", "--wandb", "disabled", *args])
+
+    res = invoke()
+    assert res.exit_code == 2 and "--world-model" in res.stderr
+    stage1 = tmp_path / "s1.pt"
+    torch.save({"kind": "stage1"}, stage1)
+    res = invoke("--world-model", str(stage1))
+    assert res.exit_code == 2 and "stage2" in res.stderr and res.exception.__class__ is SystemExit
+    res = invoke("--resume", str(tmp_path / "nope"))
+    assert res.exit_code == 2 and "does not exist" in res.stderr
+    res = invoke("--world-model", str(untrained_world_model), "--data", str(tmp_path / "nodata"))
+    assert res.exit_code == 2 and "nodata" in res.stderr
+
+
+def test_plan_in_env_with_agent(untrained_world_model, tiny_data, tmp_path):
+    from experiments.plan import plan_in_env
+    from experiments.train_agent import train_agent
+
+    cfg = agent_cfg(f"run.runs_dir={tmp_path}", "agent.updates=2", "agent.start_latents=32",
+                    "environment.max_episode_frames=200")
+    agent_pt = train_agent(cfg, untrained_world_model, data=tiny_data, progress=False)["checkpoint"]
+    s = plan_in_env(cfg, "actor-critic", agent=agent_pt, episodes=1, max_steps=20, compare_random=False,
+                    progress=False)  # the world model comes from the agent checkpoint
+    assert s["actor-critic"]["episodes"] == 1 and s["agent"] == agent_pt
+    cem_cfg = agent_cfg(f"run.runs_dir={tmp_path}", "planner.use_value=true", "planner.policy_samples=4",
+                        "environment.max_episode_frames=200")
+    s = plan_in_env(cem_cfg, "cem", untrained_world_model, agent=agent_pt, episodes=1, max_steps=10,
+                    compare_random=False, progress=False)
+    assert s["cem"]["episodes"] == 1
+    with pytest.raises(UserError, match="--agent"):
+        plan_in_env(cfg, "actor-critic", untrained_world_model, episodes=1, progress=False)

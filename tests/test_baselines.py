@@ -1,0 +1,184 @@
+"""SB3 baselines on the project's pipeline, score statistics and the compare-baselines CLI (tiny preset)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from stable_baselines3.common.vec_env import VecTransposeImage, is_vecenv_wrapped
+
+from experiments.baselines import ClipReward, build_model, make_training_env, scaled_hyperparams, train_sb3
+from experiments.config import load_config
+from experiments.results import bootstrap_ci, human_normalised, iqm, summarize_agent
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def tiny_cfg():
+    return load_config("tiny", ["run.wandb=disabled"])
+
+
+# ------------------------------------------------------------------ hyperparameters scaled to the budget
+def test_dqn_hyperparams_follow_the_budget():
+    hp = scaled_hyperparams("dqn", 100_000)
+    assert hp["learning_starts"] == 20_000  # a fifth of the budget, not the zoo's 100k
+    assert hp["buffer_size"] == 100_000  # the whole budget fits in the buffer
+    assert hp["exploration_fraction"] == 0.1 and hp["total_timesteps"] == 100_000
+    assert hp["learning_rate"] == 1e-4 and hp["train_freq"] == 4 and hp["target_update_interval"] == 1000
+
+
+@pytest.mark.parametrize("budget", [256, 30_000, 100_000])
+def test_ppo_and_a2c_never_exceed_the_budget(budget):
+    for algo in ("ppo", "a2c"):
+        hp = scaled_hyperparams(algo, budget)
+        rollout = hp["n_envs"] * hp["n_steps"]
+        assert 0 < hp["total_timesteps"] <= budget
+        assert hp["total_timesteps"] % rollout == 0
+    assert scaled_hyperparams("ppo", 100_000)["n_steps"] == 128  # the zoo's rollout where it fits
+
+
+# ------------------------------------------------------------------ the training pipeline
+def test_training_env_is_channel_first_and_not_transposed(tiny_cfg):
+    hp = scaled_hyperparams("ppo", 256)
+    env = make_training_env(tiny_cfg, hp["n_envs"], seed=0)
+    obs = env.reset()
+    assert obs.shape == (hp["n_envs"], 4, 64, 64) and obs.dtype == np.uint8
+    model = build_model("ppo", hp, env, seed=0)
+    assert not is_vecenv_wrapped(model.get_env(), VecTransposeImage)
+    assert model.observation_space.shape == (4, 64, 64)
+    env.close()
+
+
+def test_training_env_ends_episodes_at_life_loss(tiny_cfg):
+    env = make_training_env(tiny_cfg, 1, seed=3)
+    env.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        _, _, dones, infos = env.step(rng.integers(4, size=1))
+        if dones[0]:
+            break
+    assert dones[0], "random play should lose a life within 2000 steps"
+    assert infos[0]["life_loss"] and infos[0]["lives"] >= 1 and not infos[0]["game_over"]
+    env.close()
+
+
+class _FixedReward(gym.Env):
+    observation_space = gym.spaces.Discrete(1)
+    action_space = gym.spaces.Discrete(1)
+
+    def __init__(self, reward):
+        self.r = reward
+
+    def reset(self, *, seed=None, options=None):
+        return 0, {}
+
+    def step(self, action):
+        return 0, self.r, False, False, {}
+
+
+@pytest.mark.parametrize("raw,clipped", [(7.0, 1.0), (4.0, 1.0), (0.0, 0.0), (-2.0, -1.0)])
+def test_rewards_are_clipped_to_their_sign(raw, clipped):
+    env = ClipReward(_FixedReward(raw))
+    env.reset()
+    assert env.step(0)[1] == clipped
+
+
+def test_train_sb3_dqn_tiny(tiny_cfg):
+    out = train_sb3("dqn", tiny_cfg)
+    assert out["env_steps"] == 256
+    assert [p["env_steps"] for p in out["curve"]] == [128]  # every eval_every steps; the final one comes later
+    assert all(len(p["returns"]) == tiny_cfg.baselines.eval_episodes for p in out["curve"])
+    assert out["hyperparams"]["learning_starts"] == 51
+    assert 0 <= out["agent"].act(np.zeros((4, 64, 64), np.uint8)) < 4
+
+
+# ------------------------------------------------------------------ statistics
+def test_iqm_and_normalisation_on_known_values():
+    assert iqm(np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 100.0])) == pytest.approx(3.5)  # middle 4 of 8
+    assert human_normalised(30.5) == pytest.approx(1.0) and human_normalised(1.7) == pytest.approx(0.0)
+    lo, hi = bootstrap_ci(np.arange(20.0), "mean")
+    assert lo < 9.5 < hi and hi - lo < 10
+
+
+def test_summary_pools_seeds_and_episodes():
+    s = summarize_agent("x", [{"seed": 0, "returns": [1, 2], "env_steps": 10, "wall_clock_s": 1.0},
+                              {"seed": 1, "returns": [3, 4], "env_steps": 10, "wall_clock_s": 2.0}])
+    assert s["episodes"] == 4 and s["mean"] == 2.5 and s["median"] == 2.5 and s["wall_clock_s_total"] == 3.0
+    assert s["ci95_mean"][0] <= 2.5 <= s["ci95_mean"][1]
+
+
+# ------------------------------------------------------------------ the CLI end to end
+def _cli(*args, env_extra=None, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    env.update({"OMP_NUM_THREADS": "1", **(env_extra or {})})
+    return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_compare_cli_writes_results_logs_wandb_and_skips_finished_pairs(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare-baselines", "--preset", "tiny", "--seeds", "1", "--agents", "dqn,random", "--out", str(out)]
+    res = _cli(*args, "--wandb", "offline")
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads((out / "results.json").read_text())
+    agents = {a["agent"]: a for a in data["agents"]}
+    assert set(agents) == {"dqn", "random"}
+    assert agents["dqn"]["env_steps"] == [256] and agents["random"]["env_steps"] == [0]
+    assert agents["dqn"]["hyperparams"]["buffer_size"] == 256
+    assert "| dqn |" in (out / "results.md").read_text()
+    assert (out / "dqn" / "s0" / "model.zip").is_file() and (out / "dashboard.html").is_file()
+    rows = [json.loads(x) for x in (out / "dqn" / "s0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/return_mean" in r] == [128, 256]  # curve point + final evaluation
+    offline = list((out / "dqn" / "s0" / "wandb").glob("offline-run-*"))
+    assert offline, "one offline wandb run per agent and seed"
+    before = (out / "dqn" / "s0" / "result.json").stat().st_mtime_ns
+
+    res = _cli(*args, "--wandb", "disabled")  # rerun: nothing left to do
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "2 already finished, 0 to run" in res.stdout
+    assert (out / "dqn" / "s0" / "result.json").stat().st_mtime_ns == before
+
+
+def test_compare_cli_user_errors(tmp_path):
+    res = _cli("compare-baselines", "--preset", "tiny", "--agents", "ppo,nope", "--out", str(tmp_path / "a"))
+    assert res.returncode == 2 and "unknown or unavailable agent 'nope'" in res.stderr
+    assert "Traceback" not in res.stderr
+    out = tmp_path / "b"
+    res = _cli("compare-baselines", "--preset", "tiny", "--agents", "random", "--out", str(out), "--wandb", "disabled")
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = _cli("compare-baselines", "--preset", "tiny", "--agents", "random", "--out", str(out), "--wandb", "disabled",
+               "--set", "evaluation.episodes=2")
+    assert res.returncode == 2 and "different config" in res.stderr and "Traceback" not in res.stderr
+
+
+# ------------------------------------------------------------------ world-model agents in the registry
+def test_world_model_agents_count_their_data_and_need_a_model(tiny_data, tmp_path):
+    from experiments.compare import CompareOptions, data_env_steps
+
+    assert data_env_steps(CompareOptions(data=tiny_data)) == (600, str(tiny_data))
+    res = _cli("compare-baselines", "--preset", "tiny", "--agents", "cem", "--out", str(tmp_path / "c"))
+    assert res.returncode == 2 and "needs --world-model" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_compare_cli_with_world_model_agents(tmp_path):
+    """pretrain + train-agent on the tiny preset, then cem and actor-critic through compare-baselines."""
+    runs = tmp_path / "runs"
+    common = ["--preset", "tiny", "--wandb", "disabled", "--set", f"run.runs_dir={runs}"]
+    assert _cli("pretrain", *common).returncode == 0
+    wm = next(runs.glob("pretrain/*/stage2/best.pt"))
+    assert _cli("train-agent", "--world-model", str(wm), *common).returncode == 0
+    agent = next(runs.glob("train-agent/*/agent.pt"))
+    out = tmp_path / "cmp"
+    res = _cli("compare-baselines", "--agents", "cem,actor-critic", "--world-model", str(wm), "--agent-checkpoint",
+               str(agent), "--out", str(out), *common)
+    assert res.returncode == 0, res.stderr[-2000:]
+    agents = {a["agent"]: a for a in json.loads((out / "results.json").read_text())["agents"]}
+    assert agents["cem"]["env_steps"] == [600] and agents["actor-critic"]["env_steps"] == [600]  # the collected data
+    assert "World-model training losses" in (out / "dashboard.html").read_text()  # the world model's own run

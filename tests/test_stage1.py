@@ -1,0 +1,270 @@
+"""Stage 1: masking, EMA, gradients, losses, diagnostics, checkpoints, resume, CLI (tiny preset)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from envs.errors import UserError
+from experiments.config import load_config
+from worldmodel import load_encoder
+from worldmodel.checkpoint import load_checkpoint, save_checkpoint
+from worldmodel.diagnostics import collapse_reason, effective_rank, ridge_r2
+from worldmodel.encoder import MaskedViT, random_patch_mask
+from worldmodel.stage1 import MaskedPredictionLoss, build_stage1_model, ema_update
+
+
+def tiny_cfg(tmp_path, *extra):
+    return load_config("tiny", ["run.wandb=disabled", f"run.runs_dir={tmp_path / 'runs'}", *extra])
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------------------- units
+@pytest.mark.parametrize("ratio", [0.4, 0.25, 0.9])
+def test_mask_has_exact_fraction_per_sample(ratio):
+    mask = random_patch_mask(32, 64, ratio, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (32, 64) and mask.dtype == torch.bool
+    assert (mask.sum(1) == round(ratio * 64)).all()
+    assert len({tuple(r.tolist()) for r in mask}) > 1  # different patches per sample
+
+
+def test_masked_patches_become_the_mask_token():
+    vit = MaskedViT(image_size=32, in_channels=4, patch_size=16, dim=8, depth=1, heads=2, mlp_dim=16, dropout=0.0)
+    obs = torch.randint(0, 256, (2, 4, 32, 32), dtype=torch.uint8)
+    mask = torch.tensor([[True, False, False, False], [False, False, False, False]])
+    a, _ = vit(obs, mask)
+    obs2 = obs.clone()
+    obs2[0, :, :16, :16] = 255 - obs2[0, :, :16, :16]  # change only the masked patch of sample 0
+    b, _ = vit(obs2, mask)
+    assert torch.allclose(a, b)  # the encoder cannot see a masked patch
+    c, _ = vit(obs2)
+    assert not torch.allclose(a[0], c[0])
+
+
+def test_ema_arithmetic():
+    target, online = nn.Linear(3, 2), nn.Linear(3, 2)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.fill_(1.0)
+        for p in online.parameters():
+            p.fill_(3.0)
+    ema_update(target, online, decay=0.9)
+    for p in target.parameters():
+        assert torch.allclose(p, torch.full_like(p, 0.9 * 1.0 + 0.1 * 3.0))
+    ema_update(target, online, decay=1.0)  # decay 1 freezes the target
+    for p in target.parameters():
+        assert torch.allclose(p, torch.full_like(p, 1.2))
+
+
+BOTTLENECK = ["vjepa2_world_model.stage1.target=bottleneck", "models.encoder.params.vit.readout=spatial",
+              "models.encoder.params.vit.frame_diffs=true", "vjepa2_world_model.stage1.motion_weighting=1.0"]
+
+
+@pytest.mark.parametrize("extra", [["vjepa2_world_model.stage1.target=pooled"],
+                                   ["vjepa2_world_model.stage1.target=tokens"], BOTTLENECK,
+                                   BOTTLENECK + ["vjepa2_world_model.stage1.bottleneck_token_weight=0"]])
+def test_no_gradient_reaches_target_encoder(tmp_path, extra):
+    cfg = tiny_cfg(tmp_path, *extra)
+    model = build_stage1_model(cfg).train()
+    assert not model.target.training and not any(p.requires_grad for p in model.target.parameters())
+    before = [p.clone() for p in model.target.parameters()]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    out = model(torch.randint(0, 256, (4, 4, 64, 64), dtype=torch.uint8))
+    out["loss"].backward()
+    assert all(p.grad is None for p in model.target.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.online.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.predictor.parameters())
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.target.parameters()))  # only EMA moves it
+    model.update_target()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.target.parameters()))
+
+
+def test_spatial_readout_and_frame_diffs():
+    vit = MaskedViT(image_size=32, in_channels=4, patch_size=16, dim=8, depth=1, heads=2, mlp_dim=16, dropout=0.0,
+                    readout="spatial", readout_channels=3, frame_diffs=True)
+    assert vit.patch_embed.in_channels == 7 and vit.readout_out.in_features == 4 * 3
+    obs = torch.randint(0, 256, (5, 4, 32, 32), dtype=torch.uint8)
+    z, tok = vit(obs)
+    assert z.shape == (5, 8) and tok.shape == (5, 4, 8)
+    assert torch.allclose(z, vit.readout_out(vit.readout_proj(tok).reshape(5, 12)))
+    # The spatial readout tells the patches apart: swapping two patches' tokens changes z (the mean would not).
+    assert not torch.allclose(vit.read(tok[:, [1, 0, 2, 3]]), z, atol=1e-6)
+
+
+def test_motion_weights_mean_one_and_favour_moving_patches():
+    from worldmodel.stage1 import motion_weights
+
+    obs = torch.zeros(3, 4, 32, 32, dtype=torch.uint8)
+    obs[0, 3, 20, 5] = 200  # something appears in the last frame of sample 0, patch (row 1, col 0) = index 2
+    w = motion_weights(obs, patch_size=16, strength=1.0)
+    assert w.shape == (3, 4) and w.mean().item() == pytest.approx(1.0)
+    assert w[0, 2] == w.max() and torch.allclose(w[1:], w[1:, :1].expand(2, 4))  # static samples: equal weights
+    assert torch.allclose(motion_weights(obs, 16, 0.0), torch.ones(3, 4))
+
+
+def test_masked_prediction_loss_known_values():
+    loss = MaskedPredictionLoss()
+    pred, tgt = torch.zeros(2, 3, 4), torch.ones(2, 3, 4)
+    tgt[:, 1] = 5.0  # error 5 on the unmasked token must be ignored
+    mask = torch.tensor([[True, False, False], [False, False, True]])
+    assert loss(pred, tgt, mask).item() == pytest.approx(1.0)
+    assert loss(torch.zeros(2, 4), torch.full((2, 4), 0.5)).item() == pytest.approx(0.5)
+
+
+def test_diagnostics_known_answers():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2000, 16, generator=g, dtype=torch.float64)
+    assert effective_rank(z) > 14  # isotropic: close to D
+    assert effective_rank(z[:, :1] @ torch.ones(1, 16, dtype=torch.float64)) < 1.01  # rank one
+    y = (z @ torch.arange(16, dtype=torch.float64)).numpy()
+    assert ridge_r2(z[:1500], y[:1500], z[1500:], y[1500:]) > 0.99
+    noise = torch.randn(2000, generator=g, dtype=torch.float64).numpy()
+    assert ridge_r2(z[:1500], noise[:1500], z[1500:], noise[1500:]) < 0.05
+    assert collapse_reason(1e-4, 1.0, 64) is not None and collapse_reason(0.5, 30.0, 64) is None
+
+
+# ----------------------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """An uninterrupted 2-epoch tiny run."""
+    from experiments.pretrain_stage1 import pretrain_stage1
+
+    tmp = tmp_path_factory.mktemp("s1")
+    torch.set_num_threads(1)
+    return pretrain_stage1(tiny_cfg(tmp), data=tiny_data, progress=False, echo=quiet)
+
+
+def test_training_writes_checkpoints_and_metrics(trained):
+    assert trained["epochs"] == 2 and trained["finished"]
+    for name in ("best_checkpoint", "latest_checkpoint"):
+        ckpt = load_checkpoint(trained[name], kind="stage1")
+        assert {"online", "target", "predictor", "optimizer", "scheduler", "epoch", "step", "early_stopping",
+                "rng", "config"} <= set(ckpt)
+    rows = [json.loads(line) for line in open(f"{trained['run_dir']}/metrics.jsonl")]
+    keys = set().union(*rows)
+    assert {"train/loss", "val/loss", "diag/effective_rank", "diag/probe_r2/paddle_x", "perf/samples_per_s",
+            "diag/random/probe_r2/paddle_x"} <= keys
+
+
+def test_resume_continues_from_saved_epoch_and_step(trained, tiny_data, tmp_path):
+    from experiments.pretrain_stage1 import pretrain_stage1
+
+    torch.set_num_threads(1)
+    first = pretrain_stage1(tiny_cfg(tmp_path), data=tiny_data, max_epochs=1, progress=False, echo=quiet)
+    assert first["epochs"] == 1 and not first["finished"]
+    steps_per_epoch = first["steps"]
+    second = pretrain_stage1(load_config("tiny"), resume=first["run_dir"], progress=False, echo=quiet)
+    assert second["resumed_from"] == {"epoch": 1, "step": steps_per_epoch}  # the checkpoint was loaded
+    assert second["epochs"] == 2 and second["steps"] == 2 * steps_per_epoch
+    rows = [json.loads(line) for line in open(f"{first['run_dir']}/metrics.jsonl")]
+    assert sum("resumed_from_epoch" in r for r in rows) == 1
+    # Exact resumption: the interrupted run ends where the uninterrupted one did.
+    for a, b in zip(trained["history"], second["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+
+
+def test_same_seed_same_first_epoch_loss(trained, tiny_data, tmp_path):
+    from experiments.pretrain_stage1 import pretrain_stage1
+
+    torch.set_num_threads(1)
+    again = pretrain_stage1(tiny_cfg(tmp_path), data=tiny_data, max_epochs=1, progress=False, echo=quiet)
+    assert again["history"][0]["train_loss"] == trained["history"][0]["train_loss"]
+    other = pretrain_stage1(tiny_cfg(tmp_path, "run.seed=1"), data=tiny_data, max_epochs=1, progress=False,
+                            echo=quiet)
+    assert other["history"][0]["train_loss"] != trained["history"][0]["train_loss"]
+
+
+def test_load_encoder_maps_uint8_to_latent(trained):
+    enc = load_encoder(trained["best_checkpoint"])
+    assert not enc.training and not any(p.requires_grad for p in enc.parameters())
+    z = enc(torch.randint(0, 256, (3, 4, 64, 64), dtype=torch.uint8))
+    assert z.shape == (3, 32) and z.dtype == torch.float32  # tiny preset: D = 32
+    ckpt = load_checkpoint(trained["best_checkpoint"])
+    vit = MaskedViT(**ckpt["encoder_kwargs"])
+    vit.load_state_dict(ckpt["target"])  # the downstream encoder is the EMA target
+    vit.eval()
+    x = torch.randint(0, 256, (2, 4, 64, 64), dtype=torch.uint8)
+    assert torch.allclose(enc(x), vit(x)[0])
+
+
+# ----------------------------------------------------------------------------------------- bad files
+def test_bad_checkpoints_give_one_sentence(trained, tmp_path):
+    good = open(trained["best_checkpoint"], "rb").read()
+    cases = {
+        "truncated.pt": good[: len(good) // 2],
+        "garbage.pt": np.random.default_rng(0).bytes(4096),
+        "empty.pt": b"",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UserError, match=r"truncated|corrupt|empty"):
+            load_encoder(tmp_path / name)
+    with pytest.raises(UserError, match="does not exist"):
+        load_encoder(tmp_path / "missing.pt")
+    save_checkpoint({"kind": "stage2"}, tmp_path / "stage2.pt")
+    with pytest.raises(UserError, match="'stage2' checkpoint"):
+        load_encoder(tmp_path / "stage2.pt")
+    ckpt = load_checkpoint(trained["best_checkpoint"])
+    ckpt["target"]["pos_embed"] = torch.zeros(1, 3, 7)
+    save_checkpoint(ckpt, tmp_path / "shape.pt")
+    with pytest.raises(UserError, match="does not fit"):
+        load_encoder(tmp_path / "shape.pt")
+
+
+def test_cli_bad_checkpoint_exits_2(cli, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    res = cli("evaluate", "--stage", "1", "--checkpoint", str(bad))
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: checkpoint") and "Traceback" not in res.stderr
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def test_cli_pretrain_and_evaluate_end_to_end(cli, tmp_path):
+    runs = tmp_path / "runs"
+    res = cli("pretrain", "--stage", "1", "--preset", "tiny", "--wandb", "disabled", "--set",
+              f"run.runs_dir={runs}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "stage 1 done" in res.stdout
+    best = next(runs.glob("pretrain/*/stage1/best.pt"))
+    assert (best.parent.parent / "data" / "manifest.json").is_file()  # collected its own data
+    out = tmp_path / "report.json"
+    res = cli("evaluate", "--stage", "1", "--checkpoint", str(best), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Seed benchmark table" in res.stdout and "Val/Train Ratio" in res.stdout
+    report = json.loads(out.read_text())
+    assert [r["metric"] for r in report["benchmarks"]] == ["Train Loss", "Val Loss", "Val/Train Ratio"]
+    assert all(r["grade"] in ("Excellent", "Good", "Acceptable", "Poor") for r in report["benchmarks"])
+    assert len(report["success_criteria"]) == 4
+    assert {"probe_r2/paddle_x", "probe_r2/ball_x", "probe_r2/ball_y", "effective_rank"} <= set(
+        report["diagnostics"])
+
+
+def test_bottleneck_variant_trains_and_loads(tiny_data, tmp_path):
+    """The bottleneck target with a spatial readout: trains, and load_encoder rebuilds the same encoder."""
+    from experiments.evaluate_stage1 import evaluate_stage1
+    from experiments.pretrain_stage1 import pretrain_stage1
+
+    torch.set_num_threads(1)
+    res = pretrain_stage1(tiny_cfg(tmp_path, *BOTTLENECK, "vjepa2_world_model.stage1.num_epochs=1"), data=tiny_data,
+                          progress=False, echo=quiet)
+    assert res["target"] == "bottleneck" and np.isfinite(res["best_val_loss"])
+    ckpt = load_checkpoint(res["best_checkpoint"], kind="stage1")
+    assert ckpt["encoder_kwargs"]["readout"] == "spatial" and ckpt["encoder_kwargs"]["frame_diffs"] is True
+    enc = load_encoder(res["best_checkpoint"])
+    vit = MaskedViT(**ckpt["encoder_kwargs"])
+    vit.load_state_dict(ckpt["target"])
+    vit.eval()
+    x = torch.randint(0, 256, (2, 4, 64, 64), dtype=torch.uint8)
+    assert enc(x).shape == (2, 32) and torch.allclose(enc(x), vit(x)[0])
+    report = evaluate_stage1(res["best_checkpoint"], out=tmp_path / "r.json")
+    assert report["target"] == "bottleneck" and np.isfinite(report["diagnostics"]["probe_r2/ball_x"])

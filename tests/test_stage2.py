@@ -1,0 +1,268 @@
+"""Stage 2: WorldModelTransformer, WorldModelLoss, latent cache, training/resume, public API, CLI (tiny preset)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from envs.errors import UserError
+from worldmodel.stage2 import LossWeights, WorldModelLoss, scheduled_sampling_mask
+from worldmodel.transformer import WorldModelTransformer
+
+
+def small_model(max_len: int = 4, seed: int = 0) -> WorldModelTransformer:
+    torch.manual_seed(seed)
+    m = WorldModelTransformer(latent_dim=8, num_actions=4, hidden_dim=16, depth=2, heads=2, mlp_dim=32, dropout=0.0,
+                              max_len=max_len).eval()
+    with torch.no_grad():  # make every part matter: distance biases and a non-trivial head
+        m.time_bias.normal_()
+        m.head.weight.normal_(std=0.3)
+    return m
+
+
+# ----------------------------------------------------------------------------------------------- transformer
+def test_transformer_is_causal():
+    m = small_model(max_len=6)
+    z, a = torch.randn(3, 6, 8), torch.randint(0, 4, (3, 6))
+    z2, a2 = z.clone(), a.clone()
+    z2[:, 3:] += torch.randn(3, 3, 8)
+    a2[:, 3] = (a2[:, 3] + 1) % 4
+    with torch.no_grad():
+        o1, o2 = m(z, a), m(z2, a2)
+    for x1, x2 in zip(o1, o2):
+        assert torch.allclose(x1[:, :3], x2[:, :3], atol=1e-6)  # earlier outputs unchanged
+        assert not torch.allclose(x1[:, 3:], x2[:, 3:])  # later ones do change
+
+
+def test_imagine_matches_teacher_forced_rollout_within_window():
+    m = small_model(max_len=4)
+    z0, a = torch.randn(5, 8), torch.randint(0, 4, (5, 4))
+    with torch.no_grad():
+        lat, rew, cont = m.imagine(z0, a)
+        seq = z0[:, None]
+        for k in range(4):
+            nxt, r, c = m(seq, a[:, :k + 1])
+            seq = torch.cat([seq, nxt[:, -1:]], 1)
+    assert torch.allclose(lat, seq[:, 1:], atol=1e-5)
+    assert torch.allclose(rew, r, atol=1e-5) and torch.allclose(cont, c, atol=1e-5)
+
+
+def _sliding_window_reference(m: WorldModelTransformer, z0: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Autoregressive rollout recomputing the full sequence with a banded causal mask of width max_len."""
+    W, H = m.max_len, a.shape[1]
+    seq = z0[:, None]
+    for _ in range(H):
+        T = seq.shape[1]
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        d = i - j
+        bias = m.time_bias[:, :, d.clamp(0, W - 1)].masked_fill((d < 0) | (d >= W), float("-inf"))  # [L, h, T, T]
+        x = m.embed(seq, a[:, :T])
+        for blk, b in zip(m.blocks, bias):
+            x = blk(x, b)
+        nxt, _, _ = m._heads(x[:, -1:], seq[:, -1:])
+        seq = torch.cat([seq, nxt], 1)
+    return seq[:, 1:]
+
+
+def test_imagine_any_horizon_slides_the_window():
+    m = small_model(max_len=3)
+    z0, a = torch.randn(4, 8), torch.randint(0, 4, (4, 10))  # H = 10 > max_len = 3
+    with torch.no_grad():
+        lat, rew, cont = m.imagine(z0, a)
+        ref = _sliding_window_reference(m, z0, a)
+    assert lat.shape == (4, 10, 8) and rew.shape == (4, 10) and cont.shape == (4, 10)
+    assert torch.allclose(lat, ref, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- loss
+def test_scheduled_sampling_uses_the_configured_ratio():
+    gen = torch.Generator().manual_seed(0)
+    keep = scheduled_sampling_mask(20000, 8, 0.8, generator=gen)
+    assert keep[:, 0].all()
+    assert abs(keep[:, 1:].float().mean().item() - 0.8) < 0.005
+    # Through the loss: the fraction of true latents fed matches the config.
+    loss_fn = WorldModelLoss(LossWeights(), teacher_forcing_ratio=0.3, rollout_steps=2)
+    batch = {"z": torch.randn(4000, 5, 8), "actions": torch.randint(0, 4, (4000, 4)), "rewards": torch.zeros(4000, 4),
+             "life_loss": torch.zeros(4000, 4, dtype=torch.bool)}
+    out = loss_fn(small_model(), batch, train=True, generator=torch.Generator().manual_seed(1))
+    assert abs(out["tf_keep_fraction"].item() - 0.3) < 0.02
+    assert loss_fn(small_model(), batch, train=False)["tf_keep_fraction"].item() == 1.0
+
+
+def test_loss_values_of_a_copy_last_model():
+    m = small_model()
+    with torch.no_grad():
+        m.head.weight.zero_()
+        m.head.bias.zero_()  # z_next = z, reward 0 (symlog), continue logit 0
+    z = torch.randn(6, 5, 8)
+    batch = {"z": z, "actions": torch.randint(0, 4, (6, 4)), "rewards": torch.full((6, 4), np.e - 1),
+             "life_loss": torch.zeros(6, 4, dtype=torch.bool)}
+    out = WorldModelLoss(LossWeights(0.7, 0.3, 1.0, 1.0), 0.8, rollout_steps=3)(m, batch, train=False)
+    tf = (z[:, :4] - z[:, 1:]).abs().mean()
+    roll = (z[:, :1] - z[:, 1:4]).abs().mean()  # rollout from z_0 of a copy model stays at z_0
+    assert torch.isclose(out["teacher_forcing"], tf, atol=1e-6)
+    assert torch.isclose(out["rollout"], roll, atol=1e-6)
+    assert torch.isclose(out["reward"], torch.tensor(1.0), atol=1e-5)  # symlog(e - 1) = 1
+    assert torch.isclose(out["continue"], torch.tensor(np.log(2.0), dtype=torch.float32), atol=1e-6)
+    assert torch.isclose(out["loss"], 0.7 * tf + 0.3 * roll + 1.0 + np.log(2.0), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
+@pytest.fixture(scope="module")
+def stage1_ckpt(tiny_data, tmp_path_factory):
+    from experiments.config import load_config
+    from experiments.pretrain_stage1 import pretrain_stage1
+
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = load_config("tiny", ["run.wandb=disabled", f"run.runs_dir={runs}",
+                               "vjepa2_world_model.stage1.num_epochs=1"])
+    return pretrain_stage1(cfg, data=tiny_data, progress=False, echo=lambda s: None)["best_checkpoint"]
+
+
+def tiny_cfg(runs, *extra):
+    from experiments.config import load_config
+
+    return load_config("tiny", ["run.wandb=disabled", f"run.runs_dir={runs}", *extra])
+
+
+@pytest.fixture(scope="module")
+def stage2_run(stage1_ckpt, tiny_data, tmp_path_factory):
+    """A stage-2 run interrupted after one epoch, then resumed to the end."""
+    from experiments.pretrain_stage2 import pretrain_stage2
+
+    runs = tmp_path_factory.mktemp("runs2")
+    cfg = tiny_cfg(runs)
+    first = pretrain_stage2(cfg, stage1_checkpoint=stage1_ckpt, data=tiny_data, max_epochs=1, progress=False,
+                            echo=lambda s: None)
+    second = pretrain_stage2(cfg, resume=first["run_dir"], progress=False, echo=lambda s: None)
+    return first, second
+
+
+def test_resume_continues_from_the_saved_epoch(stage2_run):
+    first, second = stage2_run
+    assert first["epochs"] == 1 and not first["finished"]
+    assert second["resumed_from"] == {"epoch": 1, "step": first["steps"]}  # the checkpoint was loaded
+    assert second["epochs"] == 2 and second["steps"] == 2 * first["steps"] and second["finished"]
+    assert second["latent_cache"]["rebuilt"] is False  # same encoder, same data: cache reused
+    assert [h["epoch"] for h in second["history"]] == [1, 2]
+
+
+def test_encoder_frozen_and_unchanged(stage1_ckpt, stage2_run):
+    from worldmodel import load_encoder, load_world_model
+    from worldmodel.latent_cache import encoder_fingerprint
+
+    wm = load_world_model(stage2_run[1]["latest_checkpoint"])
+    enc1 = load_encoder(stage1_ckpt)
+    assert encoder_fingerprint(wm.encoder) == encoder_fingerprint(enc1)
+    assert all(not p.requires_grad and p.grad is None for p in wm.encoder.parameters())
+
+
+def test_encoder_gets_no_gradient_in_a_training_step(stage1_ckpt, tiny_data):
+    from envs.dataset import TemporalSequenceDataset
+    from envs.replay import load_episodes
+    from worldmodel import load_encoder
+
+    enc = load_encoder(stage1_ckpt)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    ds = TemporalSequenceDataset(load_episodes(tiny_data)[0], 4)
+    b = ds.batch(np.arange(8))
+    z = enc(b["obs"].flatten(0, 1)).view(8, 5, -1)  # the frozen encoder inside the graph
+    m = WorldModelTransformer(z.shape[-1], 4, 16, 1, 2, 32, 0.0, 4)
+    out = WorldModelLoss(LossWeights(), 0.8, 2)(m, {"z": z, "actions": b["actions"], "rewards": b["rewards"],
+                                                    "life_loss": b["life_loss"]})
+    out["loss"].backward()
+    assert not z.requires_grad and all(p.grad is None for p in enc.parameters())
+    assert any(p.grad is not None for p in m.parameters())
+    assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())
+
+
+def test_latent_cache_rebuilt_for_a_new_checkpoint(stage1_ckpt, tiny_data, tmp_path):
+    from envs.dataset import EpisodeStore
+    from envs.replay import load_episodes
+    from worldmodel import load_encoder
+    from worldmodel.latent_cache import cached_latents
+
+    episodes, manifest = load_episodes(tiny_data)
+    store = EpisodeStore(episodes)
+    enc = load_encoder(stage1_ckpt)
+    z1, info1 = cached_latents(enc, store, manifest, tmp_path, progress=False)
+    z2, info2 = cached_latents(enc, store, manifest, tmp_path, progress=False)
+    assert info1["rebuilt"] and not info2["rebuilt"] and torch.equal(z1, z2)
+    w = enc.vit.patch_embed.weight
+    w0 = w.detach().clone()
+    with torch.no_grad():
+        w.add_(torch.randn_like(w) * 0.05)  # another checkpoint
+    z3, info3 = cached_latents(enc, store, manifest, tmp_path, progress=False)
+    assert info3["rebuilt"] and info3["path"] != info1["path"] and not torch.equal(z1, z3)
+    manifest2 = {**manifest, "episodes": manifest["episodes"][::-1]}  # another data manifest
+    _, info4 = cached_latents(enc, store, manifest2, tmp_path, progress=False)
+    assert info4["rebuilt"]
+    open(info1["path"], "wb").write(b"garbage")  # a corrupt cache is rebuilt, not trusted
+    with torch.no_grad():
+        w.copy_(w0)  # the first checkpoint again
+    _, info5 = cached_latents(enc, store, manifest, tmp_path, progress=False)
+    assert info5["rebuilt"]
+
+
+def test_public_api_shapes(stage2_run):
+    from worldmodel import load_world_model
+
+    wm = load_world_model(stage2_run[1]["best_checkpoint"])
+    obs = np.random.default_rng(0).integers(0, 255, (3, 4, 64, 64), dtype=np.uint8)
+    z = wm.encode(obs)
+    assert z.shape == (3, wm.latent_dim) and z.dtype == torch.float32 and not z.requires_grad
+    H = 3 * wm.context_length + 1  # longer than the training sequences
+    lat, rew, cont = wm.imagine(z, torch.randint(0, wm.num_actions, (3, H)))
+    assert lat.shape == (3, H, wm.latent_dim) and rew.shape == (3, H) and cont.shape == (3, H)
+    assert ((cont >= 0) & (cont <= 1)).all() and torch.isfinite(lat).all()
+    lat1, _, _ = wm.imagine(z, np.zeros((3, 1), dtype=np.int64))
+    assert lat1.shape == (3, 1, wm.latent_dim)
+
+
+def test_bad_checkpoint_kinds(stage1_ckpt, stage2_run, tiny_data, tmp_path):
+    from experiments.evaluate_stage2 import evaluate_stage2
+    from experiments.pretrain_stage2 import pretrain_stage2
+    from worldmodel import load_world_model
+
+    with pytest.raises(UserError, match="'stage2' checkpoint"):
+        load_world_model(stage1_ckpt)
+    with pytest.raises(UserError, match="needs the 'stage1' checkpoint"):
+        pretrain_stage2(tiny_cfg(tmp_path), stage1_checkpoint=stage2_run[1]["best_checkpoint"], data=tiny_data,
+                        progress=False, echo=lambda s: None)
+    with pytest.raises(UserError, match="latent size 32 but models.shared_latent_dim is 16"):
+        pretrain_stage2(tiny_cfg(tmp_path, "models.shared_latent_dim=16"), stage1_checkpoint=stage1_ckpt,
+                        data=tiny_data, progress=False, echo=lambda s: None)
+    with pytest.raises(UserError, match="needs a 'stage2'"):
+        evaluate_stage2(stage1_ckpt)
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(open(stage2_run[1]["best_checkpoint"], "rb").read()[:1000])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        load_world_model(bad)
+
+
+def test_cli_stage2_pretrain_and_evaluate(cli, stage1_ckpt, tiny_data, tmp_path):
+    res = cli("pretrain", "--stage", "2", "--preset", "tiny", "--wandb", "disabled", "--stage1-checkpoint",
+              str(stage1_ckpt), "--data", str(tiny_data), "--set", f"run.runs_dir={tmp_path}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    ckpts = list(tmp_path.glob("pretrain/*/stage2/best.pt"))
+    assert len(ckpts) == 1
+    res = cli("evaluate", "--stage", "2", "--checkpoint", str(ckpts[0]))
+    assert res.returncode == 0, res.stderr[-2000:]
+    for text in ("Total Loss", "Teacher Forcing Loss", "Rollout Loss", "Val/Train Ratio", "copy_last",
+                 "mean_latent", "precision", "AUC", "paddle_x imagined"):
+        assert text in res.stdout
+    assert (ckpts[0].parent / "best_eval_stage2.json").is_file()
+    res = cli("evaluate", "--stage", "2", "--checkpoint", str(stage1_ckpt))
+    assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
+
+
+def test_cli_pretrain_both_stages_in_one_run(cli, tiny_data, tmp_path):
+    res = cli("pretrain", "--preset", "tiny", "--wandb", "disabled", "--data", str(tiny_data), "--set",
+              f"run.runs_dir={tmp_path}", "--set", "vjepa2_world_model.stage1.num_epochs=1", "--set",
+              "vjepa2_world_model.stage2.num_epochs=1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    runs = list(tmp_path.glob("pretrain/*"))
+    assert len(runs) == 1  # both stages in one run folder
+    assert (runs[0] / "stage1" / "best.pt").is_file() and (runs[0] / "stage2" / "best.pt").is_file()
+    assert "stage 2 done" in res.stdout

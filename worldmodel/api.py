@@ -1,0 +1,153 @@
+"""The world model's public API: the only way planners and the actor-critic see it.
+
+```python
+from worldmodel import load_world_model
+wm = load_world_model("runs/pretrain/<run>/stage2/best.pt", device="cpu")
+z = wm.encode(obs)                        # uint8 [B, 4, 64, 64] -> float32 [B, D]
+lat, rew, cont = wm.imagine(z, actions)   # actions long [B, H], any H >= 1
+# lat [B, H, D]: z after each action; rew [B, H]: predicted reward (game points) of each step;
+# cont [B, H]: probability that step h does NOT lose a life.
+lat, acts, rew, cont = wm.imagine_policy(z, policy_fn, H)  # actions picked step by step (actor-critic)
+```
+
+Both verbs run without gradients (``torch.inference_mode``) in eval mode, batched on the model's
+device. ``imagine`` is the planner's hot loop: one token per imagined step through a KV cache over a
+sliding window of the last ``sequence_length`` steps (see :mod:`worldmodel.transformer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from envs.errors import UserError
+from worldmodel.checkpoint import load_checkpoint, load_state
+from worldmodel.encoder import MaskedViT, PooledEncoder
+from worldmodel.transformer import WorldModelTransformer, symexp
+
+
+class WorldModel:
+    """Frozen Stage-1 encoder + Stage-2 dynamics, with two verbs: ``encode`` and ``imagine``.
+
+    Attributes:
+        latent_dim: D.
+        num_actions: size of the discrete action set.
+        context_length: steps of history the dynamics attends to (Stage-2 ``sequence_length``).
+    """
+
+    def __init__(self, encoder: nn.Module, dynamics: WorldModelTransformer, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.encoder = encoder.to(self.device).eval().requires_grad_(False)
+        self.dynamics = dynamics.to(self.device).eval().requires_grad_(False)
+        self.latent_dim = int(dynamics.latent_dim)
+        self.num_actions = int(dynamics.num_actions)
+        self.context_length = int(dynamics.max_len)
+
+    @torch.inference_mode()
+    def encode(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 observations ``[B, 4, 64, 64]`` (numpy or torch) -> latents float32 ``[B, D]``."""
+        obs = torch.as_tensor(obs, device=self.device)
+        if obs.ndim == 3:
+            raise ValueError(f"encode expects a batch [B, 4, 64, 64]; got one observation {tuple(obs.shape)}; "
+                             "add a batch dimension")
+        return self.encoder(obs).float()
+
+    @torch.inference_mode()
+    def imagine(self, z0: torch.Tensor, actions: np.ndarray | torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Roll the dynamics forward from ``z0 [B, D]`` under ``actions [B, H]``.
+
+        Returns latents ``[B, H, D]``, rewards ``[B, H]`` (game points) and continue probabilities ``[B, H]``.
+        """
+        if not isinstance(actions, torch.Tensor) or actions.device != self.device or actions.dtype != torch.long:
+            actions = torch.as_tensor(actions, device=self.device).long()
+        if z0.device != self.device:
+            z0 = z0.to(self.device)
+        if actions.ndim != 2 or z0.ndim != 2 or z0.shape[0] != actions.shape[0] or actions.shape[1] < 1:
+            raise ValueError(f"imagine expects z0 [B, {self.latent_dim}] and actions [B, H>=1]; got z0 "
+                             f"{tuple(z0.shape)}, actions {tuple(actions.shape)}")
+        lat, rew, cont = self.dynamics.imagine(z0.float(), actions)
+        return lat, symexp(rew), torch.sigmoid(cont)
+
+    @torch.inference_mode()
+    def imagine_policy(self, z0: torch.Tensor, policy_fn: Callable[[torch.Tensor], torch.Tensor], horizon: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like :meth:`imagine`, but each action is chosen from the latest imagined latent (added for the
+        actor-critic, issue 6): ``policy_fn(z [B, D]) -> long [B]`` is called with ``z0``, then with the
+        latent after each step. Same KV cache and sliding window as :meth:`imagine`, so for the same
+        actions the outputs are the same.
+
+        Returns latents ``[B, H, D]``, the chosen actions long ``[B, H]``, rewards ``[B, H]`` and continue
+        probabilities ``[B, H]``.
+        """
+        dyn = self.dynamics
+        z = z0.to(self.device).float()[:, None]  # [B, 1, D]
+        B, W = z.shape[0], dyn.max_len
+        rev = dyn.time_bias.flip(-1)  # [L, h, W]: distance W-1 ... 0, as in WorldModelTransformer.imagine
+        caches: list[torch.Tensor | None] = [None] * len(dyn.blocks)
+        n = 0  # steps held in the caches (< W)
+        lat, acts, rew, cont = [], [], [], []
+        for _ in range(horizon):
+            a = torch.as_tensor(policy_fn(z[:, 0]), device=self.device).long().view(B, 1)  # [B, 1]
+            x = dyn.embed(z, a)  # [B, 1, C], the same input embedding as imagine()
+            bias = rev[:, :, None, W - 1 - n:]  # [L, h, 1, n+1]
+            for i, blk in enumerate(dyn.blocks):
+                x, caches[i] = blk.step(x, caches[i], bias[i], W)
+            n = min(n + 1, W - 1)
+            z, r, c = dyn._heads(x, z)  # [B, 1, D], [B, 1], [B, 1]
+            lat.append(z)
+            acts.append(a)
+            rew.append(r)
+            cont.append(c)
+        return (torch.cat(lat, 1), torch.cat(acts, 1), symexp(torch.cat(rew, 1)),
+                torch.sigmoid(torch.cat(cont, 1)))
+
+
+def encoder_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> nn.Module:
+    """The frozen encoder stored in a Stage-2 checkpoint dict (``encoder_kwargs`` + ``encoder`` weights)."""
+    kwargs = ckpt.get("encoder_kwargs")
+    if not isinstance(kwargs, dict) or "encoder" not in ckpt:
+        raise UserError(f"checkpoint {path} lacks its encoder (encoder_kwargs and weights); re-run stage 2")
+    try:
+        vit = MaskedViT(**kwargs)
+    except (TypeError, AssertionError) as err:
+        raise UserError(f"checkpoint {path} has an invalid encoder description ({err}); re-run stage 2") from None
+    load_state(vit, ckpt["encoder"], path, "encoder")
+    return PooledEncoder(vit)
+
+
+def _build_dynamics(ckpt: dict[str, Any], path: Path) -> WorldModelTransformer:
+    kwargs = ckpt.get("world_model_kwargs")
+    if not isinstance(kwargs, dict) or "world_model" not in ckpt:
+        raise UserError(f"checkpoint {path} lacks its world model (world_model_kwargs and weights); re-run stage 2")
+    try:
+        model = WorldModelTransformer(**kwargs)
+    except (TypeError, AssertionError) as err:
+        raise UserError(f"checkpoint {path} has an invalid world-model description ({err}); re-run stage 2") from None
+    load_state(model, ckpt["world_model"], path, "world_model")
+    return model
+
+
+def load_world_model(path: str | Path, device: str | torch.device = "cpu") -> WorldModel:
+    """The world model of a Stage-2 checkpoint (``best.pt`` or ``latest.pt`` of a stage-2 run).
+
+    Raises:
+        UserError: the file is missing or corrupt, or is not a Stage-2 checkpoint (a Stage-1 checkpoint
+            holds only the encoder: train Stage 2 on it first).
+    """
+    path = Path(path)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if ckpt["kind"] != "stage2":
+        hint = (f"; train the world model on it with `python run.py pretrain --stage 2 --stage1-checkpoint {path}`"
+                if ckpt["kind"] == "stage1" else "")
+        raise UserError(f"checkpoint {path} is a {ckpt['kind']!r} checkpoint, but the world model needs a 'stage2' "
+                        f"checkpoint{hint}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} was asked for but no CUDA device is available; use device='cpu'")
+    return WorldModel(encoder_from_checkpoint(ckpt, path), _build_dynamics(ckpt, path), dev)

@@ -1,0 +1,71 @@
+"""Checkpoints: atomic save (temp file + ``os.replace``) and a safe load that reports bad files plainly.
+
+A checkpoint is a dict holding only tensors, numbers, strings, lists and dicts, with a ``"kind"``
+(``"stage1"`` or ``"stage2"``), so it loads with ``torch.load(weights_only=True)``. Every problem a
+user can cause (missing, truncated, corrupt, wrong kind, wrong shape) raises
+:class:`envs.errors.UserError` with one sentence naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from envs.errors import UserError
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
+    """Write ``obj`` to ``path`` atomically: a crash leaves either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu"
+                    ) -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True``; ``kind`` (if given) must match its ``"kind"``."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist; pass the path of a .pt file written by `run.py pretrain`")
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; pass a .pt file inside it (e.g. {path / 'best.pt'})")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} is empty (truncated); re-run training or use another checkpoint")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError,
+            AttributeError, KeyError, IndexError) as err:
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({type(err).__name__}); re-run training or use "
+                        "another checkpoint") from None
+    if not isinstance(obj, dict) or "kind" not in obj:
+        raise UserError(f"checkpoint {path} is not a checkpoint of this project (no 'kind' entry); pass a file "
+                        "written by `run.py pretrain`")
+    if kind is not None and obj["kind"] != kind:
+        raise UserError(f"checkpoint {path} is a {obj['kind']!r} checkpoint but a {kind!r} one is needed; pass a "
+                        f"{kind} checkpoint")
+    return obj
+
+
+def load_state(module: nn.Module, state: Any, path: str | Path, name: str) -> None:
+    """``module.load_state_dict(state)`` with missing keys or wrong shapes reported as a UserError."""
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} has no valid '{name}' weights; re-run training or use another checkpoint")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0] if first else ""
+        raise UserError(f"checkpoint {path} does not fit the '{name}' model ({detail[:200]}); use a checkpoint made "
+                        "with the same model config") from None

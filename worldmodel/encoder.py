@@ -1,0 +1,174 @@
+"""``MaskedViT``: the Stage-1 vision transformer over stacked Breakout frames, with patch masking.
+
+uint8 ``[B, F, H, W]`` -> ``/255`` -> non-overlapping ``P x P`` patches (a strided conv) -> tokens
+``[B, N, D]`` -> pre-norm transformer blocks (``F.scaled_dot_product_attention``) -> final LayerNorm.
+The latent ``z [B, D]`` is read out of the output tokens by ``readout``:
+
+* ``mean``: the mean of the tokens (the seed). Averaging mixes all patches, so "where" an object
+  is (paddle, ball) is hard to read linearly from it.
+* ``spatial``: ``Linear(N * k -> D)`` of the flattened per-patch projections ``Linear(D -> k)`` of
+  the tokens, which keeps one slot per patch; trained by the ``bottleneck`` stage-1 objective.
+
+With ``frame_diffs`` the patch embedding also sees the ``F - 1`` temporal differences
+``f_t - f_{t-1}`` of the stacked frames (a fixed preprocessing), which makes moving objects (the
+~1-pixel ball) salient against the static bricks.
+
+Positions are fixed 2-D sine-cosine embeddings (as in MAE, I-JEPA and V-JEPA): they vary smoothly
+with the patch's row and column, which keeps "where" linearly readable from averaged tokens
+(learned embeddings start random, and the mean-pooled latent then mixes positions arbitrarily).
+
+Masking replaces the patch embeddings of the chosen patches by one learnable mask token *before*
+the positional embedding is added, so the encoder knows where each masked patch sits but not what
+it holds. Exactly ``round(ratio * N)`` patches are masked per sample, chosen by an argsort of
+uniform noise (vectorised, no per-sample loop).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        assert dim % heads == 0, f"dim {dim} must be divisible by heads {heads}"
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # [3, B, h, N, d]
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, h, N, d]
+        out = out.transpose(1, 2).reshape(B, N, D)  # [B, N, D]
+        return self.drop(self.proj(out))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positional embedding ``[1, grid * grid, dim]`` (half the channels per axis)."""
+    assert dim % 4 == 0, f"sin-cos positional embedding needs dim divisible by 4, got {dim}"
+    quarter = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))  # [dim/4]
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                            indexing="ij")
+    parts = []
+    for coord in (ys.flatten(), xs.flatten()):
+        angle = coord[:, None] * omega[None, :]  # [N, dim/4]
+        parts += [angle.sin(), angle.cos()]
+    return torch.cat(parts, dim=1).float().unsqueeze(0)  # [1, N, dim]
+
+
+def random_patch_mask(batch: int, num_patches: int, ratio: float, device: torch.device | str = "cpu",
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bool mask ``[B, N]`` with exactly ``round(ratio * N)`` True (masked) entries per row."""
+    n_mask = int(round(ratio * num_patches))
+    noise = torch.rand(batch, num_patches, device=device, generator=generator)  # [B, N]
+    rank = noise.argsort(dim=1).argsort(dim=1)  # [B, N]: rank of each patch's noise, a random permutation
+    return rank < n_mask
+
+
+class MaskedViT(nn.Module):
+    """ViT encoder of uint8 frame stacks with optional patch masking.
+
+    Args:
+        image_size: H = W of the input.
+        in_channels: stacked frames F.
+        patch_size: P; N = (H / P)^2 tokens.
+        dim: D, token and latent width.
+        depth, heads, mlp_dim, dropout: transformer blocks.
+        readout: ``"mean"`` or ``"spatial"`` (see the module docstring).
+        readout_channels: k, per-patch channels of the spatial readout.
+        frame_diffs: also embed the temporal differences of the frames.
+    """
+
+    def __init__(self, image_size: int = 64, in_channels: int = 4, patch_size: int = 8, dim: int = 64,
+                 depth: int = 4, heads: int = 4, mlp_dim: int = 512, dropout: float = 0.2, readout: str = "mean",
+                 readout_channels: int = 8, frame_diffs: bool = False):
+        super().__init__()
+        assert image_size % patch_size == 0, f"image size {image_size} not divisible by patch {patch_size}"
+        assert readout in ("mean", "spatial"), f"readout must be 'mean' or 'spatial', got {readout!r}"
+        self.image_size, self.in_channels, self.patch_size, self.dim = image_size, in_channels, patch_size, dim
+        self.readout, self.readout_channels, self.frame_diffs = readout, int(readout_channels), bool(frame_diffs)
+        self.num_patches = (image_size // patch_size) ** 2
+        embed_in = in_channels + (in_channels - 1 if frame_diffs else 0)
+        self.patch_embed = nn.Conv2d(embed_in, dim, kernel_size=patch_size, stride=patch_size)
+        if readout == "spatial":
+            self.readout_proj = nn.Linear(dim, self.readout_channels)  # per patch: D -> k
+            self.readout_out = nn.Linear(self.num_patches * self.readout_channels, dim)  # N * k -> D
+        self.register_buffer("pos_embed", sincos_2d(image_size // patch_size, dim))  # [1, N, D], fixed
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.blocks = nn.ModuleList([Block(dim, heads, mlp_dim, dropout) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.dim
+
+    def tokens(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 or float ``[B, F, H, W]`` (and optional bool mask ``[B, N]``) -> tokens ``[B, N, D]``."""
+        assert obs.ndim == 4 and obs.shape[1:] == (self.in_channels, self.image_size, self.image_size), (
+            f"MaskedViT expects [B, {self.in_channels}, {self.image_size}, {self.image_size}], got {tuple(obs.shape)}")
+        x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
+        if self.frame_diffs:
+            x = torch.cat([x, x[:, 1:] - x[:, :-1]], dim=1)  # [B, 2F - 1, H, W]
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, N, D]
+        if mask is not None:
+            assert mask.shape == x.shape[:2], f"mask {tuple(mask.shape)} does not match tokens {tuple(x.shape[:2])}"
+            x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)  # [B, N, D]
+        x = x + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)  # [B, N, D]
+
+    def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(latent [B, D], tokens [B, N, D])``; the latent is the configured readout."""
+        tok = self.tokens(obs, mask)
+        return self.read(tok), tok
+
+    def read(self, tok: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, N, D]`` -> latent ``[B, D]``."""
+        if self.readout == "mean":
+            return tok.mean(dim=1)
+        return self.readout_out(self.readout_proj(tok).flatten(1))  # [B, N, k] -> [B, N * k] -> [B, D]
+
+
+class PooledEncoder(nn.Module):
+    """A MaskedViT seen from downstream: uint8 ``[B, F, H, W]`` -> pooled latent ``[B, D]``."""
+
+    def __init__(self, vit: MaskedViT):
+        super().__init__()
+        self.vit = vit
+        self.latent_dim = vit.dim
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.vit(obs)[0]
+
+
+def build_encoder(cfg) -> MaskedViT:
+    """A MaskedViT from a :class:`experiments.config.Config` (models.* and environment.*)."""
+    m, e = cfg.models, cfg.environment
+    vit = m.encoder.params.vit
+    return MaskedViT(image_size=e.image_height, in_channels=e.frame_stack_size, patch_size=m.shared_patch_size,
+                     dim=m.shared_latent_dim, depth=vit.depth, heads=vit.heads, mlp_dim=vit.mlp_dim,
+                     dropout=vit.dropout, readout=vit.readout, readout_channels=vit.readout_channels,
+                     frame_diffs=vit.frame_diffs)

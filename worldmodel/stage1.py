@@ -1,0 +1,246 @@
+"""Stage 1: masked-latent pretraining of a MaskedViT with an EMA target encoder.
+
+Two objectives, chosen by ``vjepa2_world_model.stage1.target``:
+
+* ``pooled`` (the seed): an MLP maps the online encoder's pooled latent of the masked input to the
+  target encoder's pooled latent of the full input; L1. This objective can collapse to a constant.
+* ``tokens`` (V-JEPA 2): a small transformer maps the online encoder's tokens of the masked input to
+  the target encoder's layer-normed patch tokens; L1 on the masked positions only.
+
+* ``bottleneck``: a light decoder maps the online encoder's latent ``z [B, D]`` of the masked input
+  (the encoder's readout, e.g. ``spatial``) to the target encoder's layer-normed tokens at *all*
+  positions; L1, optionally weighted per patch by its pixel motion ``mean |f_t - f_{t-1}|``
+  (``motion_weighting``: the moving ball and paddle, not the static bricks and score), plus
+  ``bottleneck_token_weight`` times the ``tokens`` loss. The target is tokens, not a pooled vector,
+  so a constant latent cannot reach a low loss; the latent itself is trained to carry the frame.
+
+All leave the same downstream encoder: the EMA target MaskedViT with its latent ``[B, D]``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from envs.errors import UserError
+from worldmodel.encoder import Block, MaskedViT, random_patch_mask, sincos_2d
+
+
+class PooledPredictor(nn.Module):
+    """MLP ``[B, D] -> [B, D]`` with ``depth`` hidden layers of width ``mlp_dim``."""
+
+    def __init__(self, dim: int, depth: int = 2, mlp_dim: int = 256):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = dim
+        for _ in range(max(1, depth)):
+            layers += [nn.Linear(width, mlp_dim), nn.LayerNorm(mlp_dim), nn.GELU()]
+            width = mlp_dim
+        layers.append(nn.Linear(width, dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class TokenPredictor(nn.Module):
+    """Transformer ``[B, N, D] -> [B, N, D]``: predicts the target tokens from the online tokens.
+
+    The positional embedding is added again so that the mask positions stay identifiable after the
+    encoder's final LayerNorm.
+    """
+
+    def __init__(self, dim: int, num_patches: int, depth: int = 2, heads: int = 4, mlp_dim: int = 256,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.inp = nn.Linear(dim, dim)
+        grid = int(round(num_patches ** 0.5))
+        assert grid * grid == num_patches, f"num_patches {num_patches} is not a square grid"
+        self.register_buffer("pos_embed", sincos_2d(grid, dim))  # [1, N, D], fixed
+        self.blocks = nn.ModuleList([Block(dim, heads, mlp_dim, dropout) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.inp(tokens) + self.pos_embed  # [B, N, D]
+        for blk in self.blocks:
+            x = blk(x)
+        return self.out(self.norm(x))  # [B, N, D]
+
+
+class BottleneckPredictor(nn.Module):
+    """Decoder ``z [B, D] -> [B, N, D]`` (an MLP of the latent and each patch's position), and an
+    optional :class:`TokenPredictor` for the auxiliary masked-token loss."""
+
+    def __init__(self, dim: int, num_patches: int, depth: int = 2, heads: int = 4, mlp_dim: int = 256,
+                 dropout: float = 0.0, with_tokens: bool = True):
+        super().__init__()
+        grid = int(round(num_patches ** 0.5))
+        self.register_buffer("pos_embed", sincos_2d(grid, mlp_dim))  # [1, N, H], fixed
+        self.inp = nn.Linear(dim, mlp_dim)
+        self.hidden = nn.Sequential(nn.GELU(), nn.Linear(mlp_dim, mlp_dim), nn.GELU())
+        self.out = nn.Linear(mlp_dim, dim)
+        self.tokens = TokenPredictor(dim, num_patches, depth, heads, mlp_dim, dropout) if with_tokens else None
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.inp(z).unsqueeze(1) + self.pos_embed  # [B, N, H]
+        return self.out(self.hidden(h))  # [B, N, D]
+
+
+def motion_weights(obs: torch.Tensor, patch_size: int, strength: float) -> torch.Tensor:
+    """Per-patch weights ``[B, N]`` with mean 1: ``1 + strength * m / mean(m)`` of the patch's pixel motion
+    ``m = mean |f_t - f_{t-1}|`` over the stacked frames of uint8 or float ``obs [B, F, H, W]``."""
+    x = obs.float()
+    motion = (x[:, 1:] - x[:, :-1]).abs().mean(dim=1, keepdim=True)  # [B, 1, H, W]
+    m = F.avg_pool2d(motion, patch_size).flatten(1)  # [B, N]
+    w = 1.0 + strength * m / m.mean().clamp_min(1e-8)
+    return w / w.mean()
+
+
+class MaskedPredictionLoss(nn.Module):
+    """L1 between prediction and target; with ``mask [B, N]`` the mean over masked tokens only."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` may also be float per-token weights ``[B, N]``."""
+        assert pred.shape == target.shape, f"prediction {tuple(pred.shape)} vs target {tuple(target.shape)}"
+        err = (pred - target).abs()
+        if mask is None:
+            return err.mean()
+        assert mask.shape == pred.shape[:2], f"mask {tuple(mask.shape)} vs tokens {tuple(pred.shape)}"
+        w = mask.to(err.dtype).unsqueeze(-1)  # [B, N, 1]
+        return (err * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1.0)
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, decay: float) -> None:
+    """``target <- decay * target + (1 - decay) * online`` for every parameter; buffers are copied."""
+    t_params = [p for p in target.parameters()]
+    o_params = [p.detach() for p in online.parameters()]
+    torch._foreach_lerp_(t_params, o_params, 1.0 - decay)
+    for tb, ob in zip(target.buffers(), online.buffers()):
+        tb.copy_(ob)
+
+
+class MaskedPredictionModel(nn.Module):
+    """Online MaskedViT + EMA target MaskedViT + predictor, for ``target`` in {'pooled', 'tokens', 'bottleneck'}."""
+
+    def __init__(self, encoder: MaskedViT, target: str = "tokens", masking_ratio: float = 0.4,
+                 ema_decay: float = 0.996, predictor_depth: int = 2, predictor_heads: int = 4,
+                 predictor_mlp_dim: int = 256, predictor_dropout: float = 0.0, bottleneck_token_weight: float = 1.0,
+                 motion_weighting: float = 0.0):
+        super().__init__()
+        if target not in ("pooled", "tokens", "bottleneck"):
+            raise ValueError(f"target must be 'pooled', 'tokens' or 'bottleneck', got {target!r}")
+        self.target_kind = target
+        self.bottleneck_token_weight = float(bottleneck_token_weight)
+        self.motion_weighting = float(motion_weighting)
+        self.masking_ratio = masking_ratio
+        self.ema_decay = ema_decay
+        self.online = encoder
+        self.target = copy.deepcopy(encoder)
+        self.target.requires_grad_(False)
+        self.target.eval()
+        D = encoder.dim
+        if target == "pooled":
+            self.predictor: nn.Module = PooledPredictor(D, predictor_depth, predictor_mlp_dim)
+        elif target == "bottleneck":
+            self.predictor = BottleneckPredictor(D, encoder.num_patches, predictor_depth, predictor_heads,
+                                                 predictor_mlp_dim, predictor_dropout,
+                                                 with_tokens=self.bottleneck_token_weight > 0)
+        else:
+            self.predictor = TokenPredictor(D, encoder.num_patches, predictor_depth, predictor_heads,
+                                            predictor_mlp_dim, predictor_dropout)
+        self.loss_fn = MaskedPredictionLoss()
+
+    def train(self, mode: bool = True) -> MaskedPredictionModel:
+        super().train(mode)
+        self.target.eval()  # the target never uses dropout
+        return self
+
+    def sample_mask(self, batch: int, device: torch.device | str = "cpu",
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        return random_patch_mask(batch, self.online.num_patches, self.masking_ratio, device, generator)
+
+    @torch.no_grad()
+    def target_outputs(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target encoder on the full input: pooled ``[B, D]`` and layer-normed tokens ``[B, N, D]``."""
+        pooled, tok = self.target(obs)
+        return pooled, F.layer_norm(tok, tok.shape[-1:])
+
+    def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Loss and latents of one batch of uint8 ``[B, F, H, W]`` observations."""
+        if mask is None:
+            mask = self.sample_mask(obs.shape[0], obs.device)
+        t_pooled, t_tokens = self.target_outputs(obs)
+        o_pooled, o_tokens = self.online(obs, mask)
+        if self.target_kind == "pooled":
+            pred = self.predictor(o_pooled)  # [B, D]
+            loss = self.loss_fn(pred, t_pooled)
+        elif self.target_kind == "bottleneck":
+            weights = (motion_weights(obs, self.online.patch_size, self.motion_weighting)
+                       if self.motion_weighting > 0 and obs.shape[1] > 1 else None)
+            loss = self.loss_fn(self.predictor(o_pooled), t_tokens, weights)  # all positions, from z alone
+            if self.predictor.tokens is not None:
+                tw = mask if weights is None else mask * weights
+                loss = loss + self.bottleneck_token_weight * self.loss_fn(self.predictor.tokens(o_tokens), t_tokens, tw)
+        else:
+            pred = self.predictor(o_tokens)  # [B, N, D]
+            loss = self.loss_fn(pred, t_tokens, mask)
+        return {"loss": loss, "target_pooled": t_pooled, "online_pooled": o_pooled.detach()}
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        ema_update(self.target, self.online, self.ema_decay)
+
+
+def build_stage1_model(cfg) -> MaskedPredictionModel:
+    """A MaskedPredictionModel from a :class:`experiments.config.Config`."""
+    from worldmodel.encoder import build_encoder
+
+    s1, p = cfg.vjepa2_world_model.stage1, cfg.models.predictor
+    return MaskedPredictionModel(build_encoder(cfg), target=s1.target, masking_ratio=s1.masking_ratio,
+                                 ema_decay=s1.ema_decay, predictor_depth=p.depth, predictor_heads=p.heads,
+                                 predictor_mlp_dim=p.mlp_dim, predictor_dropout=p.dropout,
+                                 bottleneck_token_weight=s1.bottleneck_token_weight,
+                                 motion_weighting=s1.motion_weighting)
+
+
+def encoder_kwargs(vit: MaskedViT) -> dict[str, int | float]:
+    """The constructor arguments of a MaskedViT, stored in checkpoints so the encoder can be rebuilt."""
+    blk = vit.blocks[0]
+    return {"image_size": vit.image_size, "in_channels": vit.in_channels, "patch_size": vit.patch_size,
+            "dim": vit.dim, "depth": len(vit.blocks), "heads": blk.attn.heads,
+            "mlp_dim": blk.mlp[0].out_features, "dropout": float(blk.mlp[2].p), "readout": vit.readout,
+            "readout_channels": vit.readout_channels, "frame_diffs": vit.frame_diffs}
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu", which: str = "target") -> nn.Module:
+    """The Stage-1 encoder of a checkpoint, in eval mode, frozen: uint8 ``[B, 4, 64, 64]`` -> float ``[B, D]``.
+
+    Args:
+        path: a ``stage1`` checkpoint (``best.pt`` or ``latest.pt`` of a ``pretrain --stage 1`` run).
+        device: where to put the module.
+        which: ``"target"`` (the EMA encoder, used downstream) or ``"online"``.
+
+    Raises:
+        UserError: the file is missing, corrupt, not a stage-1 checkpoint, or does not fit.
+    """
+    from worldmodel.checkpoint import load_checkpoint, load_state
+    from worldmodel.encoder import PooledEncoder
+
+    ckpt = load_checkpoint(path, kind="stage1")
+    kwargs = ckpt.get("encoder_kwargs")
+    if not isinstance(kwargs, dict) or which not in ckpt:
+        raise UserError(f"checkpoint {path} lacks the encoder description or '{which}' weights; re-run stage 1")
+    try:
+        vit = MaskedViT(**kwargs)
+    except (TypeError, AssertionError) as err:
+        raise UserError(f"checkpoint {path} has an invalid encoder description ({err}); re-run stage 1") from None
+    load_state(vit, ckpt[which], path, which)
+    enc = PooledEncoder(vit).to(device)
+    enc.requires_grad_(False)
+    return enc.eval()

@@ -1,0 +1,157 @@
+"""Stage 2: the action-conditioned world model trained over frozen Stage-1 latents.
+
+``WorldModelLoss`` (the seed's names and weights)::
+
+    loss = teacher_forcing_weight * TF-L1 + rollout_weight * rollout-L1
+         + reward_weight * reward-MSE (symlog) + continue_weight * continuation-BCE
+
+* Teacher forcing with scheduled sampling: a first, gradient-free pass predicts every ``z_{t+1}``;
+  each input ``z_t`` (t >= 1) is then kept with probability ``teacher_forcing_ratio`` or replaced
+  by that prediction, and the second pass is scored by L1 against the true next latents.
+* Rollout: from a true prefix ``z_0 .. z_{c-1}`` the model feeds its own predictions back for
+  ``rollout_steps`` steps (gradients flow through the chain) and the L1 error of those steps is
+  averaged. Training draws the prefix length ``c`` uniformly from ``1 .. T - rollout_steps + 1``;
+  evaluation uses ``c = 1`` (the planner's case: one real latent, then imagination only).
+* Reward and continuation heads are scored on the second (scheduled-sampling) pass, so they learn
+  to read partly imagined inputs too.
+
+``latent_total = 0.7 * TF + 0.3 * rollout`` is the seed's "Total Loss"; ``loss`` is what is optimised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worldmodel.transformer import WorldModelTransformer, symlog
+
+
+def scheduled_sampling_mask(batch: int, steps: int, ratio: float, device: torch.device | str = "cpu",
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bool ``[B, T]``: True where the true latent is fed. Step 0 is always true (nothing predicts it);
+    every later step is true with probability ``ratio``."""
+    keep = torch.rand(batch, steps, device=device, generator=generator) < ratio  # [B, T]
+    keep[:, 0] = True
+    return keep
+
+
+@dataclass
+class LossWeights:
+    teacher_forcing: float = 0.7
+    rollout: float = 0.3
+    reward: float = 1.0
+    continuation: float = 1.0
+
+
+class WorldModelLoss(nn.Module):
+    """Teacher-forcing (with scheduled sampling) + rollout L1, reward and continuation losses.
+
+    Args:
+        weights: the four loss weights.
+        teacher_forcing_ratio: probability of feeding the true ``z_t`` in training.
+        rollout_steps: autoregressive steps of the rollout loss.
+    """
+
+    def __init__(self, weights: LossWeights, teacher_forcing_ratio: float = 0.8, rollout_steps: int = 4):
+        super().__init__()
+        self.w = weights
+        self.teacher_forcing_ratio = teacher_forcing_ratio
+        self.rollout_steps = rollout_steps
+
+    def forward(self, model: WorldModelTransformer, batch: dict[str, torch.Tensor], train: bool = True,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Losses of one batch: ``z [B, T+1, D]``, ``actions [B, T]``, ``rewards [B, T]``, ``life_loss [B, T]``.
+
+        ``train=False`` is the evaluation protocol: pure teacher forcing and a rollout from ``z_0``.
+        Returns a dict of scalar tensors; ``loss`` carries the gradient.
+        """
+        z, a = batch["z"], batch["actions"]
+        B, T1, D = z.shape
+        T = T1 - 1
+        R = self.rollout_steps
+        assert a.shape == (B, T) and batch["rewards"].shape == (B, T) and batch["life_loss"].shape == (B, T), (
+            f"stage-2 batch shapes: z {tuple(z.shape)}, actions {tuple(a.shape)}, rewards "
+            f"{tuple(batch['rewards'].shape)}, life_loss {tuple(batch['life_loss'].shape)}; "
+            "expected [B, T+1, D] and [B, T]")
+        assert 1 <= R <= T, f"rollout_steps={R} must be in [1, T={T}]"
+        z_in, z_next = z[:, :T], z[:, 1:]  # [B, T, D] each
+
+        # Teacher forcing with scheduled sampling.
+        ratio = self.teacher_forcing_ratio if train else 1.0
+        keep_frac = torch.ones((), device=z.device)
+        if ratio < 1.0:
+            with torch.no_grad():
+                pred_tf, _, _ = model(z_in, a)  # [B, T, D]: prediction of z_1 .. z_T
+            keep = scheduled_sampling_mask(B, T, ratio, z.device, generator)  # [B, T]
+            fed_pred = torch.cat([z_in[:, :1], pred_tf[:, :-1]], dim=1)  # [B, T, D]: prediction of z_t at t
+            z_in = torch.where(keep[..., None], z_in, fed_pred)
+            keep_frac = keep[:, 1:].float().mean() if T > 1 else keep_frac
+        pred, rew_pred, cont_logit = model(z_in, a)
+        tf = F.l1_loss(pred, z_next)
+
+        # Rollout: c true steps, then R steps fed with the model's own predictions.
+        if train:
+            c = int(torch.randint(1, T - R + 2, (1,), generator=generator).item())
+        else:
+            c = 1
+        seq = z[:, :c]  # [B, c, D]
+        for k in range(R):
+            nxt, _, _ = model(seq, a[:, :c + k])  # [B, c+k, D]
+            seq = torch.cat([seq, nxt[:, -1:]], dim=1)
+        rollout_pred = seq[:, c:]  # [B, R, D]: predictions of z_c .. z_{c+R-1}
+        rollout = F.l1_loss(rollout_pred, z[:, c:c + R])
+
+        # Heads on the scheduled-sampling pass only: scoring them on the rollout too was tried and let their
+        # gradients through the imagined chain pull the latent predictions off (val latent loss rose).
+        reward = F.mse_loss(rew_pred, symlog(batch["rewards"].float()))
+        cont = F.binary_cross_entropy_with_logits(cont_logit, (~batch["life_loss"].bool()).float())
+        w = self.w
+        latent_total = w.teacher_forcing * tf + w.rollout * rollout
+        loss = latent_total + w.reward * reward + w.continuation * cont
+        return {"loss": loss, "latent_total": latent_total.detach(), "teacher_forcing": tf.detach(),
+                "rollout": rollout.detach(), "reward": reward.detach(), "continue": cont.detach(),
+                "tf_keep_fraction": keep_frac.detach()}
+
+
+def build_world_model_loss(cfg) -> WorldModelLoss:
+    s2 = cfg.vjepa2_world_model.stage2
+    return WorldModelLoss(LossWeights(s2.teacher_forcing_weight, s2.rollout_weight, s2.reward_weight,
+                                      s2.continue_weight), s2.teacher_forcing_ratio, s2.rollout_steps)
+
+
+class LatentSequences:
+    """Stage-2 sequences over cached latents.
+
+    Args:
+        latents: ``[G, D]`` latent of every global frame of ``store`` (an :class:`envs.dataset.EpisodeStore`).
+        store: the episodes' actions, rewards, life-loss flags and RAM labels per global frame.
+        starts: global frame index of ``s_0`` of each sequence (a TemporalSequenceDataset's ``starts``).
+        sequence_length: T.
+
+    ``batch(idx)`` gathers ``z [B, T+1, D]``, ``actions [B, T]``, ``rewards [B, T]``, ``life_loss [B, T]``,
+    ``labels [B, T+1, 5]`` in one vectorised call.
+    """
+
+    def __init__(self, latents: torch.Tensor, store, starts: np.ndarray, sequence_length: int):
+        assert latents.ndim == 2 and latents.shape[0] == store.num_frames, (
+            f"latents {tuple(latents.shape)} do not cover the store's {store.num_frames} frames")
+        self.latents, self.store, self.T = latents, store, sequence_length
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self._actions = torch.from_numpy(store.actions)
+        self._rewards = torch.from_numpy(store.rewards)
+        self._life_loss = torch.from_numpy(store.life_loss)
+        self._labels = torch.from_numpy(store.labels.astype(np.float32))
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        g = torch.from_numpy(self.starts[idx][:, None] + np.arange(self.T + 1)[None, :])  # [B, T+1]
+        t = g[:, :-1]  # [B, T]
+        out = {"z": self.latents[g], "actions": self._actions[t], "rewards": self._rewards[t],
+               "life_loss": self._life_loss[t], "labels": self._labels[g]}
+        return {k: v.to(device, non_blocking=True) for k, v in out.items()}

@@ -1,0 +1,205 @@
+"""``WorldModelTransformer``: the Stage-2 action-conditioned causal transformer over latent sequences.
+
+Step ``t`` of a sequence reads the token ``x_t = W_z z_t + E[a_t]`` (the latent and the action taken
+in it) and, through causal attention over the steps ``<= t``, predicts
+
+* ``z_{t+1} = z_t + delta_t`` (a residual: the model learns what changes, copy-last is its start),
+* the reward ``r_t`` of taking ``a_t`` (in symlog units; :func:`symexp` maps back to game points),
+* the continuation logit of step ``t``: ``sigmoid(logit) = P(no life is lost by a_t)``.
+
+Time enters as a learned per-layer, per-head attention bias indexed by the distance between two
+steps (0 .. ``max_len - 1``), not as an absolute position embedding. An absolute embedding would
+change meaning every time the window slides, so each imagined step beyond ``max_len`` would have to
+recompute the whole window; with distance biases the keys and values of past steps stay valid, and
+:meth:`WorldModelTransformer.imagine` rolls out any horizon with a KV cache over a sliding window of
+the last ``max_len`` steps (exactly the context length it was trained on), one token per step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+class CausalBlock(nn.Module):
+    """Pre-norm block: x + Attn(LN(x)) with a time-distance bias, then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float):
+        super().__init__()
+        assert dim % heads == 0, f"hidden_dim {dim} must be divisible by heads {heads}"
+        self.heads, self.head_dim = heads, dim // heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x ``[B, T, C]``, bias ``[heads, T, T]`` (``-inf`` above the diagonal) -> ``[B, T, C]``."""
+        B, T, C = x.shape
+        qkv = self.qkv(self.norm1(x)).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3,B,h,T,d]
+        att = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)  # [B, h, T, d]
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(B, T, C)))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+    def step(self, x: torch.Tensor, kv: torch.Tensor | None, bias: torch.Tensor, window: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One new step (inference: no dropout). x ``[B, 1, C]``; kv cache ``[2, B, h, n, d]`` of the previous
+        ``n < window`` steps (or None); bias ``[h, 1, n+1]``. Returns the output ``[B, 1, C]`` and the cache
+        of the last ``min(n + 1, window - 1)`` steps: what the next step may attend to besides itself.
+
+        Written with functional calls on the weights: at planning batch sizes the per-call overhead of
+        modules is a large share of the step's time."""
+        B, _, C = x.shape
+        n1, n2, fc1, fc2 = self.norm1, self.norm2, self.mlp[0], self.mlp[3]
+        y = F.layer_norm(x, (C,), n1.weight, n1.bias, n1.eps)
+        qkv = F.linear(y, self.qkv.weight, self.qkv.bias).view(B, 3, self.heads, 1, self.head_dim)  # T=1
+        qkv = qkv.transpose(0, 1)  # [3, B, h, 1, d]
+        kv = qkv[1:] if kv is None else torch.cat([kv, qkv[1:]], dim=3)  # [2, B, h, n+1, d]
+        att = F.scaled_dot_product_attention(qkv[0], kv[0], kv[1], attn_mask=bias)  # [B, h, 1, d]
+        x = x + F.linear(att.view(B, 1, C), self.proj.weight, self.proj.bias)
+        y = F.layer_norm(x, (C,), n2.weight, n2.bias, n2.eps)
+        x = x + F.linear(F.gelu(F.linear(y, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+        return x, kv[:, :, :, 1 - window:] if window > 1 else kv[:, :, :, :0]
+
+
+class WorldModelTransformer(nn.Module):
+    """Causal transformer ``(z [B, T, D], a [B, T]) -> (z_next [B, T, D], reward [B, T], continue_logit [B, T])``.
+
+    Args:
+        latent_dim: D, the Stage-1 latent size.
+        num_actions: size of the action set (Breakout: 4).
+        hidden_dim, depth, heads, mlp_dim, dropout: the transformer.
+        max_len: context window in steps (Stage-2 ``sequence_length``); longer inputs are refused
+            by :meth:`forward`, :meth:`imagine` slides a window of this length.
+    """
+
+    def __init__(self, latent_dim: int, num_actions: int = 4, hidden_dim: int = 128, depth: int = 4, heads: int = 4,
+                 mlp_dim: int = 512, dropout: float = 0.1, max_len: int = 8):
+        super().__init__()
+        self.kwargs = {"latent_dim": latent_dim, "num_actions": num_actions, "hidden_dim": hidden_dim, "depth": depth,
+                       "heads": heads, "mlp_dim": mlp_dim, "dropout": dropout, "max_len": max_len}  # for checkpoints
+        self.latent_dim, self.num_actions, self.max_len = latent_dim, num_actions, max_len
+        self.heads = heads
+        self.z_in = nn.Linear(latent_dim, hidden_dim)
+        self.a_in = nn.Embedding(num_actions, hidden_dim)
+        self.time_bias = nn.Parameter(torch.zeros(depth, heads, max_len))  # [L, h, distance]
+        self.blocks = nn.ModuleList([CausalBlock(hidden_dim, heads, mlp_dim, dropout) for _ in range(depth)])
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.head = nn.Linear(hidden_dim, latent_dim + 2)  # [delta z | reward | continue logit]
+        nn.init.normal_(self.a_in.weight, std=0.02)
+        with torch.no_grad():  # start as copy-last with a confident "continue": training moves away from it
+            self.head.weight.mul_(0.1)
+            self.head.bias.zero_()
+            self.head.bias[-1] = 3.0
+        dist = torch.arange(max_len)[:, None] - torch.arange(max_len)[None, :]  # [T, T]: i - j
+        self.register_buffer("_dist", dist, persistent=False)
+        # Latent statistics of the training data (set by set_normalization, saved with the weights): inputs are
+        # standardised and the predicted change is in units of the typical one-step change of each dimension,
+        # so the network works at scale ~1 whatever the encoder's latent scale.
+        self.register_buffer("z_mean", torch.zeros(latent_dim))
+        self.register_buffer("z_std", torch.ones(latent_dim))
+        self.register_buffer("dz_std", torch.ones(latent_dim))
+
+    @torch.no_grad()
+    def set_normalization(self, z: torch.Tensor, z_next: torch.Tensor) -> None:
+        """Set the latent statistics from training latents ``z [N, D]`` and their successors ``z_next [N, D]``."""
+        self.z_mean.copy_(z.mean(0))
+        self.z_std.copy_(z.std(0).clamp_min(1e-6))
+        self.dz_std.copy_((z_next - z).std(0).clamp_min(1e-6))
+
+    def embed(self, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, T, C]`` of latents ``[B, T, D]`` and actions ``[B, T]``."""
+        return self.z_in((z - self.z_mean) / self.z_std) + self.a_in(actions)
+
+    def causal_bias(self, T: int) -> torch.Tensor:
+        """``[L, h, T, T]``: the learned bias of distance ``i - j`` where ``j <= i``, ``-inf`` elsewhere."""
+        dist = self._dist[:T, :T]
+        bias = self.time_bias[:, :, dist.clamp_min(0)]  # [L, h, T, T]
+        return bias.masked_fill(dist < 0, float("-inf"))
+
+    def _heads(self, h: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.head(self.norm(h))  # [..., D + 2]
+        D = self.latent_dim
+        return z + out[..., :D] * self.dz_std, out[..., D], out[..., D + 1]
+
+    def forward(self, z: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher-forced pass: z ``[B, T, D]``, actions long ``[B, T]`` -> z_next ``[B, T, D]``, reward
+        ``[B, T]`` (symlog), continue logit ``[B, T]``; output ``t`` depends on inputs ``<= t`` only."""
+        B, T, D = z.shape
+        assert D == self.latent_dim and actions.shape == (B, T), (
+            f"WorldModelTransformer expects z [B, T, {self.latent_dim}] and actions [B, T]; got z {tuple(z.shape)}, "
+            f"actions {tuple(actions.shape)}")
+        assert T <= self.max_len, f"sequence of {T} steps exceeds the context window max_len={self.max_len}"
+        x = self.embed(z, actions)  # [B, T, C]
+        bias = self.causal_bias(T)
+        for blk, b in zip(self.blocks, bias):
+            x = blk(x, b)
+        return self._heads(x, z)
+
+    def imagine(self, z0: torch.Tensor, actions: torch.Tensor, context: torch.Tensor | None = None,
+                context_actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Autoregressive rollout with a KV cache over a sliding window of ``max_len`` steps.
+
+        Args:
+            z0: ``[B, D]`` start latent.
+            actions: long ``[B, H]``, any ``H >= 1``.
+            context, context_actions: optional real history ``[B, K, D]`` / ``[B, K]`` before ``z0``
+                (the latents and the actions taken in them), attended to like imagined steps.
+
+        Returns:
+            latents ``[B, H, D]`` (z after each action), rewards ``[B, H]`` (symlog units),
+            continue logits ``[B, H]``. Gradients flow if the caller enables them.
+        """
+        B, H = actions.shape
+        assert z0.shape == (B, self.latent_dim), (
+            f"imagine expects z0 [B, {self.latent_dim}] and actions [B, H]; got z0 {tuple(z0.shape)}, "
+            f"actions {tuple(actions.shape)}")
+        W = self.max_len
+        # Distance biases of a new step against the n cached steps and itself, oldest first: [L, h, 1, n+1].
+        rev = self.time_bias.flip(-1)  # [L, h, W]: distance W-1 ... 0
+        step_bias = [rev[:, :, None, W - 1 - n:] for n in range(W)]
+        caches: list[torch.Tensor | None] = [None] * len(self.blocks)
+        n = 0  # steps held in the caches (< W)
+        if context is not None and context.shape[1] > 0:
+            K = context.shape[1]
+            assert context_actions is not None and context_actions.shape == (B, K), "context_actions must be [B, K]"
+            for k in range(max(0, K - (W - 1)), K):  # only the last W-1 context steps can be seen
+                x = self.embed(context[:, k:k + 1], context_actions[:, k:k + 1])
+                for i, blk in enumerate(self.blocks):
+                    x, caches[i] = blk.step(x, caches[i], step_bias[n][i], W)
+                n = min(n + 1, W - 1)
+        a_emb = self.a_in(actions)  # [B, H, C], one embedding call for the whole horizon
+        lat = z0.new_empty(B, H, self.latent_dim)
+        rew = z0.new_empty(B, H)
+        cont = z0.new_empty(B, H)
+        z = z0[:, None]  # [B, 1, D]
+        for h in range(H):
+            x = self.z_in((z - self.z_mean) / self.z_std) + a_emb[:, h:h + 1]  # [B, 1, C]
+            bias = step_bias[n]
+            for i, blk in enumerate(self.blocks):
+                x, caches[i] = blk.step(x, caches[i], bias[i], W)
+            n = min(n + 1, W - 1)
+            z, r, c = self._heads(x, z)  # [B, 1, D], [B, 1], [B, 1]
+            lat[:, h:h + 1] = z
+            rew[:, h:h + 1] = r
+            cont[:, h:h + 1] = c
+        return lat, rew, cont
+
+
+def build_world_model_transformer(cfg, num_actions: int = 4) -> WorldModelTransformer:
+    """A WorldModelTransformer from a :class:`experiments.config.Config` (models.world_model, stage2)."""
+    wm = cfg.models.world_model
+    return WorldModelTransformer(latent_dim=cfg.models.shared_latent_dim, num_actions=num_actions,
+                                 hidden_dim=wm.hidden_dim, depth=wm.depth, heads=wm.heads, mlp_dim=wm.mlp_dim,
+                                 dropout=wm.dropout, max_len=cfg.vjepa2_world_model.stage2.sequence_length)
