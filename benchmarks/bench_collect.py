@@ -35,23 +35,10 @@ from experiments.config import load_config  # noqa: E402
 CLOCK = time.perf_counter if os.environ.get("BENCH_CLOCK") == "wall" else time.process_time
 
 
-def raw_rate(steps: int, seed: int) -> float:
+def env_rate(make, steps: int, seed: int) -> float:
+    """Random-action steps per second of the env built by ``make()`` (set-up timed too)."""
     t0 = CLOCK()  # set-up (ROM load, seeding) is timed for every contender
-    env = gym.make("ALE/Breakout-v5", disable_env_checker=True)
-    env.reset(seed=seed)
-    rng = np.random.default_rng(seed)
-    for _ in range(steps):
-        _, _, term, trunc, _ = env.step(int(rng.integers(4)))
-        if term or trunc:
-            env.reset()
-    dt = CLOCK() - t0
-    env.close()
-    return steps / dt
-
-
-def pipeline_env_rate(cfg, steps: int, seed: int) -> float:
-    t0 = CLOCK()
-    env = make_env(cfg.environment, seed=seed)
+    env = make()
     env.reset(seed=seed)
     rng = np.random.default_rng(seed)
     for _ in range(steps):
@@ -85,8 +72,8 @@ def main() -> None:
     disk = frames = transitions = 0
     with tempfile.TemporaryDirectory() as d:
         for r in range(args.rounds):
-            raw.append(raw_rate(args.steps, r))
-            env_only.append(pipeline_env_rate(cfg, args.steps, r))
+            raw.append(env_rate(lambda: gym.make("ALE/Breakout-v5", disable_env_checker=True), args.steps, r))
+            env_only.append(env_rate(lambda r=r: make_env(cfg.environment, seed=r), args.steps, r))
             rate, b, f = collect_rate(cfg, args.steps, r, Path(d))
             coll.append(rate)
             disk, frames, transitions = disk + b, frames + f, transitions + args.steps

@@ -43,11 +43,20 @@ def stage1_step_flops(cfg) -> dict[str, int]:
     vit = m.encoder.params.vit
     D, P = m.shared_latent_dim, m.shared_patch_size
     N = (cfg.environment.image_height // P) ** 2
-    patch = linear_flops(N, cfg.environment.frame_stack_size * P * P, D)
-    enc_fwd = patch + transformer_forward_flops(N, D, vit.depth, vit.mlp_dim)
+    F_ = cfg.environment.frame_stack_size
+    channels = 2 * F_ - 1 if vit.frame_diffs else F_
+    patch = linear_flops(N, channels * P * P, D)
+    readout = (linear_flops(N, D, vit.readout_channels) + linear_flops(1, N * vit.readout_channels, D)
+               if vit.readout == "spatial" else 0)
+    enc_fwd = patch + transformer_forward_flops(N, D, vit.depth, vit.mlp_dim) + readout
     enc_bwd = patch + 2 * (enc_fwd - patch)
+    token_pred = linear_flops(N, D, D) * 2 + transformer_forward_flops(N, D, p.depth, p.mlp_dim)
     if s1.target == "tokens":
-        pred_fwd = linear_flops(N, D, D) * 2 + transformer_forward_flops(N, D, p.depth, p.mlp_dim)
+        pred_fwd = token_pred
+    elif s1.target == "bottleneck":
+        H = p.mlp_dim
+        pred_fwd = linear_flops(1, D, H) + linear_flops(N, H, H) + linear_flops(N, H, D)
+        pred_fwd += token_pred if s1.bottleneck_token_weight > 0 else 0
     else:
         dims = [D] + [p.mlp_dim] * max(1, p.depth) + [D]
         pred_fwd = sum(linear_flops(1, a, b) for a, b in zip(dims[:-1], dims[1:]))
@@ -97,7 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", default="64,128,256")
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--target", default=None, help="pooled or tokens (default: the config's)")
+    ap.add_argument("--target", default=None, help="pooled, tokens or bottleneck (default: the config's)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile")
     args = ap.parse_args()

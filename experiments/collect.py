@@ -13,29 +13,14 @@ from envs.breakout import NUM_ACTIONS, labels_array, make_env
 from envs.errors import UserError
 from envs.replay import Episode, ReplayWriter, load_episodes, read_manifest, split_episodes
 from experiments.config import Config
-
-
-class RandomPolicy:
-    """Uniformly random actions (the reference 'random' agent and the default collection policy)."""
-
-    def __init__(self, num_actions: int = NUM_ACTIONS, seed: int = 0):
-        self.num_actions = num_actions
-        self.rng = np.random.default_rng(seed)
-
-    def reset(self, env=None) -> None:
-        pass
-
-    def act(self, obs: np.ndarray) -> int:
-        return int(self.rng.integers(self.num_actions))
+from planners.reference import RandomPolicy, TrackerPolicy
 
 
 def make_behaviour_policy(name: str, env, seed: int):
     if name == "random":
         return RandomPolicy(seed=seed)
     if name == "tracker":
-        from planners.reference import TrackerPolicy
-
-        return TrackerPolicy(env, seed=seed)
+        return TrackerPolicy(seed=seed)
     raise UserError(f"unknown collection policy '{name}'; accepted: random, tracker")
 
 

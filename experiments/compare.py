@@ -91,7 +91,7 @@ def _build_sb3(algo: str):
 
 
 def _build_random(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
-    from experiments.collect import RandomPolicy
+    from planners.reference import RandomPolicy
 
     return {"agent": RandomPolicy(seed=seed), "env_steps": 0, "hyperparams": {"policy": "uniform random"}}
 

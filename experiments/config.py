@@ -48,9 +48,9 @@ class VitConfig:
     heads: int = 4  # attention heads
     mlp_dim: int = 512  # hidden width of each block's MLP
     dropout: float = 0.2  # dropout in attention output and MLP
-    readout: Literal["mean", "spatial"] = "mean"  # latent = mean of tokens, or Linear(N*k -> D) of per-patch k dims
+    readout: Literal["mean", "spatial"] = "spatial"  # latent = mean of tokens, or Linear(N*k -> D) of per-patch k dims
     readout_channels: int = 8  # k: per-patch channels of the spatial readout
-    frame_diffs: bool = False  # also feed the temporal differences f_t - f_{t-1} to the patch embedding
+    frame_diffs: bool = True  # also feed the temporal differences f_t - f_{t-1} to the patch embedding
 
 
 @dataclass
@@ -99,9 +99,9 @@ class Stage1Config:
     weight_decay: float = 0.05
     early_stopping_patience: int = 3  # epochs without val improvement before stopping
     # seed's pooled-latent MLP, V-JEPA 2 token target, or latent -> all target tokens decoder (see worldmodel/stage1.py)
-    target: Literal["pooled", "tokens", "bottleneck"] = "tokens"
-    bottleneck_token_weight: float = 1.0  # bottleneck target: weight of the added masked-token loss (0 = none)
-    motion_weighting: float = 0.0  # bottleneck target: token error weight 1 + this * patch motion / mean motion
+    target: Literal["pooled", "tokens", "bottleneck"] = "bottleneck"
+    bottleneck_token_weight: float = 0.0  # bottleneck target: weight of the added masked-token loss (0 = none)
+    motion_weighting: float = 1.0  # bottleneck target: token error weight 1 + this * patch motion / mean motion
     batch_size: int = 128
     grad_clip: float = 1.0  # max global grad norm
     warmup_epochs: float = 0.5  # linear LR warm-up before cosine decay
@@ -142,14 +142,14 @@ class DataConfig:
 
 @dataclass
 class PlannerConfig:
-    samples: int = 64  # N candidate action sequences per CEM iteration
-    horizon: int = 12  # H imagined steps per candidate
+    samples: int = 32  # N candidate action sequences per CEM iteration
+    horizon: int = 20  # H imagined steps per candidate (the ball needs ~30 steps to cross the screen)
     iterations: int = 3
-    elites: int = 8  # top-k candidates that refit the distribution
+    elites: int = 4  # top-k candidates that refit the distribution
     smoothing: float = 0.3  # new_probs = smoothing * old + (1 - smoothing) * elite frequencies
     discount: float = 0.99
     life_loss_penalty: float = 1.0  # subtracted, weighted by the probability of losing a life
-    repeat_prob: float = 0.0  # temporally correlated samples: P(repeat previous action)
+    repeat_prob: float = 0.75  # temporally correlated samples: P(repeat previous action)
     use_value: bool = False  # add the actor-critic's value at the horizon (needs --agent)
     policy_samples: int = 0  # candidates drawn from the actor (needs --agent)
     warm_start_mix: float = 0.1  # shifted plan mixed with uniform by this fraction (keeps sampling alive)

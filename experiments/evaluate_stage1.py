@@ -16,8 +16,7 @@ from typing import Any
 import torch
 
 from envs.errors import UserError
-from experiments.config import config_from_dict
-from experiments.pretrain_stage1 import load_split, masked_loss, random_baseline
+from experiments.pretrain_stage1 import load_split, masked_loss, random_baseline, stage1_config
 from worldmodel.checkpoint import load_checkpoint, load_state
 from worldmodel.diagnostics import PROBE_TARGETS, representation_diagnostics, warn_if_collapsed
 from worldmodel.encoder import PooledEncoder
@@ -50,7 +49,7 @@ def evaluate_stage1(checkpoint: str | Path, data: str | Path | None = None, out:
     """Evaluate a stage-1 checkpoint; writes and returns the report."""
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint, kind="stage1")
-    cfg = config_from_dict(ckpt["config"])
+    cfg = stage1_config(ckpt)
     torch.set_num_threads(threads)
     data = Path(data if data is not None else ckpt["data_dir"])
     if not data.is_dir():

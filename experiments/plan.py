@@ -90,6 +90,7 @@ class VideoRecorder:
         frame = np.asarray(step["obs"])[-1]  # [64, 64] newest frame
         big = cv2.resize(frame, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_NEAREST)
         big = cv2.cvtColor(big, cv2.COLOR_GRAY2RGB)  # [64s, 64s, 3]
+        big = cv2.copyMakeBorder(big, 36, 0, 0, 0, cv2.BORDER_CONSTANT, value=(0, 0, 0))  # [64s+36, 64s, 3] text band
         pred = getattr(self.agent, "last_info", {}).get("predicted_return")
         text = f"pred {pred:+.2f}" if pred is not None else "pred n/a"
         cv2.putText(big, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1, cv2.LINE_AA)

@@ -40,6 +40,18 @@ STAGE1_DIR = "stage1"
 RANDOM_BASELINE_SEED_OFFSET = 7919  # the random encoder of the baseline uses run.seed + this
 
 
+def stage1_config(ckpt: dict[str, Any]) -> Config:
+    """The config of a stage-1 checkpoint, with the encoder's readout and frame differences taken from its
+    ``encoder_kwargs`` (checkpoints written before those keys existed hold a mean-readout encoder)."""
+    cfg = config_from_dict(ckpt["config"])
+    kw = ckpt.get("encoder_kwargs") if isinstance(ckpt.get("encoder_kwargs"), dict) else {}
+    vit = cfg.models.encoder.params.vit
+    vit.readout = kw.get("readout", "mean")
+    vit.readout_channels = int(kw.get("readout_channels", vit.readout_channels))
+    vit.frame_diffs = bool(kw.get("frame_diffs", False))
+    return cfg
+
+
 def load_split(cfg: Config, data_dir: str | Path) -> tuple[FrameStackDataset, FrameStackDataset]:
     """Training and validation datasets (episode-level split, run.seed) of a replay folder."""
     episodes, _ = load_episodes(data_dir)
@@ -117,7 +129,7 @@ def pretrain_stage1(cfg: Config, data: str | Path | None = None, resume: str | P
         if not latest.is_file():
             raise UserError(f"cannot resume: {latest} does not exist; pass a run folder of `run.py pretrain --stage 1`")
         ckpt = load_checkpoint(latest, kind="stage1")
-        cfg = config_from_dict(ckpt["config"])
+        cfg = stage1_config(ckpt)
         data = ckpt["data_dir"]
     s1 = cfg.vjepa2_world_model.stage1
     device = setup_torch(cfg)

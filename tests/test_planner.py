@@ -244,7 +244,7 @@ def test_cli_plan_in_env_cem_end_to_end(cli, checkpoints, tmp_path):
 
     frames = imageio.mimread(run_dir / "video.gif")
     assert summary["video_frames"] == 30  # the GIF writer merges identical consecutive frames
-    assert 1 < len(frames) <= 30 and frames[0].shape[:2] == (256, 256)
+    assert 1 < len(frames) <= 30 and frames[0].shape[:2] == (256 + 36, 256)
 
 
 def test_cli_plan_in_env_tracker_writes_wandb(cli, tmp_path):
