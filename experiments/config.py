@@ -48,9 +48,11 @@ class VitConfig:
     heads: int = 4  # attention heads
     mlp_dim: int = 512  # hidden width of each block's MLP
     dropout: float = 0.2  # dropout in attention output and MLP
-    readout: Literal["mean", "spatial"] = "spatial"  # latent = mean of tokens, or Linear(N*k -> D) of per-patch k dims
-    readout_channels: int = 8  # k: per-patch channels of the spatial readout
+    # latent = mean of tokens, Linear(N*k -> D) of per-patch k dims, or soft-argmax keypoints (worldmodel/encoder.py)
+    readout: Literal["mean", "spatial", "keypoints"] = "spatial"
+    readout_channels: int = 8  # k: per-patch channels of the spatial readout; K keypoints of the keypoint readout
     frame_diffs: bool = True  # also feed the temporal differences f_t - f_{t-1} to the patch embedding
+    keypoint_temperature: float = 1.0  # initial (then learned) softmax temperature of the keypoint readout
 
 
 @dataclass
@@ -325,6 +327,8 @@ def validate(cfg: Config) -> Config:
     _check(0.0 <= vit.dropout < 1.0, "models.encoder.params.vit.dropout", vit.dropout, "a value in [0, 1)")
     _check(vit.readout_channels >= 1, "models.encoder.params.vit.readout_channels", vit.readout_channels,
            "an integer >= 1")
+    _check(vit.keypoint_temperature > 0, "models.encoder.params.vit.keypoint_temperature", vit.keypoint_temperature,
+           "a value > 0")
     _check(m.shared_latent_dim % m.predictor.heads == 0, "models.predictor.heads", m.predictor.heads,
            f"a divisor of models.shared_latent_dim ({m.shared_latent_dim})")
     wm = m.world_model

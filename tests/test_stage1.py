@@ -15,7 +15,7 @@ from worldmodel import load_encoder
 from worldmodel.checkpoint import load_checkpoint, save_checkpoint
 from worldmodel.diagnostics import collapse_reason, effective_rank, ridge_r2
 from worldmodel.encoder import MaskedViT, random_patch_mask
-from worldmodel.stage1 import MaskedPredictionLoss, build_stage1_model, ema_update
+from worldmodel.stage1 import MaskedPredictionLoss, build_stage1_model, ema_update, encoder_kwargs
 
 
 def tiny_cfg(tmp_path, *extra):
@@ -98,6 +98,40 @@ def test_spatial_readout_and_frame_diffs():
     # The spatial readout tells the patches apart: swapping two patches' tokens changes z (the mean would not).
     assert not torch.allclose(vit.read(tok[:, [1, 0, 2, 3]]), z, atol=1e-6)
 
+
+@pytest.mark.parametrize("k", [32, 16])
+def test_keypoint_readout_shapes_and_coordinates(k):
+    """K=32 on D=64: the latent is the K (x, y) pairs in [-1, 1]; K=16: Linear(3K -> D) of (x, y, strength)."""
+    vit = MaskedViT(image_size=64, in_channels=4, patch_size=8, dim=64, depth=1, heads=4, mlp_dim=32, dropout=0.0,
+                    readout="keypoints", readout_channels=k, frame_diffs=True)
+    obs = torch.randint(0, 256, (3, 4, 64, 64), dtype=torch.uint8)
+    z, tok = vit(obs)
+    assert z.shape == (3, 64) and tok.shape == (3, 64, 64)
+    attn = vit.keypoint_attention(tok)  # [B, K, N]
+    assert attn.shape == (3, k, 64) and torch.allclose(attn.sum(dim=2), torch.ones(3, k))
+    xy = attn @ vit.kp_grid  # [B, K, 2]
+    assert xy.abs().max() <= 1.0
+    if k == 32:
+        assert vit.readout_out is None and torch.allclose(z, xy.flatten(1))
+    else:
+        assert vit.readout_out.in_features == 3 * k
+    # The checkpoint description rebuilds the same encoder (load_encoder uses MaskedViT(**encoder_kwargs)).
+    kw = encoder_kwargs(vit)
+    assert kw["readout"] == "keypoints" and kw["readout_channels"] == k
+    clone = MaskedViT(**kw)
+    clone.load_state_dict(vit.state_dict())
+    vit.eval(), clone.eval()
+    assert torch.allclose(clone(obs)[0], vit(obs)[0])
+    # A keypoint with all its score on one patch sits at that patch's centre: patch (row 2, col 5) of the 8x8 grid.
+    with torch.no_grad():
+        vit.log_temperature.fill_(-10.0)
+        peaked = torch.zeros(1, 64, 64)
+        peaked[0, 2 * 8 + 5] = 1.0
+        vit.readout_proj.weight.zero_()
+        vit.readout_proj.bias.zero_()
+        vit.readout_proj.weight[0, 0] = 1.0
+        got = (vit.keypoint_attention(peaked) @ vit.kp_grid)[0, 0]
+    assert torch.allclose(got, torch.tensor([(5.5 / 8) * 2 - 1, (2.5 / 8) * 2 - 1]), atol=1e-5)
 
 def test_motion_weights_mean_one_and_favour_moving_patches():
     from worldmodel.stage1 import motion_weights

@@ -8,6 +8,12 @@ The latent ``z [B, D]`` is read out of the output tokens by ``readout``:
   is (paddle, ball) is hard to read linearly from it.
 * ``spatial``: ``Linear(N * k -> D)`` of the flattened per-patch projections ``Linear(D -> k)`` of
   the tokens, which keeps one slot per patch; trained by the ``bottleneck`` stage-1 objective.
+* ``keypoints``: spatial soft-argmax (Levine et al. 2016, deep spatial autoencoders). Per-patch
+  scores ``Linear(D -> K)`` (K = ``readout_channels``) divided by a learnable temperature, softmax
+  over the N patches per channel; each channel gives the expected patch-centre ``(x, y)`` in
+  ``[-1, 1]`` and a strength (its largest softmax probability). With ``2K == D`` the latent *is* the
+  ``K`` coordinate pairs (no projection, so a keypoint on the ball is a linear readout of the ball);
+  otherwise it is ``Linear(3K -> D)`` of the coordinates and strengths.
 
 With ``frame_diffs`` the patch embedding also sees the ``F - 1`` temporal differences
 ``f_t - f_{t-1}`` of the stacked frames (a fixed preprocessing), which makes moving objects (the
@@ -24,6 +30,8 @@ uniform noise (vectorised, no per-sample loop).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -95,17 +103,19 @@ class MaskedViT(nn.Module):
         patch_size: P; N = (H / P)^2 tokens.
         dim: D, token and latent width.
         depth, heads, mlp_dim, dropout: transformer blocks.
-        readout: ``"mean"`` or ``"spatial"`` (see the module docstring).
-        readout_channels: k, per-patch channels of the spatial readout.
+        readout: ``"mean"``, ``"spatial"`` or ``"keypoints"`` (see the module docstring).
+        readout_channels: k, per-patch channels of the spatial readout; K, keypoints of the keypoint readout.
         frame_diffs: also embed the temporal differences of the frames.
+        keypoint_temperature: initial softmax temperature of the keypoint readout (learned from there).
     """
 
     def __init__(self, image_size: int = 64, in_channels: int = 4, patch_size: int = 8, dim: int = 64,
                  depth: int = 4, heads: int = 4, mlp_dim: int = 512, dropout: float = 0.2, readout: str = "mean",
-                 readout_channels: int = 8, frame_diffs: bool = False):
+                 readout_channels: int = 8, frame_diffs: bool = False, keypoint_temperature: float = 1.0):
         super().__init__()
         assert image_size % patch_size == 0, f"image size {image_size} not divisible by patch {patch_size}"
-        assert readout in ("mean", "spatial"), f"readout must be 'mean' or 'spatial', got {readout!r}"
+        assert readout in ("mean", "spatial", "keypoints"), (
+            f"readout must be 'mean', 'spatial' or 'keypoints', got {readout!r}")
         self.image_size, self.in_channels, self.patch_size, self.dim = image_size, in_channels, patch_size, dim
         self.readout, self.readout_channels, self.frame_diffs = readout, int(readout_channels), bool(frame_diffs)
         self.num_patches = (image_size // patch_size) ** 2
@@ -114,6 +124,16 @@ class MaskedViT(nn.Module):
         if readout == "spatial":
             self.readout_proj = nn.Linear(dim, self.readout_channels)  # per patch: D -> k
             self.readout_out = nn.Linear(self.num_patches * self.readout_channels, dim)  # N * k -> D
+        elif readout == "keypoints":
+            K, grid = self.readout_channels, image_size // patch_size
+            self.readout_proj = nn.Linear(dim, K)  # per patch: D -> K scores
+            assert keypoint_temperature > 0, f"keypoint_temperature must be > 0, got {keypoint_temperature}"
+            # softmax temperature exp(.), learned from its initial value
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(keypoint_temperature)))
+            centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid * 2.0 - 1.0  # [G] in (-1, 1)
+            ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+            self.register_buffer("kp_grid", torch.stack([xs.flatten(), ys.flatten()], dim=1))  # [N, 2]: (x, y)
+            self.readout_out = None if 2 * K == dim else nn.Linear(3 * K, dim)  # 3K -> D unless xy fill D
         self.register_buffer("pos_embed", sincos_2d(image_size // patch_size, dim))  # [1, N, D], fixed
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.mask_token, std=0.02)
@@ -149,7 +169,24 @@ class MaskedViT(nn.Module):
         """Tokens ``[B, N, D]`` -> latent ``[B, D]``."""
         if self.readout == "mean":
             return tok.mean(dim=1)
+        if self.readout == "keypoints":
+            return self.keypoint_features(tok)
         return self.readout_out(self.readout_proj(tok).flatten(1))  # [B, N, k] -> [B, N * k] -> [B, D]
+
+
+    def keypoint_attention(self, tok: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, N, D]`` -> softmax over patches ``[B, K, N]`` of each keypoint channel."""
+        scores = self.readout_proj(tok) / self.log_temperature.exp()  # [B, N, K]
+        return scores.softmax(dim=1).transpose(1, 2)  # [B, K, N]
+
+    def keypoint_features(self, tok: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, N, D]`` -> latent ``[B, D]`` of the keypoint readout."""
+        attn = self.keypoint_attention(tok)  # [B, K, N]
+        xy = attn @ self.kp_grid  # [B, K, 2]: expected (x, y) in [-1, 1]
+        if self.readout_out is None:
+            return xy.flatten(1)  # [B, 2K] = [B, D]
+        strength = attn.amax(dim=2, keepdim=True)  # [B, K, 1]
+        return self.readout_out(torch.cat([xy, strength], dim=2).flatten(1))  # [B, 3K] -> [B, D]
 
 
 class PooledEncoder(nn.Module):
@@ -171,4 +208,4 @@ def build_encoder(cfg) -> MaskedViT:
     return MaskedViT(image_size=e.image_height, in_channels=e.frame_stack_size, patch_size=m.shared_patch_size,
                      dim=m.shared_latent_dim, depth=vit.depth, heads=vit.heads, mlp_dim=vit.mlp_dim,
                      dropout=vit.dropout, readout=vit.readout, readout_channels=vit.readout_channels,
-                     frame_diffs=vit.frame_diffs)
+                     frame_diffs=vit.frame_diffs, keypoint_temperature=vit.keypoint_temperature)
