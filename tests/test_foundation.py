@@ -92,6 +92,7 @@ def test_every_command_has_help_with_example():
 
 
 # ----------------------------------------------------------------------------------------------- env
+@pytest.mark.filterwarnings("ignore:.*different from the unwrapped version")  # we check the whole pipeline on purpose
 def test_env_checker_passes():
     env = make_env(load_config("tiny").environment, seed=0)
     check_env(env, skip_render_check=True)
