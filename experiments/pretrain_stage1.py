@@ -31,6 +31,7 @@ from envs.errors import UserError
 from envs.replay import load_episodes, split_episodes
 from experiments.config import Config, config_from_dict
 from experiments.runlog import RunLogger, seed_everything, setup_torch
+from experiments.training import optimizer_step
 from worldmodel.checkpoint import load_checkpoint, load_state, save_checkpoint
 from worldmodel.diagnostics import representation_diagnostics, warn_if_collapsed
 from worldmodel.encoder import PooledEncoder, build_encoder
@@ -214,21 +215,14 @@ def pretrain_stage1(cfg: Config, data: str | Path | None = None, resume: str | P
             for i in bar:
                 obs = train_ds.batch(perm[i * bs:(i + 1) * bs])["obs"].to(device)  # [B, F, H, W] uint8
                 out = step_fn(obs)
-                opt.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, s1.grad_clip)
-                opt.step()
-                sched.step()
+                loss, grad_norm = optimizer_step(out["loss"], params, opt, sched, s1.grad_clip, "stage-1", step + 1)
                 model.update_target()
                 step += 1
-                loss = out["loss"].item()
-                if not math.isfinite(loss):
-                    raise RuntimeError(f"stage-1 loss became {loss} at step {step}")
                 losses.append(loss)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if step % 20 == 0 or i == steps_per_epoch - 1:
                     run.log({"train/loss": loss, "train/lr": sched.get_last_lr()[0],
-                             "train/grad_norm": float(grad_norm)}, step=step)
+                             "train/grad_norm": grad_norm}, step=step)
             bar.close()
             train_time = time.perf_counter() - t0
             epoch += 1

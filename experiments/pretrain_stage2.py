@@ -14,7 +14,6 @@ and writes into the run folder::
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from envs.replay import load_episodes, split_episodes
 from experiments.config import Config, config_from_dict
 from experiments.pretrain_stage1 import _rng_state, _set_rng_state, lr_lambda
 from experiments.runlog import RunLogger, seed_everything, setup_torch
+from experiments.training import optimizer_step
 from worldmodel.api import encoder_from_checkpoint
 from worldmodel.checkpoint import load_checkpoint, load_state, save_checkpoint
 from worldmodel.latent_cache import cached_latents, encoder_fingerprint
@@ -216,22 +216,16 @@ def pretrain_stage2(cfg: Config, stage1_checkpoint: str | Path | None = None, da
             for i in bar:
                 batch = train_seq.batch(order[i * bs:(i + 1) * bs], device)
                 out = loss_fn(model, batch, train=True)
-                opt.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s2.grad_clip)
-                opt.step()
-                sched.step()
+                loss, grad_norm = optimizer_step(out["loss"], model.parameters(), opt, sched, s2.grad_clip, "stage-2",
+                                                 step + 1)
                 step += 1
-                loss = out["loss"].item()
-                if not math.isfinite(loss):
-                    raise RuntimeError(f"stage-2 loss became {loss} at step {step}")
                 for k in METRICS:
                     sums[k] += float(out[k].detach())
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if step % 20 == 0 or i == steps_per_epoch - 1:
                     run.log({**{f"train/stage2/{k}": float(out[k].detach()) for k in METRICS},
                              "train/stage2/tf_keep_fraction": float(out["tf_keep_fraction"]),
-                             "train/stage2/lr": sched.get_last_lr()[0], "train/stage2/grad_norm": float(grad_norm)},
+                             "train/stage2/lr": sched.get_last_lr()[0], "train/stage2/grad_norm": grad_norm},
                             step=step)
             bar.close()
             train_time = time.perf_counter() - t0
