@@ -104,6 +104,7 @@ class Stage1Config:
     target: Literal["pooled", "tokens", "bottleneck"] = "bottleneck"
     bottleneck_token_weight: float = 0.0  # bottleneck target: weight of the added masked-token loss (0 = none)
     motion_weighting: float = 1.0  # bottleneck target: token error weight 1 + this * patch motion / mean motion
+    motion_map_weight: float = 0.0  # auxiliary: cross-entropy of where the newest frame moved (8x8 map) from z
     batch_size: int = 128
     grad_clip: float = 1.0  # max global grad norm
     warmup_epochs: float = 0.5  # linear LR warm-up before cosine decay
@@ -340,6 +341,8 @@ def validate(cfg: Config) -> Config:
            s1.bottleneck_token_weight, "a value >= 0")
     _check(s1.motion_weighting >= 0.0, "vjepa2_world_model.stage1.motion_weighting", s1.motion_weighting,
            "a value >= 0")
+    _check(s1.motion_map_weight >= 0.0, "vjepa2_world_model.stage1.motion_map_weight", s1.motion_map_weight,
+           "a number >= 0 (0 = off)")
     _check(0.0 <= s1.ema_decay <= 1.0, "vjepa2_world_model.stage1.ema_decay", s1.ema_decay, "a value in [0, 1]")
     for name, stage in (("stage1", s1), ("stage2", s2)):
         p = f"vjepa2_world_model.{name}"

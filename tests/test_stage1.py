@@ -302,3 +302,27 @@ def test_bottleneck_variant_trains_and_loads(tiny_data, tmp_path):
     assert enc(x).shape == (2, 32) and torch.allclose(enc(x), vit(x)[0])
     report = evaluate_stage1(res["best_checkpoint"], out=tmp_path / "r.json")
     assert report["target"] == "bottleneck" and np.isfinite(report["diagnostics"]["probe_r2/ball_x"])
+
+
+def test_motion_map_is_a_distribution_on_the_moving_patch():
+    from worldmodel.stage1 import motion_map
+
+    obs = torch.zeros(2, 4, 64, 64, dtype=torch.uint8)
+    obs[0, 3, 10, 50] = 200  # a "ball" appears in the newest frame, patch row 1, column 6
+    m = motion_map(obs, patch_size=8)
+    assert m.shape == (2, 64)
+    assert torch.allclose(m.sum(1), torch.ones(2))
+    assert int(m[0].argmax()) == 1 * 8 + 6 and m[0].max() > 0.99
+    assert torch.allclose(m[1], torch.full((64,), 1 / 64))  # a still frame: uniform
+
+
+def test_motion_map_head_is_trained_and_saved_with_the_predictor():
+    from experiments.config import load_config
+    from worldmodel.stage1 import build_stage1_model
+
+    cfg = load_config("tiny", ["vjepa2_world_model.stage1.motion_map_weight=1.0"])
+    model = build_stage1_model(cfg)
+    assert any(k.startswith("motion_head.") for k in model.predictor.state_dict())
+    obs = torch.randint(0, 255, (4, 4, 64, 64), dtype=torch.uint8)
+    model(obs)["loss"].backward()
+    assert model.predictor.motion_head.weight.grad is not None

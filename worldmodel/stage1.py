@@ -101,6 +101,16 @@ def motion_weights(obs: torch.Tensor, patch_size: int, strength: float) -> torch
     return w / w.mean()
 
 
+def motion_map(obs: torch.Tensor, patch_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """Where the newest frame changed: ``|f_t - f_{t-1}|`` max-pooled per patch and normalised to a distribution
+    ``[B, N]`` over patches (uniform for a still frame). Self-supervised: it needs no labels, and it is
+    concentrated on the moving ball and paddle."""
+    x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
+    # max, not mean, per patch: a one-pixel ball counts as much as the wide paddle
+    m = F.max_pool2d((x[:, -1:] - x[:, -2:-1]).abs(), patch_size).flatten(1) + eps  # [B, N]
+    return m / m.sum(dim=1, keepdim=True)
+
+
 class MaskedPredictionLoss(nn.Module):
     """L1 between prediction and target; with ``mask [B, N]`` the mean over masked tokens only."""
 
@@ -131,7 +141,7 @@ class MaskedPredictionModel(nn.Module):
     def __init__(self, encoder: MaskedViT, target: str = "tokens", masking_ratio: float = 0.4,
                  ema_decay: float = 0.996, predictor_depth: int = 2, predictor_heads: int = 4,
                  predictor_mlp_dim: int = 256, predictor_dropout: float = 0.0, bottleneck_token_weight: float = 1.0,
-                 motion_weighting: float = 0.0):
+                 motion_weighting: float = 0.0, motion_map_weight: float = 0.0):
         super().__init__()
         if target not in ("pooled", "tokens", "bottleneck"):
             raise ValueError(f"target must be 'pooled', 'tokens' or 'bottleneck', got {target!r}")
@@ -155,6 +165,10 @@ class MaskedPredictionModel(nn.Module):
             self.predictor = TokenPredictor(D, encoder.num_patches, predictor_depth, predictor_heads,
                                             predictor_mlp_dim, predictor_dropout)
         self.loss_fn = MaskedPredictionLoss()
+        self.motion_map_weight = float(motion_map_weight)
+        if self.motion_map_weight > 0:
+            # Lives in the predictor so that checkpoints (which save online, target, predictor) carry it.
+            self.predictor.add_module("motion_head", nn.Linear(D, encoder.num_patches))
 
     def train(self, mode: bool = True) -> MaskedPredictionModel:
         super().train(mode)
@@ -190,6 +204,10 @@ class MaskedPredictionModel(nn.Module):
         else:
             pred = self.predictor(o_tokens)  # [B, N, D]
             loss = self.loss_fn(pred, t_tokens, mask)
+        if self.motion_map_weight > 0 and obs.shape[1] > 1:
+            target_map = motion_map(obs, self.online.patch_size)  # [B, N], sums to 1
+            logp = F.log_softmax(self.predictor.motion_head(o_pooled), dim=-1)  # [B, N]
+            loss = loss + self.motion_map_weight * -(target_map * logp).sum(-1).mean()
         return {"loss": loss, "target_pooled": t_pooled, "online_pooled": o_pooled.detach()}
 
     @torch.no_grad()
@@ -206,7 +224,7 @@ def build_stage1_model(cfg) -> MaskedPredictionModel:
                                  ema_decay=s1.ema_decay, predictor_depth=p.depth, predictor_heads=p.heads,
                                  predictor_mlp_dim=p.mlp_dim, predictor_dropout=p.dropout,
                                  bottleneck_token_weight=s1.bottleneck_token_weight,
-                                 motion_weighting=s1.motion_weighting)
+                                 motion_weighting=s1.motion_weighting, motion_map_weight=s1.motion_map_weight)
 
 
 def encoder_kwargs(vit: MaskedViT) -> dict[str, int | float]:
