@@ -16,7 +16,7 @@ from experiments.config import Config
 from planners.reference import RandomPolicy, TrackerPolicy
 
 
-def make_behaviour_policy(name: str, env, seed: int):
+def make_behaviour_policy(name: str, seed: int):
     if name == "random":
         return RandomPolicy(seed=seed)
     if name == "tracker":
@@ -76,7 +76,7 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
     meta = {"env": dataclasses.asdict(cfg.environment), "policy": policy, "seed": seed}
     writer = ReplayWriter(out, meta=meta, append=append)
     env = make_env(cfg.environment, seed=seed)
-    agent = make_behaviour_policy(policy, env, seed)
+    agent = make_behaviour_policy(policy, seed)
     # Appending continues with fresh episode seeds so that no game is replayed.
     obs, info = env.reset(seed=seed + 1000 * writer.num_episodes)
     agent.reset(env)

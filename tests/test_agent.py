@@ -13,6 +13,8 @@ from envs.breakout import NUM_ACTIONS
 from envs.errors import UserError
 from experiments.config import load_config
 
+from .conftest import save_untrained_world_model
+
 
 # ------------------------------------------------------------------------------------------ toy models
 class ToyChainMDP:
@@ -276,22 +278,7 @@ def test_bad_agent_checkpoints(tmp_path):
 @pytest.fixture(scope="module")
 def untrained_world_model(tmp_path_factory, tiny_data):
     """A Stage-2 checkpoint file in the format of worldmodel.api with untrained (tiny-preset) networks."""
-    from worldmodel.checkpoint import save_checkpoint
-    from worldmodel.encoder import build_encoder
-    from worldmodel.stage1 import encoder_kwargs
-    from worldmodel.transformer import build_world_model_transformer
-
-    cfg = load_config("tiny")
-    torch.manual_seed(0)
-    vit, dyn = build_encoder(cfg), build_world_model_transformer(cfg)
-    wm_kwargs = {"latent_dim": dyn.latent_dim, "num_actions": dyn.num_actions, "hidden_dim": dyn.z_in.out_features,
-                 "depth": len(dyn.blocks), "heads": dyn.heads, "mlp_dim": dyn.blocks[0].mlp[0].out_features,
-                 "dropout": 0.0, "max_len": dyn.max_len}
-    path = tmp_path_factory.mktemp("wm") / "best.pt"
-    save_checkpoint({"kind": "stage2", "config": cfg.to_dict(), "data_dir": str(tiny_data),
-                     "encoder_kwargs": encoder_kwargs(vit), "encoder": vit.state_dict(),
-                     "world_model_kwargs": wm_kwargs, "world_model": dyn.state_dict()}, path)
-    return path
+    return save_untrained_world_model(tmp_path_factory.mktemp("wm") / "best.pt", data_dir=tiny_data)
 
 
 def test_cli_train_agent_end_to_end(cli, untrained_world_model, tmp_path):

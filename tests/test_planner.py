@@ -18,6 +18,8 @@ from planners.cem import CEMPlanner, sample_sequences, score_sequences
 from planners.oracle import EmulatorModel, OraclePlanner
 from planners.reference import RandomPolicy, TrackerPolicy
 
+from .conftest import save_untrained_world_model
+
 TARGET = (2, 3, 1, 0, 2, 3)  # the one sequence the hand-made model rewards
 
 
@@ -208,23 +210,8 @@ def test_random_and_tracker_references():
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """An untrained tiny Stage-2 checkpoint (worldmodel.api format) and a Stage-1-only one."""
-    from worldmodel.checkpoint import save_checkpoint
-    from worldmodel.encoder import build_encoder
-    from worldmodel.stage1 import encoder_kwargs
-    from worldmodel.transformer import build_world_model_transformer
-
-    cfg = load_config("tiny")
-    torch.manual_seed(0)
-    vit, dyn = build_encoder(cfg), build_world_model_transformer(cfg)
-    wm_kwargs = {"latent_dim": dyn.latent_dim, "num_actions": dyn.num_actions, "hidden_dim": dyn.z_in.out_features,
-                 "depth": len(dyn.blocks), "heads": dyn.heads, "mlp_dim": dyn.blocks[0].mlp[0].out_features,
-                 "dropout": 0.0, "max_len": dyn.max_len}
     root = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint({"kind": "stage2", "config": cfg.to_dict(), "encoder_kwargs": encoder_kwargs(vit),
-                     "encoder": vit.state_dict(), "world_model_kwargs": wm_kwargs, "world_model": dyn.state_dict()},
-                    root / "stage2.pt")
-    save_checkpoint({"kind": "stage1", "config": cfg.to_dict(), "encoder_kwargs": encoder_kwargs(vit),
-                     "encoder": vit.state_dict()}, root / "stage1.pt")
+    save_untrained_world_model(root / "stage2.pt", stage1_path=root / "stage1.pt")
     return root
 
 
