@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from envs.dataset import FrameStackDataset  # noqa: E402
 from envs.replay import load_episodes, split_episodes  # noqa: E402
 from experiments.config import load_config  # noqa: E402
+from experiments.pretrain_stage1 import input_frames  # noqa: E402
 from worldmodel.diagnostics import PROBE_TARGETS, ridge_r2  # noqa: E402
-from worldmodel.encoder import build_encoder  # noqa: E402
+from worldmodel.encoder import build_encoder, fit_input_stats  # noqa: E402
 
 
 @torch.no_grad()
@@ -65,6 +66,7 @@ def main() -> None:
     tr, va = split_episodes(len(eps), cfg.data.val_fraction, cfg.run.seed)
     dtr, dva = FrameStackDataset([eps[i] for i in tr]), FrameStackDataset([eps[i] for i in va])
     vit = build_encoder(cfg)
+    fit_input_stats(vit, input_frames(dtr, cfg.run.seed))
     random_init = probes(vit, dtr, dva)  # reference in the same run: the same network untrained
     vit.train()
     head = torch.nn.Linear(vit.latent_dim, 3)

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from envs.breakout import NUM_ACTIONS, labels_array, make_env
 from envs.errors import UserError
 from envs.replay import Episode, ReplayWriter, load_episodes, read_manifest, split_episodes
 from experiments.config import Config
+from experiments.runlog import tqdm
 from planners.reference import RandomPolicy, TrackerPolicy
 
 

@@ -36,12 +36,11 @@ from typing import Any
 
 import click
 import torch
-from tqdm import tqdm
 
 from envs.errors import UserError
 from experiments.config import Config
 from experiments.evaluation import evaluate, summarize_returns
-from experiments.runlog import RunLogger, seed_everything
+from experiments.runlog import RunLogger, seed_everything, tqdm
 
 RESULT_FILE = "result.json"
 WM_WALL_CLOCK_NOTE = "world-model pretraining and agent training (see their own runs); only evaluation is timed here"

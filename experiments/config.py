@@ -53,6 +53,9 @@ class VitConfig:
     readout_channels: int = 8  # k: per-patch channels of the spatial readout; K keypoints of the keypoint readout
     frame_diffs: bool = True  # also feed the temporal differences f_t - f_{t-1} to the patch embedding
     keypoint_temperature: float = 1.0  # initial (then learned) softmax temperature of the keypoint readout
+    # "pixel": standardise each pixel by its mean/std over the training frames (fitted before stage 1)
+    input_norm: Literal["none", "pixel"] = "pixel"
+    input_std_floor: float = 0.02  # lower bound of the per-pixel std (pixels that never change)
 
 
 @dataclass
@@ -104,7 +107,7 @@ class Stage1Config:
     target: Literal["pooled", "tokens", "bottleneck"] = "bottleneck"
     bottleneck_token_weight: float = 0.0  # bottleneck target: weight of the added masked-token loss (0 = none)
     motion_weighting: float = 1.0  # bottleneck target: token error weight 1 + this * patch motion / mean motion
-    motion_map_weight: float = 0.0  # auxiliary: cross-entropy of where the newest frame moved (8x8 map) from z
+    motion_map_weight: float = 1.0  # auxiliary: cross-entropy of where the newest frame moved (8x8 map) from z
     batch_size: int = 128
     grad_clip: float = 1.0  # max global grad norm
     warmup_epochs: float = 0.5  # linear LR warm-up before cosine decay
@@ -330,6 +333,9 @@ def validate(cfg: Config) -> Config:
            "an integer >= 1")
     _check(vit.keypoint_temperature > 0, "models.encoder.params.vit.keypoint_temperature", vit.keypoint_temperature,
            "a value > 0")
+    _check(vit.input_norm in ("none", "pixel"), "models.encoder.params.vit.input_norm", vit.input_norm,
+           "'none' or 'pixel'")
+    _check(vit.input_std_floor > 0, "models.encoder.params.vit.input_std_floor", vit.input_std_floor, "a value > 0")
     _check(m.shared_latent_dim % m.predictor.heads == 0, "models.predictor.heads", m.predictor.heads,
            f"a divisor of models.shared_latent_dim ({m.shared_latent_dim})")
     wm = m.world_model

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
-from tqdm import tqdm
 
 from envs.breakout import make_env
 from experiments.config import Config
+from experiments.runlog import tqdm
 
 
 class Agent(Protocol):

@@ -24,21 +24,22 @@ from typing import Any
 import click
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from envs.dataset import FrameStackDataset
 from envs.errors import UserError
 from envs.replay import load_episodes, split_episodes
 from experiments.config import Config, config_from_dict
-from experiments.runlog import RunLogger, seed_everything, setup_torch
+from experiments.runlog import RunLogger, seed_everything, setup_torch, tqdm
 from experiments.training import optimizer_step
 from worldmodel.checkpoint import load_checkpoint, load_state, save_checkpoint
 from worldmodel.diagnostics import representation_diagnostics, warn_if_collapsed
-from worldmodel.encoder import PooledEncoder, build_encoder
+from worldmodel.encoder import PooledEncoder, build_encoder, fit_input_stats
 from worldmodel.stage1 import MaskedPredictionModel, build_stage1_model, encoder_kwargs
 
 STAGE1_DIR = "stage1"
 RANDOM_BASELINE_SEED_OFFSET = 7919  # the random encoder of the baseline uses run.seed + this
+INPUT_STATS_FRAMES = 8192  # training observations sampled to fit the encoder's per-pixel standardisation
+INPUT_STATS_SEED_OFFSET = 104729
 
 
 def stage1_config(ckpt: dict[str, Any]) -> Config:
@@ -50,6 +51,8 @@ def stage1_config(ckpt: dict[str, Any]) -> Config:
     vit.readout = kw.get("readout", "mean")
     vit.readout_channels = int(kw.get("readout_channels", vit.readout_channels))
     vit.frame_diffs = bool(kw.get("frame_diffs", False))
+    vit.input_norm = kw.get("input_norm", "none")
+    vit.input_std_floor = float(kw.get("input_std_floor", vit.input_std_floor))
     return cfg
 
 
@@ -71,29 +74,45 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int) -> float:
 
 @torch.no_grad()
 def masked_loss(model: MaskedPredictionModel, dataset: FrameStackDataset, seed: int, max_samples: int | None = None,
-                batch_size: int = 256) -> float:
-    """Mean loss in eval mode with masks from a fixed seed (comparable across epochs and splits)."""
+                batch_size: int = 256) -> dict[str, float]:
+    """Mean losses in eval mode with masks from a fixed seed (comparable across epochs and splits):
+    ``loss`` (the training objective), ``jepa_loss`` (the masked-latent L1 alone) and, when the
+    auxiliary loss is on, ``motion_map_loss``."""
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     idx = np.arange(n) if n == len(dataset) else np.sort(np.random.default_rng(seed).choice(len(dataset), n, False))
-    total, count = 0.0, 0
+    totals: dict[str, float] = {}
+    count = 0
     for start in range(0, n, batch_size):
         obs = dataset.batch(idx[start:start + batch_size])["obs"]
         mask = model.sample_mask(obs.shape[0], generator=gen)
-        total += float(model(obs, mask)["loss"]) * obs.shape[0]
+        out = model(obs, mask)
+        for key in ("loss", "jepa_loss", "motion_map_loss"):
+            if key in out:
+                totals[key] = totals.get(key, 0.0) + float(out[key]) * obs.shape[0]
         count += obs.shape[0]
     model.train(was_training)
-    return total / max(1, count)
+    return {k: v / max(1, count) for k, v in totals.items()}
+
+
+def input_frames(train_ds: FrameStackDataset, seed: int, n: int = INPUT_STATS_FRAMES) -> torch.Tensor:
+    """Up to ``n`` training observations (uint8 ``[n, F, H, W]``) for the encoder's input standardisation."""
+    rng = np.random.default_rng(seed + INPUT_STATS_SEED_OFFSET)
+    idx = np.sort(rng.choice(len(train_ds), size=min(n, len(train_ds)), replace=False))
+    return train_ds.batch(idx)["obs"]
 
 
 def random_baseline(cfg: Config, train_ds, val_ds) -> dict[str, Any]:
-    """Diagnostics of a randomly initialised encoder of the same shape (what training must beat)."""
+    """Diagnostics of a randomly initialised encoder of the same shape and the same input standardisation
+    (what training must beat)."""
     state = torch.get_rng_state()
     torch.manual_seed(cfg.run.seed + RANDOM_BASELINE_SEED_OFFSET)
-    enc = PooledEncoder(build_encoder(cfg))
+    vit = build_encoder(cfg)
     torch.set_rng_state(state)
+    fit_input_stats(vit, input_frames(train_ds, cfg.run.seed))
+    enc = PooledEncoder(vit)
     return representation_diagnostics(enc, train_ds, val_ds, seed=cfg.run.seed)
 
 
@@ -158,6 +177,11 @@ def pretrain_stage1(cfg: Config, data: str | Path | None = None, resume: str | P
         echo(f"stage 1 ({s1.target} target): {len(train_ds)} train / {len(val_ds)} val observations")
 
         model = build_stage1_model(cfg).to(device)
+        if ckpt is None and model.online.input_norm == "pixel":  # resumed runs restore the fitted buffers
+            frames = input_frames(train_ds, cfg.run.seed).to(device)
+            fit_input_stats(model.online, frames)
+            fit_input_stats(model.target, frames)
+            del frames
         params = [p for p in model.parameters() if p.requires_grad]  # online encoder + predictor
         opt = torch.optim.AdamW(params, lr=s1.learning_rate, weight_decay=s1.weight_decay)
         bs = min(s1.batch_size, len(train_ds))
@@ -209,7 +233,7 @@ def pretrain_stage1(cfg: Config, data: str | Path | None = None, resume: str | P
                 break
             t0 = time.perf_counter()
             perm = np_rng.permutation(len(train_ds))
-            losses = []
+            losses, parts = [], {}
             bar = tqdm(range(steps_per_epoch), desc=f"stage1 epoch {epoch + 1}/{s1.num_epochs}", unit="batch",
                        disable=not progress, leave=False)
             for i in bar:
@@ -219,19 +243,26 @@ def pretrain_stage1(cfg: Config, data: str | Path | None = None, resume: str | P
                 model.update_target()
                 step += 1
                 losses.append(loss)
+                for key in ("jepa_loss", "motion_map_loss"):
+                    if key in out:
+                        parts.setdefault(key, []).append(float(out[key]))
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if step % 20 == 0 or i == steps_per_epoch - 1:
-                    run.log({"train/loss": loss, "train/lr": sched.get_last_lr()[0],
-                             "train/grad_norm": grad_norm}, step=step)
+                    run.log({"train/loss": loss, "train/lr": sched.get_last_lr()[0], "train/grad_norm": grad_norm,
+                             **{f"train/{k}": v[-1] for k, v in parts.items()}}, step=step)
             bar.close()
             train_time = time.perf_counter() - t0
             epoch += 1
             epochs_this_call += 1
             train_loss = float(np.mean(losses))
-            val_loss = masked_loss(model, val_ds, seed=cfg.run.seed + 1)
+            val = masked_loss(model, val_ds, seed=cfg.run.seed + 1)
+            val_loss = val["loss"]
             row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                                   "val_train_ratio": val_loss / max(train_loss, 1e-12)}
+                                   "val_train_ratio": val_loss / max(train_loss, 1e-12),
+                                   **{f"train_{k}": float(np.mean(v)) for k, v in parts.items()},
+                                   **{f"val_{k}": v for k, v in val.items() if k != "loss"}}
             metrics = {"train/epoch_loss": train_loss, "val/loss": val_loss, "val/train_ratio": row["val_train_ratio"],
+                       **{f"val/{k}": v for k, v in val.items() if k != "loss"},
                        "epoch": epoch, "perf/samples_per_s": steps_per_epoch * bs / train_time,
                        "perf/epoch_train_s": train_time}
             last = epoch >= s1.num_epochs

@@ -22,7 +22,6 @@ from typing import Any
 import click
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from envs.breakout import NUM_ACTIONS
 from envs.dataset import TemporalSequenceDataset
@@ -30,7 +29,7 @@ from envs.errors import UserError
 from envs.replay import load_episodes, split_episodes
 from experiments.config import Config, config_from_dict
 from experiments.pretrain_stage1 import _rng_state, _set_rng_state, lr_lambda
-from experiments.runlog import RunLogger, seed_everything, setup_torch
+from experiments.runlog import RunLogger, seed_everything, setup_torch, tqdm
 from experiments.training import optimizer_step
 from worldmodel.api import encoder_from_checkpoint
 from worldmodel.checkpoint import load_checkpoint, load_state, save_checkpoint

@@ -12,15 +12,24 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm as _tqdm
 
 from envs.errors import UserError
 from experiments.config import Config, save_config
+
+
+def tqdm(*args: Any, **kwargs: Any) -> _tqdm:
+    """``tqdm.tqdm``, redrawn at most every 30 s when stderr is not a terminal (a log file stays readable)."""
+    if not sys.stderr.isatty():
+        kwargs.setdefault("mininterval", 30.0)
+    return _tqdm(*args, **kwargs)
 
 
 def seed_everything(seed: int) -> None:

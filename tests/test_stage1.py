@@ -14,7 +14,7 @@ from experiments.config import load_config
 from worldmodel import load_encoder
 from worldmodel.checkpoint import load_checkpoint, save_checkpoint
 from worldmodel.diagnostics import collapse_reason, effective_rank, ridge_r2
-from worldmodel.encoder import MaskedViT, random_patch_mask
+from worldmodel.encoder import MaskedViT, fit_input_stats, random_patch_mask
 from worldmodel.stage1 import MaskedPredictionLoss, build_stage1_model, ema_update, encoder_kwargs
 
 
@@ -182,6 +182,11 @@ def test_training_writes_checkpoints_and_metrics(trained):
         ckpt = load_checkpoint(trained[name], kind="stage1")
         assert {"online", "target", "predictor", "optimizer", "scheduler", "epoch", "step", "early_stopping",
                 "rng", "config"} <= set(ckpt)
+        # The per-pixel input standardisation was fitted on the training frames, the same for online and target.
+        assert ckpt["encoder_kwargs"]["input_norm"] == "pixel"
+        assert torch.equal(ckpt["online"]["pixel_std"], ckpt["target"]["pixel_std"])
+        assert not torch.equal(ckpt["target"]["pixel_std"], torch.ones_like(ckpt["target"]["pixel_std"]))
+        assert ckpt["target"]["pixel_mean"].abs().sum() > 0
     rows = [json.loads(line) for line in open(f"{trained['run_dir']}/metrics.jsonl")]
     keys = set().union(*rows)
     assert {"train/loss", "val/loss", "diag/effective_rank", "diag/probe_r2/paddle_x", "perf/samples_per_s",
@@ -320,9 +325,42 @@ def test_motion_map_head_is_trained_and_saved_with_the_predictor():
     from experiments.config import load_config
     from worldmodel.stage1 import build_stage1_model
 
-    cfg = load_config("tiny", ["vjepa2_world_model.stage1.motion_map_weight=1.0"])
+    cfg = load_config("tiny", ["vjepa2_world_model.stage1.motion_map_weight=0.5"])
     model = build_stage1_model(cfg)
     assert any(k.startswith("motion_head.") for k in model.predictor.state_dict())
     obs = torch.randint(0, 255, (4, 4, 64, 64), dtype=torch.uint8)
-    model(obs)["loss"].backward()
+    out = model(obs)
+    # The total is the masked-latent L1 plus the weighted cross-entropy; both parts are reported apart.
+    assert torch.isclose(out["loss"], out["jepa_loss"] + 0.5 * out["motion_map_loss"])
+    assert out["motion_map_loss"] > 0
+    out["loss"].backward()
     assert model.predictor.motion_head.weight.grad is not None
+    off = build_stage1_model(load_config("tiny", ["vjepa2_world_model.stage1.motion_map_weight=0"]))
+    out = off(obs)
+    assert "motion_map_loss" not in out and torch.equal(out["loss"].detach(), out["jepa_loss"])
+
+
+def test_pixel_input_norm_standardises_each_pixel_and_travels_in_the_checkpoint():
+    vit = MaskedViT(image_size=32, in_channels=4, patch_size=16, dim=8, depth=1, heads=2, mlp_dim=16, dropout=0.0,
+                    input_norm="pixel", input_std_floor=0.05)
+    frames = torch.randint(0, 256, (64, 4, 32, 32), dtype=torch.uint8)
+    frames[:, :, :4] = 200  # a static band (a wall): std 0 there, so the floor applies
+    fit_input_stats(vit, frames)
+    x = frames.float() / 255.0
+    assert torch.allclose(vit.pixel_mean[0, 0], x.mean(dim=(0, 1)), atol=1e-6)
+    assert torch.allclose(vit.pixel_std[0, 0, :4], torch.full((4, 32), 0.05))
+    assert torch.allclose(vit.pixel_std[0, 0, 4:], x.std(dim=(0, 1))[4:], atol=1e-6)
+    # The standardised input is what the patch embedding sees: hook it.
+    seen = {}
+    vit.patch_embed.register_forward_hook(lambda m, inp, out: seen.update(x=inp[0]))
+    vit(frames)
+    assert seen["x"][:, :, :4].abs().max() < 1e-5  # the static band maps to 0
+    assert abs(float(seen["x"][:, :, 4:].mean())) < 0.05 and abs(float(seen["x"][:, :, 4:].std()) - 1.0) < 0.05
+    kw = encoder_kwargs(vit)
+    assert kw["input_norm"] == "pixel" and kw["input_std_floor"] == 0.05
+    clone = MaskedViT(**kw)
+    clone.load_state_dict(vit.state_dict())  # the fitted statistics are buffers of the state dict
+    assert torch.equal(clone.pixel_mean, vit.pixel_mean) and torch.equal(clone.pixel_std, vit.pixel_std)
+    plain = MaskedViT(image_size=32, in_channels=4, patch_size=16, dim=8, depth=1, heads=2, mlp_dim=16)
+    fit_input_stats(plain, frames)  # a no-op without input_norm
+    assert "pixel_mean" not in plain.state_dict()

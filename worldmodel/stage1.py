@@ -204,11 +204,15 @@ class MaskedPredictionModel(nn.Module):
         else:
             pred = self.predictor(o_tokens)  # [B, N, D]
             loss = self.loss_fn(pred, t_tokens, mask)
+        out = {"jepa_loss": loss.detach(), "target_pooled": t_pooled, "online_pooled": o_pooled.detach()}
         if self.motion_map_weight > 0 and obs.shape[1] > 1:
             target_map = motion_map(obs, self.online.patch_size)  # [B, N], sums to 1
             logp = F.log_softmax(self.predictor.motion_head(o_pooled), dim=-1)  # [B, N]
-            loss = loss + self.motion_map_weight * -(target_map * logp).sum(-1).mean()
-        return {"loss": loss, "target_pooled": t_pooled, "online_pooled": o_pooled.detach()}
+            aux = -(target_map * logp).sum(-1).mean()  # cross-entropy
+            out["motion_map_loss"] = aux.detach()
+            loss = loss + self.motion_map_weight * aux
+        out["loss"] = loss
+        return out
 
     @torch.no_grad()
     def update_target(self) -> None:
@@ -233,7 +237,8 @@ def encoder_kwargs(vit: MaskedViT) -> dict[str, int | float]:
     return {"image_size": vit.image_size, "in_channels": vit.in_channels, "patch_size": vit.patch_size,
             "dim": vit.dim, "depth": len(vit.blocks), "heads": blk.attn.heads,
             "mlp_dim": blk.mlp[0].out_features, "dropout": float(blk.mlp[2].p), "readout": vit.readout,
-            "readout_channels": vit.readout_channels, "frame_diffs": vit.frame_diffs}
+            "readout_channels": vit.readout_channels, "frame_diffs": vit.frame_diffs,
+            "input_norm": vit.input_norm, "input_std_floor": vit.input_std_floor}
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu", which: str = "target") -> nn.Module:
