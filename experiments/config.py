@@ -55,7 +55,7 @@ class VitConfig:
     keypoint_temperature: float = 1.0  # initial (then learned) softmax temperature of the keypoint readout
     # "pixel": standardise each pixel by its mean/std over the training frames (fitted before stage 1)
     input_norm: Literal["none", "pixel"] = "pixel"
-    input_std_floor: float = 0.02  # lower bound of the per-pixel std (pixels that never change)
+    input_std_floor: float = 0.1  # lower bound of the per-pixel std (pixels that never change)
 
 
 @dataclass
