@@ -60,6 +60,20 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def new_run_dir(parent: Path, name: str) -> Path:
+    """Create and return ``parent/name``, or ``parent/name-2``, ``-3``... if taken. ``mkdir`` without
+    ``exist_ok`` is atomic, so two processes started in the same second never share a folder."""
+    parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        run_dir = parent / (name if n == 1 else f"{name}-{n}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            n += 1
+
+
 class RunLogger:
     """A run folder with config.yaml, metrics.jsonl and an offline wandb run."""
 
@@ -67,12 +81,8 @@ class RunLogger:
                  group: str | None = None, name: str | None = None):
         self.cfg = cfg
         if run_dir is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            run_dir = Path(cfg.run.runs_dir) / command / f"{stamp}-{cfg.preset}-s{cfg.run.seed}"
-            n = 1
-            while run_dir.exists():  # two runs in the same second
-                n += 1
-                run_dir = Path(cfg.run.runs_dir) / command / f"{stamp}-{cfg.preset}-s{cfg.run.seed}-{n}"
+            run_dir = new_run_dir(Path(cfg.run.runs_dir) / command, f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}"
+                                  f"-s{cfg.run.seed}")
         self.dir = Path(run_dir)
         if resume and not self.dir.is_dir():
             raise UserError(f"cannot resume: run folder {self.dir} does not exist; pass an existing run folder")

@@ -275,3 +275,16 @@ def test_random_actions_cover_action_space(tiny_data):
     episodes, _ = load_episodes(tiny_data)
     acts = np.concatenate([e.actions for e in episodes])
     assert set(np.unique(acts)) == set(range(NUM_ACTIONS))
+
+
+def test_new_run_dir_never_shares_a_folder_between_concurrent_runs(tmp_path):
+    """Two processes started in the same second got the same run folder (a check-then-create race)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from experiments.runlog import new_run_dir
+
+    with ThreadPoolExecutor(8) as pool:
+        dirs = list(pool.map(lambda _: new_run_dir(tmp_path / "pretrain", "20261129-120000-quick-s0"), range(16)))
+    assert len(set(dirs)) == 16 and all(d.is_dir() for d in dirs)
+    assert (tmp_path / "pretrain" / "20261129-120000-quick-s0") in dirs
+    assert (tmp_path / "pretrain" / "20261129-120000-quick-s0-16") in dirs
