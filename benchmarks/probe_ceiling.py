@@ -6,7 +6,7 @@ RAM labels as regression targets for a fixed time budget, then scores the same r
 "can this architecture at 64x64 see the ball at all?", separating the architecture from the
 self-supervised objective. A diagnostic only: nothing here feeds the world model.
 
-Usage: python benchmarks/probe_ceiling.py --data data/quick12k [--seconds 240] [--preset quick]
+Usage: python benchmarks/probe_ceiling.py --data data/quick12k [--seconds 240] [--preset quick] [--set KEY=VALUE]
 """
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--seconds", type=float, default=240.0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="config override")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = load_config(args.preset)
+    cfg = load_config(args.preset, args.set)
     eps, _ = load_episodes(args.data, verify=False)
     tr, va = split_episodes(len(eps), cfg.data.val_fraction, cfg.run.seed)
     dtr, dva = FrameStackDataset([eps[i] for i in tr]), FrameStackDataset([eps[i] for i in va])
