@@ -131,6 +131,13 @@ class Stage2Config:
     batch_size: int = 64
     grad_clip: float = 1.0
     sequences_per_epoch: int = 0  # training sequences drawn per epoch from all start positions (0 = all of them)
+    # Rare events: a life loss is ~3% of random-policy steps and a point ~2%; these weight their steps' head
+    # losses (1 = plain mean).
+    continue_pos_weight: float = 1.0  # weight of life-loss steps in the continuation BCE
+    reward_pos_weight: float = 1.0  # weight of rewarding steps in the reward MSE
+    # Also score the heads on the rollout's imagined latents (fed back detached: the heads learn to read imagined
+    # states without their gradients pulling the chain of latent predictions).
+    heads_on_rollout: bool = False
 
 
 @dataclass

@@ -12,6 +12,13 @@
 * Probe: a ridge regression from latent to paddle_x / ball_x / ball_y fitted on real training
   latents, applied to imagined latents; mean absolute error against the RAM truth per horizon,
   next to the same probe on the real latents (its floor) and on copy-last latents.
+* Steering (what a planner needs from the life-loss head): on validation frames where the ball is
+  descending in the lower half of its range and more than 20 RAM units from the paddle's centre,
+  imagine 12 steps of constant RIGHT and of constant LEFT from the frame's latent; the model "steers"
+  toward the side whose imagined survival (product of continue probabilities) is higher. Reported: the
+  fraction of frames where that side is the ball's side (0.5 is chance), the same fraction weighted
+  by the survival gap, and the mean gap. A model whose life-loss prediction reads only "the ball is
+  low" has a high AUC and steers at chance; a CEM planner or an actor trained on it cannot do better.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ BENCHMARKS = {
 OPEN_LOOP_HORIZON = 8
 TRAIN_SEQUENCES = 4000  # training sequences used to recompute the train losses
 PROBE_TRAIN_FRAMES = 20000
+STEER_HORIZON = 12  # imagined steps of constant RIGHT / LEFT (about half a ball crossing)
+STEER_MIN_DISTANCE = 20  # RAM units between the ball and the paddle's centre (the paddle is 16 wide)
 REWARD_THRESHOLD = 0.5  # predicted points above which a step counts as "rewarding"
 STABLE_VAL_TOLERANCE = 0.05  # "validation loss stable": last val loss within 5% of the best one
 MIN_EPOCHS = 15
@@ -153,6 +162,7 @@ def evaluate_stage2(checkpoint: str | Path, data: str | Path | None = None, out:
         "life_loss_steps": int(ll_true.sum()), "steps": int(ll_true.size),
     }
     probe = _probe_report(latents, store, train_mask, z, lat, b["labels"].numpy(), cfg.run.seed)
+    steering = steering_report(wm, latents, store, val_eps)
 
     history = ckpt.get("history") or []
     val_hist = [float(h["val"]["latent_total"]) for h in history]  # the seed's (validation) Total Loss
@@ -174,13 +184,44 @@ def evaluate_stage2(checkpoint: str | Path, data: str | Path | None = None, out:
     report = {
         "checkpoint": str(checkpoint), "data_dir": str(data), "epoch": epochs, "step": int(ckpt["step"]),
         "benchmarks": table, "train_losses": train, "val_losses": val, "success_criteria": criteria,
-        "open_loop": open_loop, "rewards": rewards, "life_loss": life, "probe": probe, "history": history,
+        "open_loop": open_loop, "rewards": rewards, "life_loss": life, "probe": probe, "steering": steering,
+        "history": history,
         "all_criteria_pass": all(c["pass"] for c in criteria),
     }
     out = Path(out) if out is not None else checkpoint.with_name(checkpoint.stem + "_eval_stage2.json")
     _write_json(out, report)
     report["report_path"] = str(out)
     return report
+
+
+def steering_report(wm, latents: torch.Tensor, store, episodes: np.ndarray, horizon: int = STEER_HORIZON,
+                    min_distance: int = STEER_MIN_DISTANCE) -> dict[str, Any]:
+    """Does imagined survival prefer moving toward the ball? (see the module docstring)"""
+    from envs.breakout import ACTION_LEFT, ACTION_RIGHT
+    from planners.reference import TrackerPolicy
+
+    y = store.labels.astype(np.int64)  # [G, 5]
+    g = np.flatnonzero(np.isin(store.episode_of, episodes))
+    g = g[g + 1 < store.num_frames]
+    g = g[store.episode_of[g] == store.episode_of[g + 1]]  # frames with a successor in the same episode
+    paddle, ball_x, ball_y = y[g, 0] + TrackerPolicy.PADDLE_CENTER, y[g, 1], y[g, BALL_Y]
+    descending = (ball_y > 0) & (y[g + 1, BALL_Y] > ball_y)
+    low = ball_y > (np.median(ball_y[descending]) if descending.any() else 0)
+    sel = descending & low & (np.abs(ball_x - paddle) > min_distance)
+    out: dict[str, Any] = {"horizon": horizon, "min_distance": min_distance, "frames": int(sel.sum())}
+    if not sel.any():
+        return {**out, "agreement": float("nan"), "gap_weighted_agreement": float("nan"), "mean_gap": float("nan")}
+    z0 = latents[torch.from_numpy(g[sel])]
+    alive = {}
+    for a in (ACTION_RIGHT, ACTION_LEFT):
+        _, _, cont = wm.imagine(z0, torch.full((len(z0), horizon), a, dtype=torch.long))
+        alive[a] = cont.prod(1).double().numpy()
+    prefer_right = alive[ACTION_RIGHT] > alive[ACTION_LEFT]
+    agree = prefer_right == ((ball_x - paddle)[sel] > 0)
+    gap = np.abs(alive[ACTION_RIGHT] - alive[ACTION_LEFT])
+    return {**out, "agreement": float(agree.mean()),
+            "gap_weighted_agreement": float((gap * agree).sum() / gap.sum()) if gap.sum() > 0 else float("nan"),
+            "mean_gap": float(gap.mean())}
 
 
 def _windows(store, episodes: np.ndarray, H: int) -> np.ndarray:
@@ -263,5 +304,12 @@ def format_report(r: dict[str, Any]) -> str:
         for k in ("imagined", "real", "copy_last"):
             lines.append(f"  {name + ' ' + k:<19}" + "".join(f"{x:>7.2f}" for x in p[name][k]))
         lines.append(f"  ({name} label std {p[name]['label_std']:.2f})")
+    st = r.get("steering")
+    if st:
+        lines += ["", f"Steering: {st['frames']} validation frames with the ball descending, low and > "
+                  f"{st['min_distance']} units from the paddle; {st['horizon']} imagined steps of RIGHT vs LEFT",
+                  f"  higher imagined survival on the ball's side: {_fmt(st['agreement'])} of frames (chance 0.5), "
+                  f"{_fmt(st['gap_weighted_agreement'])} weighted by the survival gap "
+                  f"(mean gap {_fmt(st['mean_gap'])})"]
     lines += ["", f"all criteria pass: {r['all_criteria_pass']}", f"report written to {r['report_path']}"]
     return "\n".join(lines)

@@ -108,6 +108,75 @@ def test_loss_values_of_a_copy_last_model():
     assert torch.isclose(out["loss"], 0.7 * tf + 0.3 * roll + 1.0 + np.log(2.0), atol=1e-5)
 
 
+
+def test_rare_event_weights_scale_only_their_steps():
+    m = small_model()
+    with torch.no_grad():
+        m.head.weight.zero_()
+        m.head.bias.zero_()  # reward 0 (symlog), continue logit 0
+    z = torch.randn(2, 5, 8)
+    rewards = torch.zeros(2, 4)
+    rewards[0, 1] = np.e - 1  # one rewarding step: squared error 1 in symlog units
+    life = torch.zeros(2, 4, dtype=torch.bool)
+    life[1, 2] = True  # one life loss: BCE log 2 like every other step at logit 0
+    batch = {"z": z, "actions": torch.randint(0, 4, (2, 4)), "rewards": rewards, "life_loss": life}
+    plain = WorldModelLoss(LossWeights(), 0.8, rollout_steps=2)(m, batch, train=False)
+    weighted = WorldModelLoss(LossWeights(continue_pos=10.0, reward_pos=10.0), 0.8, rollout_steps=2)(
+        m, batch, train=False)
+    assert torch.isclose(plain["reward"], torch.tensor(1 / 8), atol=1e-6)
+    assert torch.isclose(weighted["reward"], torch.tensor(10 / 8), atol=1e-6)
+    assert torch.isclose(weighted["continue"], torch.tensor((7 + 10) / 8 * np.log(2.0), dtype=torch.float32),
+                         atol=1e-6)
+
+
+def test_heads_on_rollout_add_no_gradient_to_the_latent_chain():
+    """With heads_on_rollout the extra pass is fed detached latents: the rollout L1's gradient is unchanged."""
+    torch.manual_seed(0)
+    m = small_model()
+    z = torch.randn(3, 5, 8)
+    batch = {"z": z, "actions": torch.randint(0, 4, (3, 4)), "rewards": torch.zeros(3, 4),
+             "life_loss": torch.rand(3, 4) < 0.3}
+    out = WorldModelLoss(LossWeights(0.0, 1.0, 0.0, 1.0), 1.0, 2, heads_on_rollout=True)(
+        m, batch, generator=torch.Generator().manual_seed(1))
+    base = WorldModelLoss(LossWeights(0.0, 1.0, 0.0, 1.0), 1.0, 2)(m, batch, generator=torch.Generator().manual_seed(1))
+    assert torch.isclose(out["rollout"], base["rollout"])
+    assert not torch.isclose(out["continue"], base["continue"])  # the imagined positions are scored too
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_steering_report_reads_the_survival_preference():
+    from types import SimpleNamespace
+
+    from experiments.evaluate_stage2 import steering_report
+
+    rng = np.random.default_rng(0)
+    n = 400
+    paddle = rng.integers(60, 180, n)
+    ball_x = rng.integers(60, 190, n)
+    ball_y = np.tile([100, 110, 120, 130], n // 4)  # descending in every frame but each fourth one's successor
+    labels = np.stack([paddle, ball_x, ball_y, np.full(n, 5), np.zeros(n)], 1).astype(np.int16)
+    store = SimpleNamespace(labels=labels, episode_of=np.zeros(n, np.int64), num_frames=n)
+    side = torch.from_numpy(np.sign(ball_x - (paddle + 8)).astype(np.float32))
+    latents = side[:, None].repeat(1, 3)  # the latent knows the ball's side
+
+    class Model:  # survives only by moving toward the ball (RIGHT = 2 when the ball is right)
+        def __init__(self, steer: float):
+            self.steer = steer
+
+        def imagine(self, z0, actions):
+            right = (actions == 2).float() * 2 - 1  # +1 RIGHT, -1 LEFT
+            good = (right * z0[:, :1] > 0).float()
+            cont = 0.9 + self.steer * 0.1 * (2 * good - 1)
+            return z0[:, None].repeat(1, actions.shape[1], 1), torch.zeros(actions.shape), cont
+
+    good = steering_report(Model(1.0), latents, store, np.array([0]), horizon=4)
+    assert good["frames"] > 50 and good["agreement"] == 1.0 and good["gap_weighted_agreement"] == 1.0
+    bad = steering_report(Model(-1.0), latents, store, np.array([0]), horizon=4)
+    assert bad["agreement"] == 0.0
+    blind = steering_report(Model(0.0), latents, store, np.array([0]), horizon=4)
+    assert blind["mean_gap"] == 0.0 and 0.0 < blind["agreement"] < 1.0
+
 # ----------------------------------------------------------------------------------------------- pipeline
 @pytest.fixture(scope="module")
 def stage1_ckpt(tiny_data, tmp_path_factory):

@@ -45,6 +45,8 @@ class LossWeights:
     rollout: float = 0.3
     reward: float = 1.0
     continuation: float = 1.0
+    continue_pos: float = 1.0  # weight of life-loss steps in the continuation BCE
+    reward_pos: float = 1.0  # weight of rewarding steps in the reward MSE
 
 
 class WorldModelLoss(nn.Module):
@@ -56,11 +58,23 @@ class WorldModelLoss(nn.Module):
         rollout_steps: autoregressive steps of the rollout loss.
     """
 
-    def __init__(self, weights: LossWeights, teacher_forcing_ratio: float = 0.8, rollout_steps: int = 4):
+    def __init__(self, weights: LossWeights, teacher_forcing_ratio: float = 0.8, rollout_steps: int = 4,
+                 heads_on_rollout: bool = False):
         super().__init__()
         self.w = weights
         self.teacher_forcing_ratio = teacher_forcing_ratio
         self.rollout_steps = rollout_steps
+        self.heads_on_rollout = heads_on_rollout
+
+    def _head_losses(self, rew_pred: torch.Tensor, cont_logit: torch.Tensor, rewards: torch.Tensor,
+                     life_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reward MSE (symlog) and continuation BCE over ``[B, T]``, rare events weighted by their pos weights."""
+        lost = life_loss.bool()
+        w_r = torch.where(rewards != 0, self.w.reward_pos, 1.0)  # [B, T]
+        reward = (w_r * (rew_pred - symlog(rewards.float())) ** 2).mean()
+        w_c = torch.where(lost, self.w.continue_pos, 1.0)  # [B, T]
+        cont = F.binary_cross_entropy_with_logits(cont_logit, (~lost).float(), weight=w_c)
+        return reward, cont
 
     def forward(self, model: WorldModelTransformer, batch: dict[str, torch.Tensor], train: bool = True,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -105,10 +119,16 @@ class WorldModelLoss(nn.Module):
         rollout_pred = seq[:, c:]  # [B, R, D]: predictions of z_c .. z_{c+R-1}
         rollout = F.l1_loss(rollout_pred, z[:, c:c + R])
 
-        # Heads on the scheduled-sampling pass only: scoring them on the rollout too was tried and let their
-        # gradients through the imagined chain pull the latent predictions off (val latent loss rose).
-        reward = F.mse_loss(rew_pred, symlog(batch["rewards"].float()))
-        cont = F.binary_cross_entropy_with_logits(cont_logit, (~batch["life_loss"].bool()).float())
+        # Heads on the scheduled-sampling pass. Scoring them on the rollout with gradients through the imagined
+        # chain was tried and pulled the latent predictions off (val latent loss rose); with heads_on_rollout the
+        # rollout's latents are fed back detached, a pass whose only loss is the heads'.
+        reward, cont = self._head_losses(rew_pred, cont_logit, batch["rewards"], batch["life_loss"])
+        e = min(c + R, T)  # rollout positions with an action: the last imagined latent may have none
+        if train and self.heads_on_rollout and e > c:
+            fed = torch.cat([z[:, :c], rollout_pred.detach()], dim=1)[:, :e]  # [B, e, D]: true prefix, then imagined
+            _, r_im, c_im = model(fed, a[:, :e])
+            r2, c2 = self._head_losses(r_im[:, c:], c_im[:, c:], batch["rewards"][:, c:e], batch["life_loss"][:, c:e])
+            reward, cont = 0.5 * (reward + r2), 0.5 * (cont + c2)
         w = self.w
         latent_total = w.teacher_forcing * tf + w.rollout * rollout
         loss = latent_total + w.reward * reward + w.continuation * cont
@@ -120,7 +140,8 @@ class WorldModelLoss(nn.Module):
 def build_world_model_loss(cfg) -> WorldModelLoss:
     s2 = cfg.vjepa2_world_model.stage2
     return WorldModelLoss(LossWeights(s2.teacher_forcing_weight, s2.rollout_weight, s2.reward_weight,
-                                      s2.continue_weight), s2.teacher_forcing_ratio, s2.rollout_steps)
+                                      s2.continue_weight, s2.continue_pos_weight, s2.reward_pos_weight),
+                          s2.teacher_forcing_ratio, s2.rollout_steps, s2.heads_on_rollout)
 
 
 class LatentSequences:
