@@ -23,7 +23,6 @@ gym.register_envs(ale_py)
 
 NUM_ACTIONS = 4
 ACTION_NAMES = ("NOOP", "FIRE", "RIGHT", "LEFT")
-ACTION_NOOP, ACTION_FIRE, ACTION_RIGHT, ACTION_LEFT = range(NUM_ACTIONS)
 FIRE, RIGHT, LEFT = 1, 2, 3
 LABEL_NAMES = ("paddle_x", "ball_x", "ball_y", "lives", "score")
 

@@ -197,7 +197,7 @@ def evaluate_stage2(checkpoint: str | Path, data: str | Path | None = None, out:
 def steering_report(wm, latents: torch.Tensor, store, episodes: np.ndarray, horizon: int = STEER_HORIZON,
                     min_distance: int = STEER_MIN_DISTANCE) -> dict[str, Any]:
     """Does imagined survival prefer moving toward the ball? (see the module docstring)"""
-    from envs.breakout import ACTION_LEFT, ACTION_RIGHT
+    from envs.breakout import LEFT, RIGHT
     from planners.reference import TrackerPolicy
 
     y = store.labels.astype(np.int64)  # [G, 5]
@@ -213,12 +213,12 @@ def steering_report(wm, latents: torch.Tensor, store, episodes: np.ndarray, hori
         return {**out, "agreement": float("nan"), "gap_weighted_agreement": float("nan"), "mean_gap": float("nan")}
     z0 = latents[torch.from_numpy(g[sel])]
     alive = {}
-    for a in (ACTION_RIGHT, ACTION_LEFT):
+    for a in (RIGHT, LEFT):
         _, _, cont = wm.imagine(z0, torch.full((len(z0), horizon), a, dtype=torch.long))
         alive[a] = cont.prod(1).double().numpy()
-    prefer_right = alive[ACTION_RIGHT] > alive[ACTION_LEFT]
+    prefer_right = alive[RIGHT] > alive[LEFT]
     agree = prefer_right == ((ball_x - paddle)[sel] > 0)
-    gap = np.abs(alive[ACTION_RIGHT] - alive[ACTION_LEFT])
+    gap = np.abs(alive[RIGHT] - alive[LEFT])
     return {**out, "agreement": float(agree.mean()),
             "gap_weighted_agreement": float((gap * agree).sum() / gap.sum()) if gap.sum() > 0 else float("nan"),
             "mean_gap": float(gap.mean())}
