@@ -166,6 +166,7 @@ class PlannerConfig:
     use_value: bool = False  # add the actor-critic's value at the horizon (needs --agent)
     policy_samples: int = 0  # candidates drawn from the actor (needs --agent)
     warm_start_mix: float = 0.1  # shifted plan mixed with uniform by this fraction (keeps sampling alive)
+    history_steps: int = 7  # real past steps fed to imagine as context (capped at the model's context - 1)
 
 
 @dataclass
@@ -386,6 +387,7 @@ def validate(cfg: Config) -> Config:
     _check(0.0 <= p.repeat_prob < 1.0, "planner.repeat_prob", p.repeat_prob, "a probability in [0, 1)")
     _check(0 <= p.policy_samples <= p.samples, "planner.policy_samples", p.policy_samples,
            f"an integer in [0, planner.samples={p.samples}]")
+    _check(p.history_steps >= 0, "planner.history_steps", p.history_steps, "an integer >= 0")
     _check(0.0 <= p.warm_start_mix <= 1.0, "planner.warm_start_mix", p.warm_start_mix, "a value in [0, 1]")
     a = cfg.agent
     _check(a.imagine_horizon >= 1, "agent.imagine_horizon", a.imagine_horizon, "an integer >= 1")

@@ -6,7 +6,9 @@ decision runs ``planner.iterations`` rounds of: sample ``planner.samples`` actio
 of them with ONE batched ``model.imagine`` call, and refit ``probs`` to the top
 ``planner.elites`` sequences with smoothing. The executed action is the first action of the
 refit plan's most likely first step; the plan is then shifted one step so that the next
-decision starts from it (warm start).
+decision starts from it (warm start). The last ``planner.history_steps`` real latents and the
+actions taken in them go to ``imagine`` as context (Stage 2 predicts with that much history in
+training; from a single latent its first imagined steps are its least accurate).
 
 Score of a sequence with predicted rewards ``r_h`` and continue probabilities ``c_h`` (the
 probability that step ``h`` loses no life), discount ``g`` and ``alive_h = c_0 ... c_{h-1}``
@@ -113,6 +115,9 @@ class CEMPlanner:
         self.generator = torch.Generator().manual_seed(seed)
         self.probs = self._uniform(cfg.horizon)
         self.last_info: dict[str, Any] = {}
+        # Real history fed to imagine as context: the world model's window minus the current step.
+        self.history_steps = min(cfg.history_steps, int(getattr(model, "context_length", 1)) - 1)
+        self.history: list[tuple[torch.Tensor, int]] = []  # (z [1, D], action taken) of the last steps
 
     def _uniform(self, h: int) -> torch.Tensor:
         return torch.full((h, self.num_actions), 1.0 / self.num_actions)  # [H, A]
@@ -120,6 +125,14 @@ class CEMPlanner:
     def reset(self, env: Any = None) -> None:
         self.probs = self._uniform(self.cfg.horizon)
         self.last_info = {}
+        self.history = []
+
+    def context(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """The real history as ``imagine`` context: latents ``[1, K, D]`` and actions ``[1, K]`` (or Nones)."""
+        if not self.history:
+            return None, None
+        z = torch.cat([h[0] for h in self.history], dim=0)[None]  # [1, K, D]
+        return z, torch.tensor([[h[1] for h in self.history]], device=z.device)
 
     @torch.inference_mode()
     def plan(self, z0: torch.Tensor) -> tuple[int, dict[str, Any]]:
@@ -139,6 +152,7 @@ class CEMPlanner:
             assert policy_seqs.shape == (n_policy, h), \
                 f"policy_fn returned {tuple(policy_seqs.shape)}, expected [{n_policy}, {h}]"
         z = z0.expand(n, -1)  # [N, D]
+        ctx_z, ctx_a = self.context()  # [1, K, D], [1, K]: shared by all N candidates
         probs = self.probs
         best_score, best_seq, elite_mean = -float("inf"), None, 0.0
         for _ in range(c.iterations):
@@ -146,7 +160,11 @@ class CEMPlanner:
             if policy_seqs is not None:
                 parts.append(policy_seqs)
             seqs = torch.cat(parts, dim=0)  # [N, H]: N-P from the plan, then P from the actor
-            latents, rewards, continues = self.model.imagine(z, seqs.to(z.device))  # [N,H,D], [N,H], [N,H]
+            if ctx_z is None:
+                latents, rewards, continues = self.model.imagine(z, seqs.to(z.device))  # [N,H,D], [N,H], [N,H]
+            else:
+                latents, rewards, continues = self.model.imagine(z, seqs.to(z.device), context=ctx_z,
+                                                                 context_actions=ctx_a)
             assert rewards.shape == (n, h) and continues.shape == (n, h), \
                 f"imagine returned rewards {tuple(rewards.shape)}, continues {tuple(continues.shape)}; " \
                 f"expected [{n}, {h}]"
@@ -184,4 +202,6 @@ class CEMPlanner:
         z0 = self.model.encode(np.asarray(obs)[None])  # [1, D]
         action, _ = self.plan(z0)
         self.shift()
+        if self.history_steps > 0:
+            self.history = (self.history + [(z0, action)])[-self.history_steps:]
         return action

@@ -116,6 +116,43 @@ def test_warm_start_shifts_the_plan():
     assert torch.allclose(cem.probs, torch.full((6, 4), 0.25))
 
 
+class HistoryModel(PrefixModel):
+    """PrefixModel with a context window that records the history ``imagine`` was given."""
+
+    context_length = 4
+
+    def __init__(self):
+        super().__init__()
+        self.contexts = []
+        self.n_obs = 0
+
+    def encode(self, obs):
+        self.n_obs += 1
+        return torch.full((len(obs), self.latent_dim), float(self.n_obs))  # latent k for the k-th observation
+
+    def imagine(self, z0, actions, context=None, context_actions=None):
+        self.contexts.append(None if context is None else (context[0, :, 0].tolist(), context_actions[0].tolist()))
+        return super().imagine(z0, actions)
+
+
+def test_cem_feeds_the_real_history_as_context():
+    model = HistoryModel()
+    cem = CEMPlanner(model, planner_cfg(iterations=1, history_steps=7), seed=0)
+    assert cem.history_steps == 3  # capped at the model's window minus the current step
+    obs = np.zeros((4, 64, 64), np.uint8)
+    taken = [cem.act(obs) for _ in range(5)]
+    assert model.contexts[0] is None  # nothing seen yet
+    assert model.contexts[1] == ([1.0], taken[:1])  # latent of observation 1 and the action taken in it
+    assert model.contexts[4] == ([2.0, 3.0, 4.0], taken[1:4])  # the last 3 steps, oldest first
+    cem.reset()
+    cem.act(obs)
+    assert model.contexts[-1] is None  # a new game starts without history
+    off = HistoryModel()
+    cem = CEMPlanner(off, planner_cfg(iterations=1, history_steps=0), seed=0)
+    cem.act(obs), cem.act(obs)
+    assert off.contexts == [None, None]
+
+
 def test_life_loss_penalty_and_value_change_the_choice():
     # TARGET[0] = 2 now loses a life: with a large penalty the best plan avoids action 2 entirely
     cem = CEMPlanner(PrefixModel(life_loss_action=2), planner_cfg(life_loss_penalty=10.0), seed=0)

@@ -75,6 +75,40 @@ def test_imagine_any_horizon_slides_the_window():
     assert torch.allclose(lat, ref, atol=1e-5)
 
 
+def test_imagine_with_real_context_continues_the_sequence():
+    """Context steps are processed like imagined ones: the same result as rolling the whole sequence."""
+    m = small_model(max_len=3)
+    ctx, ctx_a = torch.randn(4, 5, 8), torch.randint(0, 4, (4, 5))
+    z0, a = torch.randn(4, 8), torch.randint(0, 4, (4, 6))
+    with torch.no_grad():
+        lat, _, _ = m.imagine(z0, a, context=ctx, context_actions=ctx_a)
+        # reference: the whole sequence context + z0 rolled with a banded mask, keeping the real context
+        seq, acts = torch.cat([ctx, z0[:, None]], 1), torch.cat([ctx_a, a], 1)
+        W = m.max_len
+        for _ in range(a.shape[1]):
+            T = seq.shape[1]
+            d = torch.arange(T)[:, None] - torch.arange(T)[None, :]
+            bias = m.time_bias[:, :, d.clamp(0, W - 1)].masked_fill((d < 0) | (d >= W), float("-inf"))
+            x = m.embed(seq, acts[:, :T])
+            for blk, b in zip(m.blocks, bias):
+                x = blk(x, b)
+            seq = torch.cat([seq, m._heads(x[:, -1:], seq[:, -1:])[0]], 1)
+        no_ctx, _, _ = m.imagine(z0, a)
+    assert torch.allclose(lat, seq[:, 6:], atol=1e-5)
+    assert not torch.allclose(lat, no_ctx, atol=1e-3)  # the context does matter
+
+
+def test_imagine_shares_one_context_across_the_batch():
+    m = small_model(max_len=4)
+    ctx, ctx_a = torch.randn(1, 3, 8), torch.randint(0, 4, (1, 3))
+    z0, a = torch.randn(5, 8), torch.randint(0, 4, (5, 6))
+    with torch.no_grad():
+        shared = m.imagine(z0, a, context=ctx, context_actions=ctx_a)
+        repeated = m.imagine(z0, a, context=ctx.expand(5, -1, -1), context_actions=ctx_a.expand(5, -1))
+    for x, y in zip(shared, repeated):
+        assert torch.allclose(x, y, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------- loss
 def test_scheduled_sampling_uses_the_configured_ratio():
     gen = torch.Generator().manual_seed(0)

@@ -5,6 +5,7 @@ from worldmodel import load_world_model
 wm = load_world_model("runs/pretrain/<run>/stage2/best.pt", device="cpu")
 z = wm.encode(obs)                        # uint8 [B, 4, 64, 64] -> float32 [B, D]
 lat, rew, cont = wm.imagine(z, actions)   # actions long [B, H], any H >= 1
+lat, rew, cont = wm.imagine(z, actions, context=hist_z, context_actions=hist_a)  # + real history [1, K, D], [1, K]
 # lat [B, H, D]: z after each action; rew [B, H]: predicted reward (game points) of each step;
 # cont [B, H]: probability that step h does NOT lose a life.
 lat, acts, rew, cont = wm.imagine_policy(z, policy_fn, H)  # actions picked step by step (actor-critic)
@@ -12,7 +13,7 @@ lat, acts, rew, cont = wm.imagine_policy(z, policy_fn, H)  # actions picked step
 
 Both verbs run without gradients (``torch.inference_mode``) in eval mode, batched on the model's
 device. ``imagine`` is the planner's hot loop: one token per imagined step through a KV cache over a
-sliding window of the last ``sequence_length`` steps (see :mod:`worldmodel.transformer`).
+sliding window of the last ``sequence_length`` steps (``worldmodel.transformer.KVRollout``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import nn
 from envs.errors import UserError
 from worldmodel.checkpoint import load_checkpoint, load_state
 from worldmodel.encoder import MaskedViT, PooledEncoder
-from worldmodel.transformer import WorldModelTransformer, symexp
+from worldmodel.transformer import KVRollout, WorldModelTransformer, symexp
 
 
 class WorldModel:
@@ -58,9 +59,14 @@ class WorldModel:
         return self.encoder(obs).float()
 
     @torch.inference_mode()
-    def imagine(self, z0: torch.Tensor, actions: np.ndarray | torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def imagine(self, z0: torch.Tensor, actions: np.ndarray | torch.Tensor, context: torch.Tensor | None = None,
+                context_actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Roll the dynamics forward from ``z0 [B, D]`` under ``actions [B, H]``.
+
+        ``context [B or 1, K, D]`` / ``context_actions [B or 1, K]``: optional real history before ``z0``
+        (latents of the previous observations and the actions taken in them, oldest first). Stage 2 is
+        trained to predict with up to ``context_length - 1`` such steps before the current one; without
+        them the first imagined steps are predicted from ``z0`` alone. A batch of 1 is shared by all rollouts.
 
         Returns latents ``[B, H, D]``, rewards ``[B, H]`` (game points) and continue probabilities ``[B, H]``.
         """
@@ -71,7 +77,14 @@ class WorldModel:
         if actions.ndim != 2 or z0.ndim != 2 or z0.shape[0] != actions.shape[0] or actions.shape[1] < 1:
             raise ValueError(f"imagine expects z0 [B, {self.latent_dim}] and actions [B, H>=1]; got z0 "
                              f"{tuple(z0.shape)}, actions {tuple(actions.shape)}")
-        lat, rew, cont = self.dynamics.imagine(z0.float(), actions)
+        if context is not None:
+            if context.ndim != 3 or context_actions is None or tuple(context_actions.shape) != tuple(context.shape[:2]):
+                raise ValueError(f"imagine expects context [B or 1, K, {self.latent_dim}] with context_actions "
+                                 f"[B or 1, K]; got {tuple(context.shape)} and "
+                                 f"{None if context_actions is None else tuple(context_actions.shape)}")
+            context = context.to(self.device).float()
+            context_actions = torch.as_tensor(context_actions, device=self.device).long()
+        lat, rew, cont = self.dynamics.imagine(z0.float(), actions, context, context_actions)
         return lat, symexp(rew), torch.sigmoid(cont)
 
     @torch.inference_mode()
@@ -79,27 +92,20 @@ class WorldModel:
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like :meth:`imagine`, but each action is chosen from the latest imagined latent (added for the
         actor-critic, issue 6): ``policy_fn(z [B, D]) -> long [B]`` is called with ``z0``, then with the
-        latent after each step. Same KV cache and sliding window as :meth:`imagine`, so for the same
-        actions the outputs are the same.
+        latent after each step. Same ``KVRollout`` as :meth:`imagine`, so for the same actions the outputs
+        are the same.
 
         Returns latents ``[B, H, D]``, the chosen actions long ``[B, H]``, rewards ``[B, H]`` and continue
         probabilities ``[B, H]``.
         """
         dyn = self.dynamics
         z = z0.to(self.device).float()[:, None]  # [B, 1, D]
-        B, W = z.shape[0], dyn.max_len
-        rev = dyn.time_bias.flip(-1)  # [L, h, W]: distance W-1 ... 0, as in WorldModelTransformer.imagine
-        caches: list[torch.Tensor | None] = [None] * len(dyn.blocks)
-        n = 0  # steps held in the caches (< W)
+        B = z.shape[0]
+        state = KVRollout(dyn, B, horizon, z)
         lat, acts, rew, cont = [], [], [], []
         for _ in range(horizon):
             a = torch.as_tensor(policy_fn(z[:, 0]), device=self.device).long().view(B, 1)  # [B, 1]
-            x = dyn.embed(z, a)  # [B, 1, C], the same input embedding as imagine()
-            bias = rev[:, :, None, W - 1 - n:]  # [L, h, 1, n+1]
-            for i, blk in enumerate(dyn.blocks):
-                x, caches[i] = blk.step(x, caches[i], bias[i], W)
-            n = min(n + 1, W - 1)
-            z, r, c = dyn._heads(x, z)  # [B, 1, D], [B, 1], [B, 1]
+            z, r, c = state.step(z, dyn.a_in(a))  # [B, 1, D], [B, 1], [B, 1]
             lat.append(z)
             acts.append(a)
             rew.append(r)

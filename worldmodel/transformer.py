@@ -52,25 +52,79 @@ class CausalBlock(nn.Module):
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(B, T, C)))
         return x + self.drop(self.mlp(self.norm2(x)))
 
-    def step(self, x: torch.Tensor, kv: torch.Tensor | None, bias: torch.Tensor, window: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One new step (inference: no dropout). x ``[B, 1, C]``; kv cache ``[2, B, h, n, d]`` of the previous
-        ``n < window`` steps (or None); bias ``[h, 1, n+1]``. Returns the output ``[B, 1, C]`` and the cache
-        of the last ``min(n + 1, window - 1)`` steps: what the next step may attend to besides itself.
+    def step(self, x: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, t: int, start: int,
+             bias: torch.Tensor) -> torch.Tensor:
+        """One new step (inference: no dropout). x ``[B, 1, C]``; ``k_buf``/``v_buf`` ``[B, h, T_max, d]``: this
+        block's keys and values, written for steps ``< t``; this step's are written at ``t`` and it attends to
+        steps ``start .. t`` with the distance bias ``bias [h, t - start + 1]``. Returns ``[B, 1, C]``.
 
-        Written with functional calls on the weights: at planning batch sizes the per-call overhead of
-        modules is a large share of the step's time."""
+        Written with functional calls on the weights and an explicit single-query attention
+        (elementwise products over at most ``max_len`` keys): at planning batch sizes the per-call
+        overhead of modules, of ``scaled_dot_product_attention``'s batched matmuls and of growing
+        the cache with ``cat`` is a large share of the step's time (``benchmarks/bench_planner.py``)."""
         B, _, C = x.shape
         n1, n2, fc1, fc2 = self.norm1, self.norm2, self.mlp[0], self.mlp[3]
         y = F.layer_norm(x, (C,), n1.weight, n1.bias, n1.eps)
-        qkv = F.linear(y, self.qkv.weight, self.qkv.bias).view(B, 3, self.heads, 1, self.head_dim)  # T=1
-        qkv = qkv.transpose(0, 1)  # [3, B, h, 1, d]
-        kv = qkv[1:] if kv is None else torch.cat([kv, qkv[1:]], dim=3)  # [2, B, h, n+1, d]
-        att = F.scaled_dot_product_attention(qkv[0], kv[0], kv[1], attn_mask=bias)  # [B, h, 1, d]
-        x = x + F.linear(att.view(B, 1, C), self.proj.weight, self.proj.bias)
+        qkv = F.linear(y, self.qkv.weight, self.qkv.bias).view(B, 3, self.heads, self.head_dim)  # T=1
+        k_buf[:, :, t] = qkv[:, 1]
+        v_buf[:, :, t] = qkv[:, 2]
+        k, v = k_buf[:, :, start:t + 1], v_buf[:, :, start:t + 1]  # [B, h, n, d]
+        scores = (qkv[:, 0, :, None] * k).sum(-1) * self.head_dim ** -0.5 + bias  # [B, h, n]
+        att = (scores.softmax(-1)[..., None] * v).sum(2)  # [B, h, d]
+        x = x + F.linear(att.reshape(B, 1, C), self.proj.weight, self.proj.bias)
         y = F.layer_norm(x, (C,), n2.weight, n2.bias, n2.eps)
-        x = x + F.linear(F.gelu(F.linear(y, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
-        return x, kv[:, :, :, 1 - window:] if window > 1 else kv[:, :, :, :0]
+        return x + F.linear(F.gelu(F.linear(y, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+
+
+class KVRollout:
+    """Step-by-step inference state of a :class:`WorldModelTransformer`: per-block key/value buffers for
+    up to ``max_steps`` steps (preallocated: no copy per step) and a sliding window of the last
+    ``max_len`` steps, the context length the model was trained on. Step ``t`` attends to steps
+    ``max(0, t - max_len + 1) .. t`` with the learned bias of each distance.
+
+    ``WorldModelTransformer.imagine`` (actions known in advance) and ``WorldModel.imagine_policy``
+    (actions chosen from each imagined latent) both run on it, so for the same actions they agree.
+    """
+
+    def __init__(self, model: WorldModelTransformer, batch: int, max_steps: int, like: torch.Tensor):
+        blk = model.blocks[0]
+        shape = (len(model.blocks), batch, blk.heads, max_steps, blk.head_dim)
+        self.model = model
+        self.k = like.new_empty(shape)  # [L, B, h, T_max, d]
+        self.v = like.new_empty(shape)
+        self.rev_bias = model.time_bias.flip(-1)  # [L, h, W]: distance W-1 ... 0
+        self.t = 0
+
+    def expand(self, batch: int, max_steps: int) -> KVRollout:
+        """A new state for ``batch`` rollouts that all continue this batch-1 state (e.g. a real history
+        prefilled once and shared by every CEM candidate), with room for ``max_steps`` steps in all."""
+        assert self.k.shape[1] == 1 and max_steps >= self.t, "expand() continues a batch-1 state"
+        out = KVRollout(self.model, batch, max_steps, self.k)
+        out.k[:, :, :, :self.t] = self.k[:, :, :, :self.t]  # broadcast over the batch
+        out.v[:, :, :, :self.t] = self.v[:, :, :, :self.t]
+        out.t = self.t
+        return out
+
+    def prefill(self, context: torch.Tensor, context_actions: torch.Tensor) -> None:
+        """Feed real history: latents ``[B, K, D]`` and the actions taken in them ``[B, K]`` (outputs unused)."""
+        B, K = context_actions.shape
+        assert context.shape[:2] == (B, K), f"context {tuple(context.shape)} and actions {(B, K)} disagree"
+        emb = self.model.a_in(context_actions)  # [B, K, C]
+        for k in range(K):
+            self.step(context[:, k:k + 1], emb[:, k:k + 1])
+
+    def step(self, z: torch.Tensor, a_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Feed latent ``z [B, 1, D]`` with the action embedding ``a_emb [B, 1, C]``; returns the next latent
+        ``[B, 1, D]``, reward ``[B, 1]`` (symlog) and continue logit ``[B, 1]``."""
+        m, t = self.model, self.t
+        W = m.max_len
+        start = max(0, t - W + 1)
+        bias = self.rev_bias[:, :, W - 1 - (t - start):]  # [L, h, n]: distances t-start ... 0
+        x = m.z_in((z - m.z_mean) / m.z_std) + a_emb  # [B, 1, C]
+        for i, blk in enumerate(m.blocks):
+            x = blk.step(x, self.k[i], self.v[i], t, start, bias[i])
+        self.t = t + 1
+        return m._heads(x, z)
 
 
 class WorldModelTransformer(nn.Module):
@@ -147,6 +201,7 @@ class WorldModelTransformer(nn.Module):
             x = blk(x, b)
         return self._heads(x, z)
 
+    @torch.no_grad()
     def imagine(self, z0: torch.Tensor, actions: torch.Tensor, context: torch.Tensor | None = None,
                 context_actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Autoregressive rollout with a KV cache over a sliding window of ``max_len`` steps.
@@ -155,42 +210,37 @@ class WorldModelTransformer(nn.Module):
             z0: ``[B, D]`` start latent.
             actions: long ``[B, H]``, any ``H >= 1``.
             context, context_actions: optional real history ``[B, K, D]`` / ``[B, K]`` before ``z0``
-                (the latents and the actions taken in them), attended to like imagined steps.
+                (the latents and the actions taken in them), attended to like imagined steps; a batch
+                of 1 is one history shared by all ``B`` rollouts (prefilled once, then broadcast).
 
         Returns:
             latents ``[B, H, D]`` (z after each action), rewards ``[B, H]`` (symlog units),
-            continue logits ``[B, H]``. Gradients flow if the caller enables them.
+            continue logits ``[B, H]``. No gradients: the key/value buffers are written in place (the
+            Stage-2 rollout loss runs :meth:`forward` on its own fed-back sequences instead).
         """
         B, H = actions.shape
         assert z0.shape == (B, self.latent_dim), (
             f"imagine expects z0 [B, {self.latent_dim}] and actions [B, H]; got z0 {tuple(z0.shape)}, "
             f"actions {tuple(actions.shape)}")
-        W = self.max_len
-        # Distance biases of a new step against the n cached steps and itself, oldest first: [L, h, 1, n+1].
-        rev = self.time_bias.flip(-1)  # [L, h, W]: distance W-1 ... 0
-        step_bias = [rev[:, :, None, W - 1 - n:] for n in range(W)]
-        caches: list[torch.Tensor | None] = [None] * len(self.blocks)
-        n = 0  # steps held in the caches (< W)
-        if context is not None and context.shape[1] > 0:
-            K = context.shape[1]
-            assert context_actions is not None and context_actions.shape == (B, K), "context_actions must be [B, K]"
-            for k in range(max(0, K - (W - 1)), K):  # only the last W-1 context steps can be seen
-                x = self.embed(context[:, k:k + 1], context_actions[:, k:k + 1])
-                for i, blk in enumerate(self.blocks):
-                    x, caches[i] = blk.step(x, caches[i], step_bias[n][i], W)
-                n = min(n + 1, W - 1)
+        K = 0 if context is None else context.shape[1]
+        if K:
+            assert context_actions is not None and context.shape[0] in (1, B) and \
+                context_actions.shape == context.shape[:2], (
+                    f"context must be [B or 1, K, {self.latent_dim}] with context_actions [B or 1, K]; got "
+                    f"{tuple(context.shape)} and {None if context_actions is None else tuple(context_actions.shape)}")
+            state = KVRollout(self, context.shape[0], K + H, z0)
+            state.prefill(context, context_actions)
+            if context.shape[0] != B:  # one shared history: computed once, broadcast to the batch
+                state = state.expand(B, K + H)
+        else:
+            state = KVRollout(self, B, H, z0)
         a_emb = self.a_in(actions)  # [B, H, C], one embedding call for the whole horizon
         lat = z0.new_empty(B, H, self.latent_dim)
         rew = z0.new_empty(B, H)
         cont = z0.new_empty(B, H)
         z = z0[:, None]  # [B, 1, D]
         for h in range(H):
-            x = self.z_in((z - self.z_mean) / self.z_std) + a_emb[:, h:h + 1]  # [B, 1, C]
-            bias = step_bias[n]
-            for i, blk in enumerate(self.blocks):
-                x, caches[i] = blk.step(x, caches[i], bias[i], W)
-            n = min(n + 1, W - 1)
-            z, r, c = self._heads(x, z)  # [B, 1, D], [B, 1], [B, 1]
+            z, r, c = state.step(z, a_emb[:, h:h + 1])  # [B, 1, D], [B, 1], [B, 1]
             lat[:, h:h + 1] = z
             rew[:, h:h + 1] = r
             cont[:, h:h + 1] = c
