@@ -6,11 +6,13 @@ Settings: the config's defaults (``planner.*`` of the preset) and the issue's la
 ``--checkpoint``, or, without it, an untrained one with the preset's architecture (same cost).
 
 Reference measured in the same run: the model calls alone (``encode`` + ``iterations`` batched
-``imagine`` calls of the same size), so ``planner_overhead`` is the share of a decision spent
-outside the world model (sampling, scoring, refitting). ``cpu_ms_per_decision`` is the process's
-CPU time per decision: on a shared machine (load above the core count) wall-clock rates drop
-while it does not; with 1 thread, 1000 / cpu_ms is the rate an idle core would reach. Target: >= 15 decisions/s at the
-defaults (real time for Breakout at frame skip 4).
+``imagine`` calls over all N candidates, without history), so ``planner_overhead`` is
+``1 - reference / decision time``: the planner's own work (sampling, scoring, refitting, the
+history prefill) minus what it saves by imagining each distinct candidate once. It is negative
+when the saving wins (a peaked plan repeats most candidates: N=256 at H=8 does).
+``cpu_ms_per_decision`` is the process's CPU time per decision: on a shared machine (load above
+the core count) wall-clock rates drop while it does not; with 1 thread, 1000 / cpu_ms is the rate
+an idle core would reach. Target: >= 15 decisions/s at the defaults (real time for Breakout at frame skip 4).
 
 Example:
     nice -n 10 python benchmarks/bench_planner.py --preset quick --checkpoint runs/pretrain/<run>/stage2/best.pt

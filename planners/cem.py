@@ -4,9 +4,9 @@ The plan is a per-step categorical distribution ``probs [H, A]`` over Breakout's
 decision runs ``planner.iterations`` rounds of: sample ``planner.samples`` action sequences
 (optionally temporally correlated, and optionally mixed with sequences from an actor), score all
 of them with ONE batched ``model.imagine`` call, and refit ``probs`` to the top
-``planner.elites`` sequences with smoothing. The executed action is the first action of the
-refit plan's most likely first step; the plan is then shifted one step so that the next
-decision starts from it (warm start). The last ``planner.history_steps`` real latents and the
+``planner.elites`` sequences with smoothing (identical candidates are imagined once). The
+executed action is the refit plan's most likely first step; the plan is then shifted one step
+so that the next decision starts from it (warm start). The last ``planner.history_steps`` real latents and the
 actions taken in them go to ``imagine`` as context (Stage 2 predicts with that much history in
 training; from a single latent its first imagined steps are its least accurate).
 
@@ -160,11 +160,15 @@ class CEMPlanner:
             if policy_seqs is not None:
                 parts.append(policy_seqs)
             seqs = torch.cat(parts, dim=0)  # [N, H]: N-P from the plan, then P from the actor
+            # Candidates repeat (a peaked plan, held actions): imagine each distinct sequence once.
+            uniq, inv = torch.unique(seqs, dim=0, return_inverse=True)  # [U, H], [N]
+            zu = z[:len(uniq)]
             if ctx_z is None:
-                latents, rewards, continues = self.model.imagine(z, seqs.to(z.device))  # [N,H,D], [N,H], [N,H]
+                out = self.model.imagine(zu, uniq.to(z.device))  # [U,H,D], [U,H], [U,H]
             else:
-                latents, rewards, continues = self.model.imagine(z, seqs.to(z.device), context=ctx_z,
-                                                                 context_actions=ctx_a)
+                out = self.model.imagine(zu, uniq.to(z.device), context=ctx_z, context_actions=ctx_a)
+            inv = inv.to(z.device)
+            latents, rewards, continues = (x[inv] for x in out)  # [N, H, D], [N, H], [N, H]
             assert rewards.shape == (n, h) and continues.shape == (n, h), \
                 f"imagine returned rewards {tuple(rewards.shape)}, continues {tuple(continues.shape)}; " \
                 f"expected [{n}, {h}]"

@@ -331,3 +331,29 @@ def test_plan_in_env_with_agent(untrained_world_model, tiny_data, tmp_path):
     assert s["cem"]["episodes"] == 1
     with pytest.raises(UserError, match="--agent"):
         plan_in_env(cfg, "actor-critic", untrained_world_model, episodes=1, progress=False)
+
+
+def test_world_model_imagine_with_context_reuses_the_prefilled_history():
+    """wm.imagine(context=...) with a batch-1 history: equal to the batch-B history, prefilled once per history."""
+    from worldmodel.api import WorldModel
+    from worldmodel.transformer import build_world_model_transformer
+
+    torch.manual_seed(0)
+    dyn = build_world_model_transformer(agent_cfg())
+    with torch.no_grad():
+        dyn.head.weight.normal_(0, 0.3)
+    wm = WorldModel(nn.Identity(), dyn)
+    z0, acts = torch.randn(5, wm.latent_dim), torch.randint(0, 4, (5, 6))
+    ctx, ctx_a = torch.randn(1, 3, wm.latent_dim), torch.randint(0, 4, (1, 3))
+    calls = []
+    prefill = dyn.prefill
+    dyn.prefill = lambda *a, **k: calls.append(1) or prefill(*a, **k)
+    first = wm.imagine(z0, acts, context=ctx, context_actions=ctx_a)
+    again = wm.imagine(z0, acts, context=ctx, context_actions=ctx_a)
+    assert len(calls) == 1  # the same history tensors: prefilled once
+    full = wm.imagine(z0, acts, context=ctx.expand(5, -1, -1), context_actions=ctx_a.expand(5, -1))
+    other = wm.imagine(z0, acts, context=ctx + 1.0, context_actions=ctx_a)
+    assert len(calls) == 2  # a new history tensor is prefilled again
+    for x, y, w in zip(first, again, full):
+        assert torch.allclose(x, y) and torch.allclose(x, w, atol=1e-5)
+    assert not torch.allclose(first[0], other[0], atol=1e-3)

@@ -123,7 +123,7 @@ class HistoryModel(PrefixModel):
 
     def __init__(self):
         super().__init__()
-        self.contexts = []
+        self.contexts, self.rows = [], []
         self.n_obs = 0
 
     def encode(self, obs):
@@ -132,6 +132,8 @@ class HistoryModel(PrefixModel):
 
     def imagine(self, z0, actions, context=None, context_actions=None):
         self.contexts.append(None if context is None else (context[0, :, 0].tolist(), context_actions[0].tolist()))
+        self.rows.append(len(actions))
+        assert len(torch.unique(actions, dim=0)) == len(actions) == len(z0), "each distinct candidate once"
         return super().imagine(z0, actions)
 
 
@@ -147,6 +149,7 @@ def test_cem_feeds_the_real_history_as_context():
     cem.reset()
     cem.act(obs)
     assert model.contexts[-1] is None  # a new game starts without history
+    assert min(model.rows) < 64  # the warm-started plan repeats candidates: they were imagined once
     off = HistoryModel()
     cem = CEMPlanner(off, planner_cfg(iterations=1, history_steps=0), seed=0)
     cem.act(obs), cem.act(obs)

@@ -48,6 +48,9 @@ class WorldModel:
         self.latent_dim = int(dynamics.latent_dim)
         self.num_actions = int(dynamics.num_actions)
         self.context_length = int(dynamics.max_len)
+        # The last shared history prefilled by imagine: (context, context_actions, batch-1 KVRollout). A planner
+        # that passes the same history tensors to several calls (CEM's iterations) prefills it once.
+        self._context_memo: tuple[torch.Tensor, torch.Tensor, Any] | None = None
 
     @torch.inference_mode()
     def encode(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -66,7 +69,8 @@ class WorldModel:
         ``context [B or 1, K, D]`` / ``context_actions [B or 1, K]``: optional real history before ``z0``
         (latents of the previous observations and the actions taken in them, oldest first). Stage 2 is
         trained to predict with up to ``context_length - 1`` such steps before the current one; without
-        them the first imagined steps are predicted from ``z0`` alone. A batch of 1 is shared by all rollouts.
+        them the first imagined steps are predicted from ``z0`` alone. A batch of 1 is shared by all rollouts
+        and prefilled once for consecutive calls with the same context tensors (do not edit them in place).
 
         Returns latents ``[B, H, D]``, rewards ``[B, H]`` (game points) and continue probabilities ``[B, H]``.
         """
@@ -84,7 +88,14 @@ class WorldModel:
                                  f"{None if context_actions is None else tuple(context_actions.shape)}")
             context = context.to(self.device).float()
             context_actions = torch.as_tensor(context_actions, device=self.device).long()
-        lat, rew, cont = self.dynamics.imagine(z0.float(), actions, context, context_actions)
+        if context is not None and context.shape[0] == 1 and context.shape[1] > 0:
+            memo = self._context_memo  # keyed by the tensor objects: pass a new tensor for a new history
+            if memo is None or memo[0] is not context or memo[1] is not context_actions:
+                memo = (context, context_actions, self.dynamics.prefill(context, context_actions, context.shape[1]))
+                self._context_memo = memo
+            lat, rew, cont = self.dynamics.imagine(z0.float(), actions, context_state=memo[2])
+        else:
+            lat, rew, cont = self.dynamics.imagine(z0.float(), actions, context, context_actions)
         return lat, symexp(rew), torch.sigmoid(cont)
 
     @torch.inference_mode()

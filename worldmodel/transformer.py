@@ -202,8 +202,17 @@ class WorldModelTransformer(nn.Module):
         return self._heads(x, z)
 
     @torch.no_grad()
+    def prefill(self, context: torch.Tensor, context_actions: torch.Tensor, max_steps: int) -> KVRollout:
+        """A rollout state holding real history ``[B, K, D]`` / ``[B, K]`` with room for ``max_steps`` steps in all."""
+        B, K = context_actions.shape
+        state = KVRollout(self, B, max(max_steps, K), context)
+        state.prefill(context, context_actions)
+        return state
+
+    @torch.no_grad()
     def imagine(self, z0: torch.Tensor, actions: torch.Tensor, context: torch.Tensor | None = None,
-                context_actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                context_actions: torch.Tensor | None = None, context_state: KVRollout | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Autoregressive rollout with a KV cache over a sliding window of ``max_len`` steps.
 
         Args:
@@ -212,6 +221,8 @@ class WorldModelTransformer(nn.Module):
             context, context_actions: optional real history ``[B, K, D]`` / ``[B, K]`` before ``z0``
                 (the latents and the actions taken in them), attended to like imagined steps; a batch
                 of 1 is one history shared by all ``B`` rollouts (prefilled once, then broadcast).
+            context_state: instead of ``context``, a batch-1 state from :meth:`prefill` (reused across
+                calls that share the history, e.g. the iterations of one CEM decision; not modified).
 
         Returns:
             latents ``[B, H, D]`` (z after each action), rewards ``[B, H]`` (symlog units),
@@ -222,7 +233,12 @@ class WorldModelTransformer(nn.Module):
         assert z0.shape == (B, self.latent_dim), (
             f"imagine expects z0 [B, {self.latent_dim}] and actions [B, H]; got z0 {tuple(z0.shape)}, "
             f"actions {tuple(actions.shape)}")
-        K = 0 if context is None else context.shape[1]
+        if context_state is not None:
+            assert context is None and context_state.k.shape[1] == 1, "pass context or a batch-1 context_state"
+            state = context_state.expand(B, context_state.t + H)
+            K = 0
+        else:
+            K = 0 if context is None else context.shape[1]
         if K:
             assert context_actions is not None and context.shape[0] in (1, B) and \
                 context_actions.shape == context.shape[:2], (
@@ -232,7 +248,7 @@ class WorldModelTransformer(nn.Module):
             state.prefill(context, context_actions)
             if context.shape[0] != B:  # one shared history: computed once, broadcast to the batch
                 state = state.expand(B, K + H)
-        else:
+        elif context_state is None:
             state = KVRollout(self, B, H, z0)
         a_emb = self.a_in(actions)  # [B, H, C], one embedding call for the whole horizon
         lat = z0.new_empty(B, H, self.latent_dim)
