@@ -19,6 +19,9 @@
   fraction of frames where that side is the ball's side (0.5 is chance), the same fraction weighted
   by the survival gap, and the mean gap. A model whose life-loss prediction reads only "the ball is
   low" has a high AUC and steers at chance; a CEM planner or an actor trained on it cannot do better.
+* History: open-loop error over 16 imagined steps after ``context_length - 1`` real steps, from the
+  last real latent alone and with the real steps as ``imagine`` context (as the CEM planner imagines),
+  each divided by copy-last's, and the imagined life-loss AUC of both.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ BENCHMARKS = {
 OPEN_LOOP_HORIZON = 8
 TRAIN_SEQUENCES = 4000  # training sequences used to recompute the train losses
 PROBE_TRAIN_FRAMES = 20000
+HISTORY_HORIZON = 16  # imagined steps after the real history in the history report (CEM's horizon is 20)
 STEER_HORIZON = 12  # imagined steps of constant RIGHT / LEFT (about half a ball crossing)
 STEER_MIN_DISTANCE = 20  # RAM units between the ball and the paddle's centre (the paddle is 16 wide)
 REWARD_THRESHOLD = 0.5  # predicted points above which a step counts as "rewarding"
@@ -163,6 +167,8 @@ def evaluate_stage2(checkpoint: str | Path, data: str | Path | None = None, out:
     }
     probe = _probe_report(latents, store, train_mask, z, lat, b["labels"].numpy(), cfg.run.seed)
     steering = steering_report(wm, latents, store, val_eps)
+    with torch.inference_mode():
+        with_history = history_report(wm, latents, store, val_eps)
 
     history = ckpt.get("history") or []
     val_hist = [float(h["val"]["latent_total"]) for h in history]  # the seed's (validation) Total Loss
@@ -185,7 +191,7 @@ def evaluate_stage2(checkpoint: str | Path, data: str | Path | None = None, out:
         "checkpoint": str(checkpoint), "data_dir": str(data), "epoch": epochs, "step": int(ckpt["step"]),
         "benchmarks": table, "train_losses": train, "val_losses": val, "success_criteria": criteria,
         "open_loop": open_loop, "rewards": rewards, "life_loss": life, "probe": probe, "steering": steering,
-        "history": history,
+        "open_loop_with_history": with_history, "history": history,
         "all_criteria_pass": all(c["pass"] for c in criteria),
     }
     out = Path(out) if out is not None else checkpoint.with_name(checkpoint.stem + "_eval_stage2.json")
@@ -222,6 +228,33 @@ def steering_report(wm, latents: torch.Tensor, store, episodes: np.ndarray, hori
     return {**out, "agreement": float(agree.mean()),
             "gap_weighted_agreement": float((gap * agree).sum() / gap.sum()) if gap.sum() > 0 else float("nan"),
             "mean_gap": float(gap.mean())}
+
+
+def history_report(wm, latents: torch.Tensor, store, episodes: np.ndarray, horizon: int = HISTORY_HORIZON
+                   ) -> dict[str, Any]:
+    """Open-loop error with and without real history, as the CEM planner imagines (``planner.history_steps``).
+
+    Non-overlapping validation windows of ``K + horizon`` transitions, ``K = context_length - 1``: imagine
+    ``horizon`` steps from the latent after ``K`` real steps, once from that latent alone and once with
+    the ``K`` real latents and actions as context. Errors are L1 over latents divided by copy-last's.
+    """
+    K = wm.context_length - 1
+    out: dict[str, Any] = {"history_steps": K, "horizon": list(range(1, horizon + 1)), "windows": 0}
+    try:
+        starts = _windows(store, episodes, K + horizon)
+    except UserError:
+        return out
+    b = LatentSequences(latents, store, starts, K + horizon).batch(np.arange(len(starts)))
+    z, a, ll = b["z"], b["actions"], b["life_loss"].numpy()[:, K:]  # [N, K+H+1, D], [N, K+H], [N, H]
+    true = z[:, K + 1:]
+    copy = (z[:, K:K + 1] - true).abs().mean((0, 2))  # [H]
+    lat0, _, c0 = wm.imagine(z[:, K], a[:, K:])
+    lat1, _, c1 = wm.imagine(z[:, K], a[:, K:], context=z[:, :K], context_actions=a[:, :K]) if K else (lat0, 0, c0)
+    return {**out, "windows": len(starts),
+            "no_history": ((lat0 - true).abs().mean((0, 2)) / copy).tolist(),
+            "with_history": ((lat1 - true).abs().mean((0, 2)) / copy).tolist(),
+            "auc_no_history": roc_auc(-c0.numpy().ravel(), ll.ravel()),
+            "auc_with_history": roc_auc(-c1.numpy().ravel(), ll.ravel())}
 
 
 def _windows(store, episodes: np.ndarray, H: int) -> np.ndarray:
@@ -311,5 +344,14 @@ def format_report(r: dict[str, Any]) -> str:
                   f"  higher imagined survival on the ball's side: {_fmt(st['agreement'])} of frames (chance 0.5), "
                   f"{_fmt(st['gap_weighted_agreement'])} weighted by the survival gap "
                   f"(mean gap {_fmt(st['mean_gap'])})"]
+    hist = r.get("open_loop_with_history")
+    if hist and hist["windows"]:
+        lines += ["", f"Open-loop latent L1 / copy-last after {hist['history_steps']} real steps "
+                  f"({hist['windows']} validation windows; CEM imagines with this history, planner.history_steps)",
+                  "  horizon      " + "".join(f"{h:>6}" for h in hist["horizon"])]
+        lines.append("  no history   " + "".join(f"{x:>6.3f}" for x in hist["no_history"]))
+        lines.append("  with history " + "".join(f"{x:>6.3f}" for x in hist["with_history"]))
+        lines.append(f"  imagined life-loss AUC: no history {_fmt(hist['auc_no_history'])}, with history "
+                     f"{_fmt(hist['auc_with_history'])}")
     lines += ["", f"all criteria pass: {r['all_criteria_pass']}", f"report written to {r['report_path']}"]
     return "\n".join(lines)

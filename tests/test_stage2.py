@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -355,7 +357,11 @@ def test_cli_stage2_pretrain_and_evaluate(cli, stage1_ckpt, tiny_data, tmp_path)
     for text in ("Total Loss", "Teacher Forcing Loss", "Rollout Loss", "Val/Train Ratio", "copy_last",
                  "mean_latent", "precision", "AUC", "paddle_x imagined"):
         assert text in res.stdout
-    assert (ckpts[0].parent / "best_eval_stage2.json").is_file()
+    report = json.loads((ckpts[0].parent / "best_eval_stage2.json").read_text())
+    hist = report["open_loop_with_history"]
+    assert hist["windows"] > 0 and "with history" in res.stdout
+    assert len(hist["with_history"]) == len(hist["no_history"]) == 16
+    assert hist["with_history"] != hist["no_history"]  # the context changes the rollout
     res = cli("evaluate", "--stage", "2", "--checkpoint", str(stage1_ckpt))
     assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
 

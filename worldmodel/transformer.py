@@ -84,6 +84,8 @@ class KVRollout:
 
     ``WorldModelTransformer.imagine`` (actions known in advance) and ``WorldModel.imagine_policy``
     (actions chosen from each imagined latent) both run on it, so for the same actions they agree.
+    Memory is ``2 * depth * B * heads * max_steps * head_dim`` floats (the whole horizon is kept;
+    each step reads only its window): 3.5 MB for 64 candidates x 27 steps of the quick model.
     """
 
     def __init__(self, model: WorldModelTransformer, batch: int, max_steps: int, like: torch.Tensor):
