@@ -235,22 +235,19 @@ class WorldModelTransformer(nn.Module):
         assert z0.shape == (B, self.latent_dim), (
             f"imagine expects z0 [B, {self.latent_dim}] and actions [B, H]; got z0 {tuple(z0.shape)}, "
             f"actions {tuple(actions.shape)}")
-        if context_state is not None:
+        K = 0 if context is None else context.shape[1]
+        if context_state is not None:  # a shared history prefilled by the caller
             assert context is None and context_state.k.shape[1] == 1, "pass context or a batch-1 context_state"
             state = context_state.expand(B, context_state.t + H)
-            K = 0
-        else:
-            K = 0 if context is None else context.shape[1]
-        if K:
+        elif K:
             assert context_actions is not None and context.shape[0] in (1, B) and \
                 context_actions.shape == context.shape[:2], (
                     f"context must be [B or 1, K, {self.latent_dim}] with context_actions [B or 1, K]; got "
                     f"{tuple(context.shape)} and {None if context_actions is None else tuple(context_actions.shape)}")
-            state = KVRollout(self, context.shape[0], K + H, z0)
-            state.prefill(context, context_actions)
+            state = self.prefill(context, context_actions, K + H)
             if context.shape[0] != B:  # one shared history: computed once, broadcast to the batch
                 state = state.expand(B, K + H)
-        elif context_state is None:
+        else:
             state = KVRollout(self, B, H, z0)
         a_emb = self.a_in(actions)  # [B, H, C], one embedding call for the whole horizon
         lat = z0.new_empty(B, H, self.latent_dim)
