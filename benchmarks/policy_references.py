@@ -28,11 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from envs.breakout import ACTION_NAMES  # noqa: E402
+from envs.breakout import ACTION_NAMES, LEFT, RIGHT  # noqa: E402
 from experiments.config import load_config  # noqa: E402
 from experiments.evaluation import evaluate, summarize_returns  # noqa: E402
-
-RIGHT, LEFT = 2, 3
 
 
 class ConstantPolicy:
