@@ -229,12 +229,12 @@ def evaluate(stage, checkpoint, data, out):
       python run.py evaluate --stage 2 --checkpoint runs/pretrain/20261129-103007-quick-s0/stage2/best.pt
     """
     if stage == "2":
-        from experiments.evaluate_stage2 import evaluate_stage2
-        from experiments.evaluate_stage2 import format_report as format_report2
+        from experiments.report_stage2 import evaluate_stage2
+        from experiments.report_stage2 import format_report as format_report2
 
         click.echo(format_report2(evaluate_stage2(checkpoint, data=data, out=out)))
         return
-    from experiments.evaluate_stage1 import evaluate_stage1, format_report
+    from experiments.report_stage1 import evaluate_stage1, format_report
 
     report = evaluate_stage1(checkpoint, data=data, out=out)
     click.echo(format_report(report))

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs.breakout import ACTION_NAMES, LEFT, RIGHT  # noqa: E402
 from experiments.config import load_config  # noqa: E402
-from experiments.evaluation import evaluate, summarize_returns  # noqa: E402
+from experiments.play import evaluate, summarize_returns  # noqa: E402
 
 
 class ConstantPolicy:
@@ -48,7 +48,7 @@ class ConstantPolicy:
 
 @torch.no_grad()
 def actor_diagnostics(data: str, world_model: str, agent: str, frames: int) -> dict:
-    from agent.wrapper import build_agent_nets, load_agent_checkpoint
+    from agent.player import build_agent_nets, load_agent_checkpoint
     from envs.dataset import FrameStackDataset
     from envs.replay import load_episodes, split_episodes
     from worldmodel import load_world_model

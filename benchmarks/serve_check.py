@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs.breakout import make_env  # noqa: E402
 from experiments.config import load_config  # noqa: E402
-from experiments.evaluation import eval_env_config  # noqa: E402
+from experiments.play import eval_env_config  # noqa: E402
 
 NOOP = 0
 

@@ -4,7 +4,7 @@ The baselines see exactly the observations the world-model agents see (``envs.br
 uint8 ``[4, 64, 64]``, channel-first, so SB3 applies no ``VecTransposeImage``). Training uses SB3's
 usual Atari treatment: a lost life ends the training episode (``terminal_on_life_loss``; the next
 reset continues the same game) and rewards are clipped to their sign. Evaluation is the project's one
-protocol (:func:`experiments.evaluation.evaluate`: whole games, raw score).
+protocol (:func:`experiments.play.evaluate`: whole games, raw score).
 
 Hyperparameters are RL-Zoo's Atari settings (``hyperparams/{ppo,dqn,a2c}.yml``, section ``atari``)
 scaled to the env-step budget ``baselines.agent_steps`` (agent steps, frame skip 4):
@@ -32,7 +32,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from envs.breakout import make_env
 from envs.errors import UserError
 from experiments.config import Config
-from experiments.evaluation import evaluate, summarize_returns
+from experiments.play import evaluate, summarize_returns
 
 SB3_ALGOS = ("ppo", "dqn", "a2c")
 

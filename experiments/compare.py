@@ -12,7 +12,7 @@ The comparison folder (``--out``, default ``runs/compare-baselines/<preset>``) h
 A pair whose ``result.json`` exists is finished and skipped on a rerun; an unfinished pair folder
 (interrupted run) is started again from scratch.
 
-Every agent is scored by :func:`experiments.evaluation.evaluate` (full games, raw score,
+Every agent is scored by :func:`experiments.play.evaluate` (full games, raw score,
 evaluation seeds disjoint from training seeds, ``evaluation.episodes`` games per training seed).
 Agents come from a small registry: each entry builds (and, for the SB3 baselines, trains) an
 agent for one seed and reports the env steps it consumed; world-model agents count the
@@ -39,7 +39,7 @@ import torch
 
 from envs.errors import UserError
 from experiments.config import Config
-from experiments.evaluation import evaluate, summarize_returns
+from experiments.play import evaluate, summarize_returns
 from experiments.runlog import RunLogger, seed_everything, tqdm
 
 RESULT_FILE = "result.json"
@@ -139,7 +139,7 @@ def _build_cem(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]
     value_fn = policy_fn = None
     if opts.agent_checkpoint is not None and (cfg.planner.use_value or cfg.planner.policy_samples > 0):
         from agent.actor_critic import policy_prior
-        from agent.wrapper import load_agent
+        from agent.player import load_agent
 
         ac = load_agent(opts.agent_checkpoint, wm, seed=seed, device=wm.device)
         value_fn = ac.critic
@@ -153,7 +153,7 @@ def _build_cem(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]
 
 
 def _build_actor_critic(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
-    from agent.wrapper import load_agent
+    from agent.player import load_agent
 
     wm = _load_world_model(cfg, opts)
     steps, data = data_env_steps(opts)
@@ -172,10 +172,10 @@ REGISTRY: dict[str, AgentSpec] = {
                          description="RAM ball tracker (reference)"),
     "oracle": AgentSpec("oracle", _build_oracle, lambda: _has("planners.oracle") and _has("experiments.plan"),
                         description="CEM over the emulator (ceiling; slow)"),
-    "cem": AgentSpec("cem", _build_cem, lambda: _has("worldmodel.api") and _has("experiments.plan"),
+    "cem": AgentSpec("cem", _build_cem, lambda: _has("worldmodel.world_model") and _has("experiments.plan"),
                      needs=("world_model",), description="CEM planning in the world model"),
     "actor-critic": AgentSpec("actor-critic", _build_actor_critic,
-                              lambda: _has("worldmodel.api") and _has("agent.wrapper")
+                              lambda: _has("worldmodel.world_model") and _has("agent.player")
                               and _has("experiments.train_agent"),
                               needs=("world_model", "agent_checkpoint"),
                               description="actor-critic trained in imagination"),

@@ -18,7 +18,7 @@ import torch
 
 from envs.errors import UserError
 from experiments.config import Config
-from experiments.evaluation import eval_seeds, evaluate, summarize_returns
+from experiments.play import eval_seeds, evaluate, summarize_returns
 from experiments.runlog import RunLogger, seed_everything, setup_torch
 from planners.cem import CEMPlanner, PolicyFn, ValueFn
 from planners.oracle import OraclePlanner
@@ -43,7 +43,7 @@ def build_planner(name: str, cfg: Config, checkpoint: str | Path | None = None, 
         raise UserError("--planner actor-critic needs --agent PATH (an agent.pt written by `run.py train-agent`)")
     if agent is not None and name in ("cem", "actor-critic"):
         from agent.actor_critic import policy_prior
-        from agent.wrapper import load_agent, load_agent_checkpoint
+        from agent.player import load_agent, load_agent_checkpoint
 
         if model is None:
             from worldmodel import load_world_model

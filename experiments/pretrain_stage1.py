@@ -34,7 +34,7 @@ from experiments.training import optimizer_step
 from worldmodel.checkpoint import load_checkpoint, load_state, save_checkpoint
 from worldmodel.diagnostics import representation_diagnostics, warn_if_collapsed
 from worldmodel.encoder import PooledEncoder, build_encoder, fit_input_stats
-from worldmodel.stage1 import MaskedPredictionModel, build_stage1_model, encoder_kwargs
+from worldmodel.masked_prediction import MaskedPredictionModel, build_stage1_model, encoder_kwargs
 
 STAGE1_DIR = "stage1"
 RANDOM_BASELINE_SEED_OFFSET = 7919  # the random encoder of the baseline uses run.seed + this

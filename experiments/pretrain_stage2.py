@@ -31,11 +31,11 @@ from experiments.config import Config, config_from_dict
 from experiments.pretrain_stage1 import _rng_state, _set_rng_state, lr_lambda
 from experiments.runlog import RunLogger, seed_everything, setup_torch, tqdm
 from experiments.training import optimizer_step
-from worldmodel.api import encoder_from_checkpoint
+from worldmodel.world_model import encoder_from_checkpoint
 from worldmodel.checkpoint import load_checkpoint, load_state, save_checkpoint
 from worldmodel.latent_cache import cached_latents, encoder_fingerprint
-from worldmodel.stage1 import encoder_kwargs, load_encoder
-from worldmodel.stage2 import LatentSequences, WorldModelLoss, build_world_model_loss
+from worldmodel.masked_prediction import encoder_kwargs, load_encoder
+from worldmodel.dynamics_loss import LatentSequences, WorldModelLoss, build_world_model_loss
 from worldmodel.transformer import WorldModelTransformer, build_world_model_transformer
 
 STAGE2_DIR = "stage2"

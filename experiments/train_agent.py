@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from agent.actor_critic import ActorCritic, LatentModel
-from agent.wrapper import CHECKPOINT_KIND, ActorCriticAgent, load_agent_checkpoint
+from agent.player import CHECKPOINT_KIND, ActorCriticAgent, load_agent_checkpoint
 from envs.errors import UserError
 from envs.replay import load_episodes
 from experiments.config import Config, config_from_dict
-from experiments.evaluation import evaluate, summarize_returns
+from experiments.play import evaluate, summarize_returns
 from experiments.runlog import RunLogger, seed_everything, setup_torch
 from worldmodel.checkpoint import save_checkpoint
 

@@ -1,6 +1,6 @@
 """The planner interface shared by every agent that plays Breakout.
 
-It is the same small protocol as ``experiments.evaluation.Agent`` (kept here too so that
+It is the same small protocol as ``experiments.play.Agent`` (kept here too so that
 ``planners/`` does not import from ``experiments/``): ``reset(env=None)`` at the start of each
 game, ``act(obs) -> int`` for each step. ``obs`` is the pipeline's uint8 ``[4, 64, 64]`` frame
 stack; ``env`` is the live evaluation env, read only by emulator-reading references (the RAM
@@ -26,7 +26,7 @@ class Planner(Protocol):
 
 @runtime_checkable
 class WorldModel(Protocol):
-    """What the CEM planner needs from a model (``worldmodel.api`` and the emulator oracle both qualify)."""
+    """What the CEM planner needs from a model (``worldmodel.world_model`` and the emulator oracle both qualify)."""
 
     latent_dim: int
     num_actions: int

@@ -35,12 +35,12 @@ def tiny_data(tmp_path_factory):
 
 
 def save_untrained_world_model(path: Path, data_dir: Path | None = None, stage1_path: Path | None = None) -> Path:
-    """A Stage-2 checkpoint in worldmodel.api's format with untrained tiny-preset networks (and, optionally,
+    """A Stage-2 checkpoint in worldmodel.world_model's format with untrained tiny-preset networks (and, optionally,
     a Stage-1-only checkpoint of the same encoder at ``stage1_path``)."""
     from experiments.config import load_config
     from worldmodel.checkpoint import save_checkpoint
     from worldmodel.encoder import build_encoder
-    from worldmodel.stage1 import encoder_kwargs
+    from worldmodel.masked_prediction import encoder_kwargs
     from worldmodel.transformer import build_world_model_transformer
 
     cfg = load_config("tiny")

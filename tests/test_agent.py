@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from agent.actor_critic import ActorCritic, ReturnNormalizer, imagine_with_policy, lambda_returns
-from agent.wrapper import ActorCriticAgent, load_agent, load_agent_checkpoint
+from agent.player import ActorCriticAgent, load_agent, load_agent_checkpoint
 from envs.breakout import NUM_ACTIONS
 from envs.errors import UserError
 from experiments.config import load_config
@@ -129,8 +129,8 @@ def test_stepwise_rollout_matches_imagine():
 
 
 def test_world_model_imagine_policy_matches_imagine():
-    """The step-wise rollout of worldmodel.api (added for the actor-critic) agrees with imagine(), past the window."""
-    from worldmodel.api import WorldModel
+    """The step-wise rollout of worldmodel.world_model (added for the actor-critic) agrees with imagine(), past the window."""
+    from worldmodel.world_model import WorldModel
     from worldmodel.transformer import build_world_model_transformer
 
     cfg = agent_cfg()
@@ -277,7 +277,7 @@ def test_bad_agent_checkpoints(tmp_path):
 # ------------------------------------------------------------------------------------------ CLI end to end
 @pytest.fixture(scope="module")
 def untrained_world_model(tmp_path_factory, tiny_data):
-    """A Stage-2 checkpoint file in the format of worldmodel.api with untrained (tiny-preset) networks."""
+    """A Stage-2 checkpoint file in the format of worldmodel.world_model with untrained (tiny-preset) networks."""
     return save_untrained_world_model(tmp_path_factory.mktemp("wm") / "best.pt", data_dir=tiny_data)
 
 
@@ -335,7 +335,7 @@ def test_plan_in_env_with_agent(untrained_world_model, tiny_data, tmp_path):
 
 def test_world_model_imagine_with_context_reuses_the_prefilled_history():
     """wm.imagine(context=...) with a batch-1 history: equal to the batch-B history, prefilled once per history."""
-    from worldmodel.api import WorldModel
+    from worldmodel.world_model import WorldModel
     from worldmodel.transformer import build_world_model_transformer
 
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ import torch
 
 from envs.breakout import make_env
 from experiments.config import load_config
-from experiments.evaluation import eval_env_config, play_episode
+from experiments.play import eval_env_config, play_episode
 from planners.base import Planner
 from planners.cem import CEMPlanner, sample_sequences, score_sequences
 from planners.oracle import EmulatorModel, OraclePlanner
@@ -249,7 +249,7 @@ def test_random_and_tracker_references():
 # ------------------------------------------------------------------------------------------ CLI
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """An untrained tiny Stage-2 checkpoint (worldmodel.api format) and a Stage-1-only one."""
+    """An untrained tiny Stage-2 checkpoint (worldmodel.world_model format) and a Stage-1-only one."""
     root = tmp_path_factory.mktemp("ckpt")
     save_untrained_world_model(root / "stage2.pt", stage1_path=root / "stage1.pt")
     return root

@@ -15,7 +15,7 @@ from worldmodel import load_encoder
 from worldmodel.checkpoint import load_checkpoint, save_checkpoint
 from worldmodel.diagnostics import collapse_reason, effective_rank, ridge_r2
 from worldmodel.encoder import MaskedViT, fit_input_stats, random_patch_mask
-from worldmodel.stage1 import MaskedPredictionLoss, build_stage1_model, ema_update, encoder_kwargs
+from worldmodel.masked_prediction import MaskedPredictionLoss, build_stage1_model, ema_update, encoder_kwargs
 
 
 def tiny_cfg(tmp_path, *extra):
@@ -134,7 +134,7 @@ def test_keypoint_readout_shapes_and_coordinates(k):
     assert torch.allclose(got, torch.tensor([(5.5 / 8) * 2 - 1, (2.5 / 8) * 2 - 1]), atol=1e-5)
 
 def test_motion_weights_mean_one_and_favour_moving_patches():
-    from worldmodel.stage1 import motion_weights
+    from worldmodel.masked_prediction import motion_weights
 
     obs = torch.zeros(3, 4, 32, 32, dtype=torch.uint8)
     obs[0, 3, 20, 5] = 200  # something appears in the last frame of sample 0, patch (row 1, col 0) = index 2
@@ -290,7 +290,7 @@ def test_cli_pretrain_and_evaluate_end_to_end(cli, tmp_path):
 
 def test_bottleneck_variant_trains_and_loads(tiny_data, tmp_path):
     """The bottleneck target with a spatial readout: trains, and load_encoder rebuilds the same encoder."""
-    from experiments.evaluate_stage1 import evaluate_stage1
+    from experiments.report_stage1 import evaluate_stage1
     from experiments.pretrain_stage1 import pretrain_stage1
 
     torch.set_num_threads(1)
@@ -310,7 +310,7 @@ def test_bottleneck_variant_trains_and_loads(tiny_data, tmp_path):
 
 
 def test_motion_map_is_a_distribution_on_the_moving_patch():
-    from worldmodel.stage1 import motion_map
+    from worldmodel.masked_prediction import motion_map
 
     obs = torch.zeros(2, 4, 64, 64, dtype=torch.uint8)
     obs[0, 3, 10, 50] = 200  # a "ball" appears in the newest frame, patch row 1, column 6
@@ -323,7 +323,7 @@ def test_motion_map_is_a_distribution_on_the_moving_patch():
 
 def test_motion_map_head_is_trained_and_saved_with_the_predictor():
     from experiments.config import load_config
-    from worldmodel.stage1 import build_stage1_model
+    from worldmodel.masked_prediction import build_stage1_model
 
     cfg = load_config("tiny", ["vjepa2_world_model.stage1.motion_map_weight=0.5"])
     model = build_stage1_model(cfg)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from envs.errors import UserError
-from worldmodel.stage2 import LossWeights, WorldModelLoss, scheduled_sampling_mask
+from worldmodel.dynamics_loss import LossWeights, WorldModelLoss, scheduled_sampling_mask
 from worldmodel.transformer import WorldModelTransformer
 
 
@@ -184,7 +184,7 @@ def test_heads_on_rollout_add_no_gradient_to_the_latent_chain():
 def test_steering_report_reads_the_survival_preference():
     from types import SimpleNamespace
 
-    from experiments.evaluate_stage2 import steering_report
+    from experiments.report_stage2 import steering_report
 
     rng = np.random.default_rng(0)
     n = 400
@@ -326,7 +326,7 @@ def test_public_api_shapes(stage2_run):
 
 
 def test_bad_checkpoint_kinds(stage1_ckpt, stage2_run, tiny_data, tmp_path):
-    from experiments.evaluate_stage2 import evaluate_stage2
+    from experiments.report_stage2 import evaluate_stage2
     from experiments.pretrain_stage2 import pretrain_stage2
     from worldmodel import load_world_model
 

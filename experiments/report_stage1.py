@@ -20,7 +20,7 @@ from experiments.pretrain_stage1 import load_split, masked_loss, random_baseline
 from worldmodel.checkpoint import load_checkpoint, load_state
 from worldmodel.diagnostics import PROBE_TARGETS, representation_diagnostics, warn_if_collapsed
 from worldmodel.encoder import PooledEncoder
-from worldmodel.stage1 import build_stage1_model
+from worldmodel.masked_prediction import build_stage1_model
 
 # The seed's Stage-1 benchmark table: upper bounds of Excellent, Good, Acceptable (above: Poor).
 BENCHMARKS = {

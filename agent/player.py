@@ -1,6 +1,6 @@
 """An actor-critic agent that plays the real game from observations: encode, then the actor.
 
-``ActorCriticAgent`` follows the evaluation interface of ``experiments/evaluation.py``
+``ActorCriticAgent`` follows the evaluation interface of ``experiments/play.py``
 (``reset(env=None)``, ``act(obs) -> int``) and SB3's ``predict(obs, state, episode_start,
 deterministic) -> (actions, state)``, so ``stable_baselines3.common.evaluation.evaluate_policy``
 accepts it too.

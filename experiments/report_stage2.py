@@ -34,12 +34,12 @@ import torch
 
 from envs.errors import UserError
 from experiments.config import config_from_dict
-from experiments.evaluate_stage1 import GRADES, _write_json, grade
+from experiments.report_stage1 import GRADES, _write_json, grade
 from experiments.pretrain_stage2 import evaluate_losses, load_sequences
-from worldmodel.api import load_world_model
+from worldmodel.world_model import load_world_model
 from worldmodel.checkpoint import load_checkpoint
 from worldmodel.diagnostics import BALL_Y, PROBE_TARGETS
-from worldmodel.stage2 import LatentSequences, build_world_model_loss
+from worldmodel.dynamics_loss import LatentSequences, build_world_model_loss
 from worldmodel.transformer import symexp
 
 # The seed's Stage-2 benchmark table: upper bounds of Excellent, Good, Acceptable (above: Poor).
