@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs.breakout import LEFT, RIGHT, make_env  # noqa: E402
 from experiments.config import load_config  # noqa: E402
-from experiments.play import eval_env_config  # noqa: E402
 from experiments.plan import build_planner  # noqa: E402
+from experiments.play import eval_env_config  # noqa: E402
 from worldmodel import load_world_model  # noqa: E402
 
 NOOP = 0

@@ -103,7 +103,7 @@ class Stage1Config:
     ema_decay: float = 0.996  # target <- decay * target + (1 - decay) * online
     weight_decay: float = 0.05
     early_stopping_patience: int = 3  # epochs without val improvement before stopping
-    # seed's pooled-latent MLP, V-JEPA 2 token target, or latent -> all target tokens decoder (see worldmodel/masked_prediction.py)
+    # seed's pooled-latent MLP, V-JEPA 2 token target, or latent -> all tokens decoder (worldmodel/masked_prediction.py)
     target: Literal["pooled", "tokens", "bottleneck"] = "bottleneck"
     bottleneck_token_weight: float = 0.0  # bottleneck target: weight of the added masked-token loss (0 = none)
     motion_weighting: float = 1.0  # bottleneck target: token error weight 1 + this * patch motion / mean motion

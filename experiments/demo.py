@@ -20,11 +20,11 @@ from experiments.runlog import RunLogger
 
 def run_demo(cfg: Config, agents: tuple[str, ...] = ("random", "cem")) -> dict:
     from experiments.compare import CompareOptions, compare_baselines
+    from experiments.pretrain_stage2 import pretrain_both
     from experiments.report_stage1 import evaluate_stage1
     from experiments.report_stage1 import format_report as format_stage1
     from experiments.report_stage2 import evaluate_stage2
     from experiments.report_stage2 import format_report as format_stage2
-    from experiments.pretrain_stage2 import pretrain_both
     from experiments.results import format_table
 
     t0 = time.perf_counter()

@@ -31,12 +31,12 @@ from experiments.config import Config, config_from_dict
 from experiments.pretrain_stage1 import _rng_state, _set_rng_state, lr_lambda
 from experiments.runlog import RunLogger, seed_everything, setup_torch, tqdm
 from experiments.training import optimizer_step
-from worldmodel.world_model import encoder_from_checkpoint
 from worldmodel.checkpoint import load_checkpoint, load_state, save_checkpoint
+from worldmodel.dynamics_loss import LatentSequences, WorldModelLoss, build_world_model_loss
 from worldmodel.latent_cache import cached_latents, encoder_fingerprint
 from worldmodel.masked_prediction import encoder_kwargs, load_encoder
-from worldmodel.dynamics_loss import LatentSequences, WorldModelLoss, build_world_model_loss
 from worldmodel.transformer import WorldModelTransformer, build_world_model_transformer
+from worldmodel.world_model import encoder_from_checkpoint
 
 STAGE2_DIR = "stage2"
 METRICS = ("loss", "latent_total", "teacher_forcing", "rollout", "reward", "continue")

@@ -34,13 +34,13 @@ import torch
 
 from envs.errors import UserError
 from experiments.config import config_from_dict
-from experiments.report_stage1 import GRADES, _write_json, grade
 from experiments.pretrain_stage2 import evaluate_losses, load_sequences
-from worldmodel.world_model import load_world_model
+from experiments.report_stage1 import GRADES, _write_json, grade
 from worldmodel.checkpoint import load_checkpoint
 from worldmodel.diagnostics import BALL_Y, PROBE_TARGETS
 from worldmodel.dynamics_loss import LatentSequences, build_world_model_loss
 from worldmodel.transformer import symexp
+from worldmodel.world_model import load_world_model
 
 # The seed's Stage-2 benchmark table: upper bounds of Excellent, Good, Acceptable (above: Poor).
 BENCHMARKS = {

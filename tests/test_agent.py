@@ -129,9 +129,9 @@ def test_stepwise_rollout_matches_imagine():
 
 
 def test_world_model_imagine_policy_matches_imagine():
-    """The step-wise rollout of worldmodel.world_model (added for the actor-critic) agrees with imagine(), past the window."""
-    from worldmodel.world_model import WorldModel
+    """The step-wise rollout of WorldModel (added for the actor-critic) agrees with imagine(), past the window."""
     from worldmodel.transformer import build_world_model_transformer
+    from worldmodel.world_model import WorldModel
 
     cfg = agent_cfg()
     torch.manual_seed(0)
@@ -335,8 +335,8 @@ def test_plan_in_env_with_agent(untrained_world_model, tiny_data, tmp_path):
 
 def test_world_model_imagine_with_context_reuses_the_prefilled_history():
     """wm.imagine(context=...) with a batch-1 history: equal to the batch-B history, prefilled once per history."""
-    from worldmodel.world_model import WorldModel
     from worldmodel.transformer import build_world_model_transformer
+    from worldmodel.world_model import WorldModel
 
     torch.manual_seed(0)
     dyn = build_world_model_transformer(agent_cfg())

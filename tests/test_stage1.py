@@ -290,8 +290,8 @@ def test_cli_pretrain_and_evaluate_end_to_end(cli, tmp_path):
 
 def test_bottleneck_variant_trains_and_loads(tiny_data, tmp_path):
     """The bottleneck target with a spatial readout: trains, and load_encoder rebuilds the same encoder."""
-    from experiments.report_stage1 import evaluate_stage1
     from experiments.pretrain_stage1 import pretrain_stage1
+    from experiments.report_stage1 import evaluate_stage1
 
     torch.set_num_threads(1)
     res = pretrain_stage1(tiny_cfg(tmp_path, *BOTTLENECK, "vjepa2_world_model.stage1.num_epochs=1"), data=tiny_data,

@@ -326,8 +326,8 @@ def test_public_api_shapes(stage2_run):
 
 
 def test_bad_checkpoint_kinds(stage1_ckpt, stage2_run, tiny_data, tmp_path):
-    from experiments.report_stage2 import evaluate_stage2
     from experiments.pretrain_stage2 import pretrain_stage2
+    from experiments.report_stage2 import evaluate_stage2
     from worldmodel import load_world_model
 
     with pytest.raises(UserError, match="'stage2' checkpoint"):
