@@ -429,5 +429,19 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     return validate(_build(Config, tree, ""))
 
 
+def stage1_config(ckpt: dict[str, Any]) -> Config:
+    """The config of a stage-1 checkpoint, with the encoder's readout and frame differences taken from its
+    ``encoder_kwargs`` (checkpoints written before those keys existed hold a mean-readout encoder)."""
+    cfg = config_from_dict(ckpt["config"])
+    kw = ckpt.get("encoder_kwargs") if isinstance(ckpt.get("encoder_kwargs"), dict) else {}
+    vit = cfg.models.encoder.params.vit
+    vit.readout = kw.get("readout", "mean")
+    vit.readout_channels = int(kw.get("readout_channels", vit.readout_channels))
+    vit.frame_diffs = bool(kw.get("frame_diffs", False))
+    vit.input_norm = kw.get("input_norm", "none")
+    vit.input_std_floor = float(kw.get("input_std_floor", vit.input_std_floor))
+    return cfg
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

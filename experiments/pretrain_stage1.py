@@ -25,43 +25,20 @@ import click
 import numpy as np
 import torch
 
-from envs.dataset import FrameStackDataset
 from envs.errors import UserError
-from envs.replay import load_episodes, split_episodes
-from experiments.config import Config, config_from_dict
+from experiments.config import Config, stage1_config
+from experiments.data import input_frames, load_split
+from experiments.report_stage1 import random_baseline
 from experiments.runlog import RunLogger, seed_everything, setup_torch, tqdm
 from experiments.training import optimizer_step
 from worldmodel.checkpoint import load_checkpoint, load_state, save_checkpoint
 from worldmodel.diagnostics import representation_diagnostics, warn_if_collapsed
-from worldmodel.encoder import PooledEncoder, build_encoder, fit_input_stats
-from worldmodel.masked_prediction import MaskedPredictionModel, build_stage1_model, encoder_kwargs
+from worldmodel.encoder import PooledEncoder, fit_input_stats
+from worldmodel.masked_prediction import build_stage1_model, encoder_kwargs, validation_losses
 
 STAGE1_DIR = "stage1"
-RANDOM_BASELINE_SEED_OFFSET = 7919  # the random encoder of the baseline uses run.seed + this
 INPUT_STATS_FRAMES = 8192  # training observations sampled to fit the encoder's per-pixel standardisation
 INPUT_STATS_SEED_OFFSET = 104729
-
-
-def stage1_config(ckpt: dict[str, Any]) -> Config:
-    """The config of a stage-1 checkpoint, with the encoder's readout and frame differences taken from its
-    ``encoder_kwargs`` (checkpoints written before those keys existed hold a mean-readout encoder)."""
-    cfg = config_from_dict(ckpt["config"])
-    kw = ckpt.get("encoder_kwargs") if isinstance(ckpt.get("encoder_kwargs"), dict) else {}
-    vit = cfg.models.encoder.params.vit
-    vit.readout = kw.get("readout", "mean")
-    vit.readout_channels = int(kw.get("readout_channels", vit.readout_channels))
-    vit.frame_diffs = bool(kw.get("frame_diffs", False))
-    vit.input_norm = kw.get("input_norm", "none")
-    vit.input_std_floor = float(kw.get("input_std_floor", vit.input_std_floor))
-    return cfg
-
-
-def load_split(cfg: Config, data_dir: str | Path) -> tuple[FrameStackDataset, FrameStackDataset]:
-    """Training and validation datasets (episode-level split, run.seed) of a replay folder."""
-    episodes, _ = load_episodes(data_dir)
-    tr, va = split_episodes(len(episodes), cfg.data.val_fraction, cfg.run.seed)
-    fs = cfg.environment.frame_stack_size
-    return FrameStackDataset([episodes[i] for i in tr], fs), FrameStackDataset([episodes[i] for i in va], fs)
 
 
 def lr_lambda(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -70,50 +47,6 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int) -> float:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-@torch.no_grad()
-def masked_loss(model: MaskedPredictionModel, dataset: FrameStackDataset, seed: int, max_samples: int | None = None,
-                batch_size: int = 256) -> dict[str, float]:
-    """Mean losses in eval mode with masks from a fixed seed (comparable across epochs and splits):
-    ``loss`` (the training objective), ``jepa_loss`` (the masked-latent L1 alone) and, when the
-    auxiliary loss is on, ``motion_map_loss``."""
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
-    idx = np.arange(n) if n == len(dataset) else np.sort(np.random.default_rng(seed).choice(len(dataset), n, False))
-    totals: dict[str, float] = {}
-    count = 0
-    for start in range(0, n, batch_size):
-        obs = dataset.batch(idx[start:start + batch_size])["obs"]
-        mask = model.sample_mask(obs.shape[0], generator=gen)
-        out = model(obs, mask)
-        for key in ("loss", "jepa_loss", "motion_map_loss"):
-            if key in out:
-                totals[key] = totals.get(key, 0.0) + float(out[key]) * obs.shape[0]
-        count += obs.shape[0]
-    model.train(was_training)
-    return {k: v / max(1, count) for k, v in totals.items()}
-
-
-def input_frames(train_ds: FrameStackDataset, seed: int, n: int = INPUT_STATS_FRAMES) -> torch.Tensor:
-    """Up to ``n`` training observations (uint8 ``[n, F, H, W]``) for the encoder's input standardisation."""
-    rng = np.random.default_rng(seed + INPUT_STATS_SEED_OFFSET)
-    idx = np.sort(rng.choice(len(train_ds), size=min(n, len(train_ds)), replace=False))
-    return train_ds.batch(idx)["obs"]
-
-
-def random_baseline(cfg: Config, train_ds, val_ds) -> dict[str, Any]:
-    """Diagnostics of a randomly initialised encoder of the same shape and the same input standardisation
-    (what training must beat)."""
-    state = torch.get_rng_state()
-    torch.manual_seed(cfg.run.seed + RANDOM_BASELINE_SEED_OFFSET)
-    vit = build_encoder(cfg)
-    torch.set_rng_state(state)
-    fit_input_stats(vit, input_frames(train_ds, cfg.run.seed))
-    enc = PooledEncoder(vit)
-    return representation_diagnostics(enc, train_ds, val_ds, seed=cfg.run.seed)
 
 
 def _rng_state(np_rng: np.random.Generator) -> dict[str, Any]:
@@ -255,7 +188,7 @@ def pretrain_stage1(cfg: Config, data: str | Path | None = None, resume: str | P
             epoch += 1
             epochs_this_call += 1
             train_loss = float(np.mean(losses))
-            val = masked_loss(model, val_ds, seed=cfg.run.seed + 1)
+            val = validation_losses(model, val_ds, seed=cfg.run.seed + 1)
             val_loss = val["loss"]
             row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                                    "val_train_ratio": val_loss / max(train_loss, 1e-12),

@@ -24,22 +24,20 @@ import numpy as np
 import torch
 
 from envs.breakout import NUM_ACTIONS
-from envs.dataset import TemporalSequenceDataset
 from envs.errors import UserError
-from envs.replay import load_episodes, split_episodes
 from experiments.config import Config, config_from_dict
+from experiments.data import load_sequences
 from experiments.pretrain_stage1 import _rng_state, _set_rng_state, lr_lambda
 from experiments.runlog import RunLogger, seed_everything, setup_torch, tqdm
 from experiments.training import optimizer_step
 from worldmodel.checkpoint import load_checkpoint, load_state, save_checkpoint
-from worldmodel.dynamics_loss import LatentSequences, WorldModelLoss, build_world_model_loss
-from worldmodel.latent_cache import cached_latents, encoder_fingerprint
+from worldmodel.dynamics_loss import METRICS, build_world_model_loss, evaluate_losses
+from worldmodel.latent_cache import encoder_fingerprint
 from worldmodel.masked_prediction import encoder_kwargs, load_encoder
-from worldmodel.transformer import WorldModelTransformer, build_world_model_transformer
+from worldmodel.transformer import build_world_model_transformer
 from worldmodel.world_model import encoder_from_checkpoint
 
 STAGE2_DIR = "stage2"
-METRICS = ("loss", "latent_total", "teacher_forcing", "rollout", "reward", "continue")
 
 
 def load_stage1_encoder(path: str | Path, cfg: Config) -> torch.nn.Module:
@@ -56,48 +54,6 @@ def load_stage1_encoder(path: str | Path, cfg: Config) -> torch.nn.Module:
                         f"{D}; pass --set models.shared_latent_dim={enc.latent_dim} or a stage-1 checkpoint with "
                         f"latent size {D}")
     return enc
-
-
-def load_sequences(cfg: Config, data_dir: str | Path, encoder: torch.nn.Module, device: torch.device,
-                   progress: bool = True) -> tuple[LatentSequences, LatentSequences, dict[str, Any]]:
-    """Train and validation sequences over cached latents of a replay folder (episode split with run.seed).
-
-    Training sequences start at every transition; validation ones every ``T // 2`` transitions.
-    """
-    data_dir = Path(data_dir)
-    episodes, manifest = load_episodes(data_dir)
-    T = cfg.vjepa2_world_model.stage2.sequence_length
-    ds = TemporalSequenceDataset(episodes, T, cfg.environment.frame_stack_size, stride=1)
-    tr, va = split_episodes(len(episodes), cfg.data.val_fraction, cfg.run.seed)
-    latents, info = cached_latents(encoder, ds.store, manifest, data_dir / "latent_cache", device=device,
-                                   progress=progress)
-    ep = ds.store.episode_of[ds.starts]  # [N] episode of each sequence
-    train_starts = ds.starts[np.isin(ep, tr)]
-    val_starts = ds.starts[np.isin(ep, va)][:: max(1, T // 2)]
-    if len(train_starts) == 0 or len(val_starts) == 0:
-        raise UserError(f"data folder {data_dir} has too few episodes of >= {T} transitions for a train/validation "
-                        "split of stage-2 sequences; collect more steps")
-    return (LatentSequences(latents, ds.store, train_starts, T), LatentSequences(latents, ds.store, val_starts, T),
-            info)
-
-
-@torch.no_grad()
-def evaluate_losses(model: WorldModelTransformer, loss_fn: WorldModelLoss, seqs: LatentSequences,
-                    batch_size: int = 256, device: torch.device | str = "cpu",
-                    max_sequences: int | None = None) -> dict[str, float]:
-    """Mean losses in eval mode with the evaluation protocol (pure teacher forcing, rollout from z_0)."""
-    was_training = model.training
-    model.eval()
-    n = len(seqs) if max_sequences is None else min(len(seqs), max_sequences)
-    idx = np.arange(n) if n == len(seqs) else np.linspace(0, len(seqs) - 1, n).astype(np.int64)
-    sums = dict.fromkeys(METRICS, 0.0)
-    for s in range(0, n, batch_size):
-        b = seqs.batch(idx[s:s + batch_size], device)
-        out = loss_fn(model, b, train=False)
-        for k in METRICS:
-            sums[k] += float(out[k].detach()) * len(b["actions"])
-    model.train(was_training)
-    return {k: v / max(1, n) for k, v in sums.items()}
 
 
 def _prefixed(d: dict[str, Any], prefix: str) -> dict[str, Any]:

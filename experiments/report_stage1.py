@@ -8,19 +8,19 @@ checkpoint's target encoder stand next to those of a random encoder of the same 
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from envs.errors import UserError
-from experiments.pretrain_stage1 import load_split, masked_loss, random_baseline, stage1_config
+from experiments.config import Config, stage1_config
+from experiments.data import input_frames, load_split
+from experiments.runlog import write_json
 from worldmodel.checkpoint import load_checkpoint, load_state
 from worldmodel.diagnostics import PROBE_TARGETS, representation_diagnostics, warn_if_collapsed
-from worldmodel.encoder import PooledEncoder
-from worldmodel.masked_prediction import build_stage1_model
+from worldmodel.encoder import PooledEncoder, build_encoder, fit_input_stats
+from worldmodel.masked_prediction import build_stage1_model, validation_losses
 
 # The seed's Stage-1 benchmark table: upper bounds of Excellent, Good, Acceptable (above: Poor).
 BENCHMARKS = {
@@ -35,6 +35,7 @@ MIN_RANK_FRACTION = 0.25  # effective rank >= 16 of 64
 BASELINE_MARGIN = 0.1  # probe R^2 must beat the random encoder's by this much
 STABLE_VAL_TOLERANCE = 0.05  # "no overfitting": last val loss within 5% of the best one
 TRAIN_SAMPLES = 5000  # training observations used to recompute the train loss
+RANDOM_BASELINE_SEED_OFFSET = 7919  # the random encoder of the baseline uses run.seed + this
 
 
 def grade(value: float, bounds: tuple[float, float, float]) -> str:
@@ -42,6 +43,18 @@ def grade(value: float, bounds: tuple[float, float, float]) -> str:
         if value < bound:
             return name
     return GRADES[-1]
+
+
+def random_baseline(cfg: Config, train_ds, val_ds) -> dict[str, Any]:
+    """Diagnostics of a randomly initialised encoder of the same shape and the same input standardisation
+    (what training must beat)."""
+    state = torch.get_rng_state()
+    torch.manual_seed(cfg.run.seed + RANDOM_BASELINE_SEED_OFFSET)
+    vit = build_encoder(cfg)
+    torch.set_rng_state(state)
+    fit_input_stats(vit, input_frames(train_ds, cfg.run.seed))
+    enc = PooledEncoder(vit)
+    return representation_diagnostics(enc, train_ds, val_ds, seed=cfg.run.seed)
 
 
 def evaluate_stage1(checkpoint: str | Path, data: str | Path | None = None, out: str | Path | None = None,
@@ -61,8 +74,8 @@ def evaluate_stage1(checkpoint: str | Path, data: str | Path | None = None, out:
     model.eval()
 
     # The seed's table grades the masked-prediction L1 (MaskedPredictionLoss); an auxiliary loss is reported apart.
-    train = masked_loss(model, train_ds, seed=cfg.run.seed + 2, max_samples=TRAIN_SAMPLES)
-    val = masked_loss(model, val_ds, seed=cfg.run.seed + 1)
+    train = validation_losses(model, train_ds, seed=cfg.run.seed + 2, max_samples=TRAIN_SAMPLES)
+    val = validation_losses(model, val_ds, seed=cfg.run.seed + 1)
     train_loss, val_loss = train["jepa_loss"], val["jepa_loss"]
     ratio = val_loss / max(train_loss, 1e-12)
     values = {"train_loss": train_loss, "val_loss": val_loss, "val_train_ratio": ratio}
@@ -97,16 +110,9 @@ def evaluate_stage1(checkpoint: str | Path, data: str | Path | None = None, out:
         "all_criteria_pass": all(c["pass"] for c in criteria),
     }
     out = Path(out) if out is not None else checkpoint.with_name(checkpoint.stem + "_eval_stage1.json")
-    _write_json(out, report)
+    write_json(out, report)
     report["report_path"] = str(out)
     return report
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 def format_report(r: dict[str, Any]) -> str:

@@ -34,11 +34,12 @@ import torch
 
 from envs.errors import UserError
 from experiments.config import config_from_dict
-from experiments.pretrain_stage2 import evaluate_losses, load_sequences
-from experiments.report_stage1 import GRADES, _write_json, grade
+from experiments.data import load_sequences
+from experiments.report_stage1 import GRADES, grade
+from experiments.runlog import write_json
 from worldmodel.checkpoint import load_checkpoint
 from worldmodel.diagnostics import BALL_Y, PROBE_TARGETS
-from worldmodel.dynamics_loss import LatentSequences, build_world_model_loss
+from worldmodel.dynamics_loss import LatentSequences, build_world_model_loss, evaluate_losses
 from worldmodel.transformer import symexp
 from worldmodel.world_model import load_world_model
 
@@ -195,7 +196,7 @@ def evaluate_stage2(checkpoint: str | Path, data: str | Path | None = None, out:
         "all_criteria_pass": all(c["pass"] for c in criteria),
     }
     out = Path(out) if out is not None else checkpoint.with_name(checkpoint.stem + "_eval_stage2.json")
-    _write_json(out, report)
+    write_json(out, report)
     report["report_path"] = str(out)
     return report
 

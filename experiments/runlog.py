@@ -60,6 +60,15 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON atomically (temp file + ``os.replace``)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
+    os.replace(tmp, path)
+    return path
+
+
 def new_run_dir(parent: Path, name: str) -> Path:
     """Create and return ``parent/name``, or ``parent/name-2``, ``-3``... if taken. ``mkdir`` without
     ``exist_ok`` is atomic, so two processes started in the same second never share a folder."""
@@ -128,11 +137,7 @@ class RunLogger:
             self._wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
 
     def write_json(self, name: str, data: Any) -> Path:
-        path = self.dir / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
-        os.replace(tmp, path)
-        return path
+        return write_json(self.dir / name, data)
 
     def close(self) -> None:
         self._metrics.close()

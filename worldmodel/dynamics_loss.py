@@ -39,6 +39,9 @@ def scheduled_sampling_mask(batch: int, steps: int, ratio: float, device: torch.
     return keep
 
 
+METRICS = ("loss", "latent_total", "teacher_forcing", "rollout", "reward", "continue")  # WorldModelLoss outputs
+
+
 @dataclass
 class LossWeights:
     teacher_forcing: float = 0.7
@@ -176,3 +179,22 @@ class LatentSequences:
         out = {"z": self.latents[g], "actions": self._actions[t], "rewards": self._rewards[t],
                "life_loss": self._life_loss[t], "labels": self._labels[g]}
         return {k: v.to(device, non_blocking=True) for k, v in out.items()}
+
+
+@torch.no_grad()
+def evaluate_losses(model: WorldModelTransformer, loss_fn: WorldModelLoss, seqs: LatentSequences,
+                    batch_size: int = 256, device: torch.device | str = "cpu",
+                    max_sequences: int | None = None) -> dict[str, float]:
+    """Mean losses in eval mode with the evaluation protocol (pure teacher forcing, rollout from z_0)."""
+    was_training = model.training
+    model.eval()
+    n = len(seqs) if max_sequences is None else min(len(seqs), max_sequences)
+    idx = np.arange(n) if n == len(seqs) else np.linspace(0, len(seqs) - 1, n).astype(np.int64)
+    sums = dict.fromkeys(METRICS, 0.0)
+    for s in range(0, n, batch_size):
+        b = seqs.batch(idx[s:s + batch_size], device)
+        out = loss_fn(model, b, train=False)
+        for k in METRICS:
+            sums[k] += float(out[k].detach()) * len(b["actions"])
+    model.train(was_training)
+    return {k: v / max(1, n) for k, v in sums.items()}

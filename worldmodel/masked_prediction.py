@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -267,3 +269,28 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu", which: st
     enc = PooledEncoder(vit).to(device)
     enc.requires_grad_(False)
     return enc.eval()
+
+
+@torch.no_grad()
+def validation_losses(model: MaskedPredictionModel, dataset: Any, seed: int, max_samples: int | None = None,
+                                      batch_size: int = 256) -> dict[str, float]:
+    """Mean losses in eval mode with masks from a fixed seed (comparable across epochs and splits):
+    ``loss`` (the training objective), ``jepa_loss`` (the masked-latent L1 alone) and, when the
+    auxiliary loss is on, ``motion_map_loss``."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
+    idx = np.arange(n) if n == len(dataset) else np.sort(np.random.default_rng(seed).choice(len(dataset), n, False))
+    totals: dict[str, float] = {}
+    count = 0
+    for start in range(0, n, batch_size):
+        obs = dataset.batch(idx[start:start + batch_size])["obs"]
+        mask = model.sample_mask(obs.shape[0], generator=gen)
+        out = model(obs, mask)
+        for key in ("loss", "jepa_loss", "motion_map_loss"):
+            if key in out:
+                totals[key] = totals.get(key, 0.0) + float(out[key]) * obs.shape[0]
+        count += obs.shape[0]
+    model.train(was_training)
+    return {k: v / max(1, count) for k, v in totals.items()}
