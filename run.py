@@ -25,8 +25,62 @@ class CLI(click.Group):
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted: completed work is saved", err=True)
+            click.echo("interrupted: continue from the last checkpoint with --resume RUN_DIR", err=True)
             sys.exit(130)
+
+
+class AgentName(click.ParamType):
+    """Agent names from the registry (``experiments/agents.py``), read when the command line is parsed.
+
+    Args:
+        acting_only: accept only agents that act without env-step training (plan-in-env, collect).
+        many: a comma-separated list (compare-baselines), converted to a list without duplicates.
+    """
+
+    name = "agent"
+
+    def __init__(self, acting_only: bool = False, many: bool = False):
+        self.acting_only, self.many = acting_only, many
+
+    def names(self) -> list[str]:
+        from experiments.agents import agent_names
+
+        return agent_names(acting_only=self.acting_only)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "NAME[,NAME...]" if self.many else f"[{'|'.join(self.names())}]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):  # already converted (a default given as a list)
+            return value
+        names = [v.strip() for v in value.split(",") if v.strip()] if self.many else [value]
+        accepted = self.names()
+        if not names:
+            self.fail(f"is empty; pass a comma-separated list from: {', '.join(accepted)}", param, ctx)
+        for name in names:
+            if name not in accepted:
+                self.fail(f"unknown agent '{name}'; accepted: {', '.join(accepted)}", param, ctx)
+        return list(dict.fromkeys(names)) if self.many else value
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(n) for n in self.names() if n.startswith(incomplete)]
+
+
+class AgentOption(click.Option):
+    """An option of :class:`AgentName` type whose help ends with each accepted agent's description."""
+
+    @property
+    def help(self) -> str | None:
+        from experiments.agents import REGISTRY
+
+        described = "; ".join(f"{n}: {REGISTRY[n].description}" for n in self.type.names())
+        return f"{self._help} ({described})." if self._help else None
+
+    @help.setter
+    def help(self, text: str | None) -> None:
+        self._help = text
 
 
 def config_options(fn):
@@ -65,14 +119,18 @@ def cli():
 
 
 @cli.command()
-@click.option("--policy", type=click.Choice(["random", "tracker"]), default="random", show_default=True,
-              help="Behaviour policy.")
+@click.option("--policy", cls=AgentOption, type=AgentName(acting_only=True), default="random", show_default=True,
+              help="Behaviour policy")
 @click.option("--steps", type=int, required=True, help="Agent steps to collect (frame skip 4 each).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Data folder to write (refused if non-empty, unless --append).")
 @click.option("--append", is_flag=True, help="Add episodes to an existing data folder.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Stage-2 world-model checkpoint (--policy cem).")
+@click.option("--agent", "agent_path", type=click.Path(path_type=Path), default=None,
+              help="train-agent checkpoint (agent.pt): --policy actor-critic, or cem's value and policy prior.")
 @config_options
-def collect(policy, steps, out, append, preset, config_file, overrides, seed, wandb_mode):
+def collect(policy, steps, out, append, checkpoint, agent_path, preset, config_file, overrides, seed, wandb_mode):
     """Collect Breakout episodes to disk as single 64x64 frames with a manifest.
 
     \b
@@ -83,7 +141,7 @@ def collect(policy, steps, out, append, preset, config_file, overrides, seed, wa
     from experiments.collect import format_summary, summarize
 
     cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
-    run_collect(cfg, out, steps, policy=policy, append=append)
+    run_collect(cfg, out, steps, policy=policy, append=append, checkpoint=checkpoint, agent=agent_path)
     click.echo(format_summary(summarize(out, cfg.data.val_fraction, cfg.run.seed)))
 
 
@@ -118,16 +176,16 @@ def demo(preset, config_file, overrides, seed, wandb_mode):
 
 
 @cli.command("compare-baselines")
-@click.option("--agents", default="ppo,dqn,random", show_default=True,
-              help="Comma-separated agents: ppo, dqn, a2c, random, and (when their code is present) tracker, oracle, "
-                   "cem, actor-critic.")
+@click.option("--agents", cls=AgentOption, type=AgentName(many=True), default="ppo,dqn,random", show_default=True,
+              help="Comma-separated agents")
 @click.option("--seeds", "num_seeds", type=int, default=1, show_default=True,
               help="Training seeds per agent: run.seed, run.seed+1, ...")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Comparison folder [default: runs/compare-baselines/<preset>]; rerunning with the same folder "
                    "skips finished agent/seed pairs.")
 @click.option("--world-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Stage-2 world-model checkpoint (cem, actor-critic).")
+              help="Stage-2 world-model checkpoint (cem, actor-critic) [default: the one the agent checkpoint "
+                   "was trained on].")
 @click.option("--agent-checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Actor-critic checkpoint from train-agent (actor-critic; value/prior for cem).")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -144,13 +202,13 @@ def compare_baselines(agents, num_seeds, out, world_model, agent_checkpoint, dat
     Example:
       python run.py compare-baselines --preset quick --seeds 1 --agents ppo,dqn,random
     """
-    from experiments.compare import CompareOptions, parse_agents
+    from experiments.compare import CompareOptions
     from experiments.compare import compare_baselines as run_compare
 
     cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
     opts = CompareOptions(world_model=world_model, agent_checkpoint=agent_checkpoint, data=data,
                           pretrain_runs=list(pretrain_runs))
-    report = run_compare(cfg, parse_agents(agents), num_seeds, out=out, opts=opts)
+    report = run_compare(cfg, agents, num_seeds, out=out, opts=opts)
     click.echo(Path(report["results_md"]).read_text())
     click.echo(f"results: {report['results_json']}")
     click.echo(f"dashboard: {report['dashboard']}")
@@ -194,19 +252,19 @@ def pretrain(stage, data, resume, stage1_checkpoint, preset, config_file, overri
     """
     cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
     if stage == "1":
-        from experiments.pretrain_stage1 import pretrain_stage1
+        from experiments.pretrain import pretrain_stage1
 
         result = pretrain_stage1(cfg, data=data, resume=resume)
         click.echo(f"stage 1 done: best val loss {result['best_val_loss']:.4f} (epoch {result['best_epoch']}), "
                    f"checkpoint {result['best_checkpoint']}")
     elif stage == "2":
-        from experiments.pretrain_stage2 import pretrain_stage2
+        from experiments.pretrain import pretrain_stage2
 
         result = pretrain_stage2(cfg, stage1_checkpoint=stage1_checkpoint, data=data, resume=resume)
         click.echo(f"stage 2 done: {result['epochs']} epochs, best val loss {result['best_val_loss']:.4f} (epoch "
                    f"{result['best_epoch']}), checkpoint {result['best_checkpoint']}")
     else:
-        from experiments.pretrain_stage2 import pretrain_both
+        from experiments.pretrain import pretrain_both
 
         result = pretrain_both(cfg, data=data, resume=resume)
         click.echo(f"stage 2 done: {result['epochs']} epochs, best val loss {result['best_val_loss']:.4f} (epoch "
@@ -267,11 +325,9 @@ def train_agent(world_model, data, resume, preset, config_file, overrides, seed,
 
 @cli.command("plan-in-env")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Stage-2 world-model checkpoint (required for --planner cem).")
-@click.option("--planner", "planner_name", type=click.Choice(["cem", "oracle", "random", "tracker", "actor-critic"]),
-              default="cem", show_default=True,
-              help="cem: CEM over the world model; oracle: the same CEM over the emulator; random / tracker: "
-                   "references; actor-critic: the train-agent actor (needs --agent).")
+              help="Stage-2 world-model checkpoint (--planner cem) [default: the one --agent was trained on].")
+@click.option("--planner", "planner_name", cls=AgentOption, type=AgentName(acting_only=True), default="cem",
+              show_default=True, help="Agent that plays")
 @click.option("--agent", "agent_path", type=click.Path(path_type=Path), default=None,
               help="train-agent checkpoint (agent.pt): plays with --planner actor-critic; with cem its critic is the "
                    "terminal value (planner.use_value=true) and its actor the policy prior (planner.policy_samples).")
@@ -296,7 +352,7 @@ def plan_in_env(checkpoint, planner_name, agent_path, episodes, max_steps, video
     from experiments.plan import plan_in_env as run_plan
 
     cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
-    if agent_path is not None and planner_name == "cem" and not cfg.planner.use_value \
+    if agent_path is not None and checkpoint is not None and planner_name == "cem" and not cfg.planner.use_value \
             and cfg.planner.policy_samples == 0:
         click.echo("note: --agent is unused while planner.use_value=false and planner.policy_samples=0", err=True)
     summary = run_plan(cfg, planner_name, checkpoint, episodes=episodes, video=video, max_steps=max_steps,

@@ -17,32 +17,66 @@ alive when it reaches ``z_h``.
   normalisation: advantages keep their scale across games without amplifying noise where returns are
   small).
 
-The world model is used only through its public API (``imagine`` or, when it has one, the step-wise
-``imagine_policy``), always without gradients: REINFORCE needs no gradient through the dynamics,
-so the rollout runs under ``no_grad`` and log-probabilities are recomputed on the stored latents.
+The world model is used only through its public API (``worldmodel.protocol``: ``imagine`` or, when it has
+one, the step-wise ``imagine_policy``), always without gradients: REINFORCE needs no gradient through the
+dynamics, so the rollout runs under ``no_grad`` and log-probabilities are recomputed on the stored latents.
+The settings are :class:`AgentConfig` (config section ``agent``).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from experiments.config import AgentConfig
+from envs.errors import check_range
+from worldmodel.protocol import LatentWorldModel, PolicyWorldModel
 
 
-class LatentModel(Protocol):
-    """The world model's public API as the actor-critic sees it."""
+@dataclass
+class AgentConfig:
+    """The actor-critic and its training in imagination (config section ``agent``)."""
 
-    latent_dim: int
-    num_actions: int
+    imagine_horizon: int = 15
+    lambda_: float = 0.95  # lambda-return mixing
+    discount: float = 0.985
+    entropy_coef: float = 3e-3
+    actor_lr: float = 3e-5
+    critic_lr: float = 3e-5
+    hidden_dim: int = 256
+    batch_size: int = 256  # imagined start states per update
+    updates: int = 5000
+    critic_ema_decay: float = 0.98
+    grad_clip: float = 100.0
+    return_norm_decay: float = 0.99  # EMA decay of the 5th/95th return percentiles (return normalisation)
+    life_loss_penalty: float = 1.0  # imagined reward minus penalty * P(life lost at that step)
+    start_latents: int = 20_000  # replay frames encoded once as imagination start states (random subset)
+    checkpoint_every: int = 500  # updates between checkpoints (and metric logs every 1/10 of it)
+    eval_every: int = 0  # updates between short real-env evaluations (0 = only at the end)
+    eval_episodes: int = 1  # full-game episodes per periodic evaluation
 
-    def encode(self, obs: Any) -> torch.Tensor: ...
-
-    def imagine(self, z0: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def validate(self, path: str) -> None:
+        """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
+        check_range(self.imagine_horizon >= 1, f"{path}.imagine_horizon", self.imagine_horizon, "an integer >= 1")
+        check_range(0.0 <= self.lambda_ <= 1.0, f"{path}.lambda_", self.lambda_, "a value in [0, 1]")
+        check_range(0.0 < self.discount <= 1.0, f"{path}.discount", self.discount, "a value in (0, 1]")
+        check_range(0.0 <= self.critic_ema_decay < 1.0, f"{path}.critic_ema_decay", self.critic_ema_decay,
+                    "a value in [0, 1)")
+        check_range(self.life_loss_penalty >= 0.0, f"{path}.life_loss_penalty", self.life_loss_penalty,
+                    "a number >= 0")
+        check_range(0.0 <= self.return_norm_decay < 1.0, f"{path}.return_norm_decay", self.return_norm_decay,
+                    "a value in [0, 1)")
+        check_range(self.actor_lr > 0 and self.critic_lr > 0, f"{path}.actor_lr", self.actor_lr,
+                    f"positive numbers for {path}.actor_lr and {path}.critic_lr")
+        check_range(self.batch_size >= 1 and self.updates >= 1 and self.start_latents >= 1, f"{path}.batch_size",
+                    self.batch_size, f"integers >= 1 for {path}.batch_size, {path}.updates and {path}.start_latents")
+        check_range(self.checkpoint_every >= 1 and self.eval_every >= 0 and self.eval_episodes >= 1,
+                    f"{path}.checkpoint_every", self.checkpoint_every,
+                    f"{path}.checkpoint_every >= 1, {path}.eval_every >= 0, {path}.eval_episodes >= 1")
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> nn.Sequential:
@@ -153,13 +187,13 @@ PolicyFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def imagine_with_policy(model: LatentModel, z0: torch.Tensor, policy_fn: PolicyFn, horizon: int
+def imagine_with_policy(model: LatentWorldModel, z0: torch.Tensor, policy_fn: PolicyFn, horizon: int
                         ) -> dict[str, torch.Tensor]:
     """Roll the policy out in the world model, choosing each action from the latest imagined latent.
 
-    Uses ``model.imagine_policy(z0, policy_fn, horizon)`` when the model provides a step-wise rollout;
-    otherwise calls ``imagine`` on growing action prefixes (exact for a causal, deterministic model:
-    the first h outputs do not depend on later actions).
+    Uses ``model.imagine_policy(z0, policy_fn, horizon)`` when the model provides a step-wise rollout (a
+    ``PolicyWorldModel``); otherwise calls ``imagine`` on growing action prefixes (exact for a causal,
+    deterministic model: the first h outputs do not depend on later actions).
 
     Returns a dict: ``latents [B, H+1, D]`` (z_0 first), ``actions long [B, H]``, ``rewards [B, H]``,
     ``continues [B, H]``.
@@ -220,11 +254,11 @@ class ActorCritic(nn.Module):
         probs = self.actor.log_probs(z).exp().cpu()
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).to(z.device)
 
-    def imagine(self, model: LatentModel, z0: torch.Tensor) -> dict[str, torch.Tensor]:
+    def imagine(self, model: PolicyWorldModel, z0: torch.Tensor) -> dict[str, torch.Tensor]:
         """An imagined rollout of the current actor (sampled actions) from start latents ``z0 [B, D]``."""
         return imagine_with_policy(model, z0, self._sample_actions, self.cfg.imagine_horizon)
 
-    def update(self, model: LatentModel, z0: torch.Tensor) -> dict[str, float]:
+    def update(self, model: PolicyWorldModel, z0: torch.Tensor) -> dict[str, float]:
         """One actor and one critic step on a fresh imagined batch; returns plain-float metrics."""
         c = self.cfg
         traj = self.imagine(model, z0)
@@ -317,7 +351,7 @@ class ActorCritic(nn.Module):
         self.updates = int(state["updates"])
 
 
-def policy_prior(actor: Actor, model: LatentModel | None = None, generator: torch.Generator | None = None
+def policy_prior(actor: Actor, model: LatentWorldModel | None = None, generator: torch.Generator | None = None
                  ) -> Callable[..., torch.Tensor]:
     """The actor as a sampling policy for planners.
 
@@ -340,5 +374,5 @@ def policy_prior(actor: Actor, model: LatentModel | None = None, generator: torc
     return fn
 
 
-__all__ = ["Actor", "ActorCritic", "Critic", "ReturnNormalizer", "imagine_with_policy", "lambda_returns",
+__all__ = ["Actor", "ActorCritic", "AgentConfig", "Critic", "ReturnNormalizer", "imagine_with_policy", "lambda_returns",
            "policy_prior"]

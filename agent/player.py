@@ -1,6 +1,6 @@
 """An actor-critic agent that plays the real game from observations: encode, then the actor.
 
-``ActorCriticAgent`` follows the evaluation interface of ``experiments/play.py``
+``ActorCriticAgent`` follows the evaluation interface ``planners.base.Agent``
 (``reset(env=None)``, ``act(obs) -> int``) and SB3's ``predict(obs, state, episode_start,
 deterministic) -> (actions, state)``, so ``stable_baselines3.common.evaluation.evaluate_policy``
 accepts it too.
@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from agent.actor_critic import Actor, Critic, LatentModel
+from agent.actor_critic import Actor, Critic
 from envs.errors import UserError
+from worldmodel.protocol import LatentWorldModel
 
 CHECKPOINT_KIND = "agent"
 
@@ -23,7 +24,7 @@ CHECKPOINT_KIND = "agent"
 class ActorCriticAgent:
     """Acts with ``actor(encode(obs))``; ``deterministic`` picks the mode instead of sampling."""
 
-    def __init__(self, model: LatentModel, actor: Actor, critic: Critic | None = None, deterministic: bool = False,
+    def __init__(self, model: LatentWorldModel, actor: Actor, critic: Critic | None = None, deterministic: bool = False,
                  seed: int = 0):
         if actor.latent_dim != model.latent_dim or actor.num_actions != model.num_actions:
             raise UserError(f"the agent is for latent_dim={actor.latent_dim}, num_actions={actor.num_actions} but the "
@@ -102,7 +103,7 @@ def build_agent_nets(ckpt: dict[str, Any], device: torch.device | str = "cpu") -
     return actor.to(device).eval(), critic.to(device).eval()
 
 
-def load_agent(path: str | Path, model: LatentModel, deterministic: bool = False, seed: int = 0,
+def load_agent(path: str | Path, model: LatentWorldModel, deterministic: bool = False, seed: int = 0,
                device: torch.device | str = "cpu") -> ActorCriticAgent:
     """An :class:`ActorCriticAgent` from a train-agent checkpoint over ``model``."""
     actor, critic = build_agent_nets(load_agent_checkpoint(path), device)

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import ale_py
 import gymnasium as gym
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from experiments.config import load_config  # noqa: E402
 # CPU time of this process: the other core's load does not leak into the figures (wall-clock is
 # reported too). Set BENCH_CLOCK=wall to time with perf_counter instead.
 CLOCK = time.perf_counter if os.environ.get("BENCH_CLOCK") == "wall" else time.process_time
+gym.register_envs(ale_py)  # the raw "ALE/Breakout-v5" contender (envs.breakout registers ALE only when it makes an env)
 
 
 def env_rate(make, steps: int, seed: int) -> float:

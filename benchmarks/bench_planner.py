@@ -44,8 +44,8 @@ def build_model(cfg, checkpoint: str | None):
 
     if checkpoint:
         return load_world_model(checkpoint), "checkpoint"
-    from worldmodel.encoder import PooledEncoder, build_encoder
-    from worldmodel.transformer import build_world_model_transformer
+    from experiments.builders import build_encoder, build_world_model_transformer
+    from worldmodel.encoder import PooledEncoder
 
     torch.manual_seed(0)
     return WorldModel(PooledEncoder(build_encoder(cfg)), build_world_model_transformer(cfg)), "untrained"

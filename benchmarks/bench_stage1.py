@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.builders import build_stage1_model  # noqa: E402
 from experiments.config import load_config  # noqa: E402
-from worldmodel.masked_prediction import build_stage1_model  # noqa: E402
 
 
 def linear_flops(rows: int, d_in: int, d_out: int) -> int:

@@ -27,10 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.builders import build_encoder, build_world_model_loss, build_world_model_transformer  # noqa: E402
 from experiments.config import load_config  # noqa: E402
-from worldmodel.dynamics_loss import build_world_model_loss  # noqa: E402
-from worldmodel.encoder import PooledEncoder, build_encoder  # noqa: E402
-from worldmodel.transformer import build_world_model_transformer  # noqa: E402
+from worldmodel.encoder import PooledEncoder  # noqa: E402
 from worldmodel.world_model import WorldModel  # noqa: E402
 
 

@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs.breakout import LEFT, RIGHT, make_env  # noqa: E402
+from experiments.agents import AgentInputs, build_agent  # noqa: E402
 from experiments.config import load_config  # noqa: E402
-from experiments.plan import build_planner  # noqa: E402
 from experiments.play import eval_env_config  # noqa: E402
 from worldmodel import load_world_model  # noqa: E402
 
@@ -43,7 +43,7 @@ def main() -> None:
     cfg = load_config(args.preset, args.overrides)
     torch.set_num_threads(max(1, cfg.run.threads))
     wm = load_world_model(args.checkpoint)
-    planner = build_planner("cem", cfg, args.checkpoint, model=wm)
+    planner = build_agent("cem", cfg, AgentInputs(model=wm), cfg.run.seed).agent
     env = make_env(eval_env_config(cfg), seed=args.seed)
     obs, info = env.reset(seed=args.seed)
     planner.reset(env)

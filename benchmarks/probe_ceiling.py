@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs.dataset import FrameStackDataset  # noqa: E402
 from envs.replay import load_episodes, split_episodes  # noqa: E402
+from experiments.builders import build_encoder  # noqa: E402
 from experiments.config import load_config  # noqa: E402
 from experiments.data import input_frames  # noqa: E402
 from worldmodel.diagnostics import PROBE_TARGETS, ridge_r2  # noqa: E402
-from worldmodel.encoder import build_encoder, fit_input_stats  # noqa: E402
+from worldmodel.encoder import fit_input_stats  # noqa: E402
 
 
 @torch.no_grad()

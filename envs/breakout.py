@@ -11,20 +11,53 @@ Every step's ``info`` carries the emulator's ground truth read from RAM: ``paddl
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Any
 
-import ale_py
 import gymnasium as gym
 import numpy as np
-from ale_py.env import AtariEnv
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
-gym.register_envs(ale_py)
+from envs.errors import check_range
 
 NUM_ACTIONS = 4
 ACTION_NAMES = ("NOOP", "FIRE", "RIGHT", "LEFT")
 FIRE, RIGHT, LEFT = 1, 2, 3
 LABEL_NAMES = ("paddle_x", "ball_x", "ball_y", "lives", "score")
+
+
+@dataclass
+class EnvironmentConfig:
+    """The observation pipeline (config section ``environment``; the seed's keys)."""
+
+    name: str = "ALE/Breakout-v5"  # gymnasium id; the pipeline is built for Breakout's RAM layout
+    frame_stack_size: int = 4  # frames stacked as channels
+    grayscale_conversion: bool = True  # the pipeline is grayscale-only; kept for the seed's contract
+    image_height: int = 64  # square resize target (AtariPreprocessing screen_size)
+    image_width: int = 64
+    frame_skip: int = 4  # agent step = frame_skip emulator frames (max-pooled over the last two)
+    noop_max: int = 30  # random no-ops after reset
+    repeat_action_probability: float = 0.25  # sticky actions (ALE v5 default; 0 in atari100k)
+    max_episode_frames: int = 108_000  # emulator-frame cap of one episode (30 minutes of play)
+    fire_on_reset: bool = True  # press FIRE after reset so the ball is served
+    fire_on_life_loss: bool = True  # press FIRE after a life is lost (the FIRE step's reward is kept)
+    terminal_on_life_loss: bool = False  # end the episode at each life loss (training-only trick)
+
+    def validate(self, path: str) -> None:
+        """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
+        check_range(self.name == "ALE/Breakout-v5", f"{path}.name", self.name,
+                    "'ALE/Breakout-v5' (RAM labels are Breakout's)")
+        check_range(self.grayscale_conversion, f"{path}.grayscale_conversion", self.grayscale_conversion, "true")
+        check_range(self.image_height == self.image_width and self.image_height >= 16, f"{path}.image_height",
+                    self.image_height, f"a square size >= 16 equal to {path}.image_width")
+        check_range(self.frame_stack_size >= 1, f"{path}.frame_stack_size", self.frame_stack_size, "an integer >= 1")
+        check_range(self.frame_skip >= 1, f"{path}.frame_skip", self.frame_skip, "an integer >= 1")
+        check_range(self.noop_max >= 0, f"{path}.noop_max", self.noop_max, "an integer >= 0")
+        check_range(0.0 <= self.repeat_action_probability < 1.0, f"{path}.repeat_action_probability",
+                    self.repeat_action_probability, "a probability in [0, 1)")
+        check_range(self.max_episode_frames > 0, f"{path}.max_episode_frames", self.max_episode_frames,
+                    "an integer > 0")
 
 
 def ram_labels(ram: np.ndarray) -> dict[str, int]:
@@ -104,29 +137,40 @@ class BreakoutRules(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return obs, float(reward), bool(terminated), bool(truncated), self._info(info, life_loss)
 
 
-class _FrameEnv(AtariEnv):
-    """``ALE/Breakout-v5`` at frameskip 1 without the per-frame screen copy.
+@functools.cache
+def _frame_env_class() -> type:
+    """The emulator's env class, defined on first use so that importing ``envs`` does not import ``ale_py``
+    (models, planners and configs load without the emulator)."""
+    import ale_py
+    from ale_py.env import AtariEnv
 
-    ``AtariPreprocessing`` ignores the observation of each inner frame step and reads the screen
-    itself on the last two frames of a skip, so this base env returns a fixed empty array instead
-    of copying the 210x160 screen on every emulator frame (a quarter of the pipeline's time).
-    Everything else (sticky actions, frame cap, rewards, lives) is ALE's own.
-    """
+    gym.register_envs(ale_py)
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self._blank = np.zeros(self.observation_space.shape, dtype=self.observation_space.dtype)
+    class _FrameEnv(AtariEnv):
+        """``ALE/Breakout-v5`` at frameskip 1 without the per-frame screen copy.
 
-    def step(self, action):  # pyright: ignore[reportIncompatibleMethodOverride]
-        reward = self.ale.act(self._action_set[action], 1.0)
-        return (self._blank, reward, self.ale.game_over(with_truncation=False), self.ale.game_truncated(),
-                {"lives": self.ale.lives()})
+        ``AtariPreprocessing`` ignores the observation of each inner frame step and reads the screen
+        itself on the last two frames of a skip, so this base env returns a fixed empty array instead
+        of copying the 210x160 screen on every emulator frame (a quarter of the pipeline's time).
+        Everything else (sticky actions, frame cap, rewards, lives) is ALE's own.
+        """
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self._blank = np.zeros(self.observation_space.shape, dtype=self.observation_space.dtype)
+
+        def step(self, action):  # pyright: ignore[reportIncompatibleMethodOverride]
+            reward = self.ale.act(self._action_set[action], 1.0)
+            return (self._blank, reward, self.ale.game_over(with_truncation=False), self.ale.game_truncated(),
+                    {"lives": self.ale.lives()})
+
+    return _FrameEnv
 
 
-def make_env(env_cfg, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
-    """Build the pipeline from an ``EnvironmentConfig`` (see ``experiments/configs/default.yaml``)."""
+def make_env(env_cfg: EnvironmentConfig, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
+    """Build the pipeline from an :class:`EnvironmentConfig` (the config's ``environment`` section)."""
     game = env_cfg.name.split("/")[-1].split("-")[0].lower()  # "ALE/Breakout-v5" -> "breakout"
-    base = _FrameEnv(
+    base = _frame_env_class()(
         game=game,
         obs_type="grayscale",
         frameskip=1,
@@ -151,7 +195,8 @@ def make_env(env_cfg, seed: int | None = None, render_mode: str | None = None) -
     return env
 
 
-def make_vec_env(env_cfg, num_envs: int, seed: int = 0, asynchronous: bool = False) -> gym.vector.VectorEnv:
+def make_vec_env(env_cfg: EnvironmentConfig, num_envs: int, seed: int = 0, asynchronous: bool = False
+                 ) -> gym.vector.VectorEnv:
     """``num_envs`` copies of the pipeline through gymnasium's vector API (seeds seed, seed+1, ...)."""
     fns = [lambda i=i: make_env(env_cfg, seed + i) for i in range(num_envs)]
     vec = gym.vector.AsyncVectorEnv(fns) if asynchronous else gym.vector.SyncVectorEnv(fns)

@@ -31,8 +31,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from envs.breakout import make_env
 from envs.errors import UserError
+from experiments.agents import BuiltAgent
 from experiments.config import Config
 from experiments.play import evaluate, summarize_returns
+from experiments.runlog import setup_torch
 
 SB3_ALGOS = ("ppo", "dqn", "a2c")
 
@@ -121,7 +123,7 @@ def _schedule(value: Any) -> Any:
     return value
 
 
-def build_model(algo: str, hp: dict[str, Any], env: VecEnv, seed: int, device: str = "cpu"):
+def build_model(algo: str, hp: dict[str, Any], env: VecEnv, seed: int, device: torch.device | str = "cpu"):
     """An SB3 model from scaled hyperparameters (see :func:`scaled_hyperparams`)."""
     from stable_baselines3 import A2C, DQN, PPO
 
@@ -210,22 +212,31 @@ class LearningCurve(BaseCallback):
         return True
 
 
-def train_sb3(algo: str, cfg: Config, seed: int | None = None,
+def train_sb3(algo: str, cfg: Config, seed: int | None = None, device: torch.device | str | None = None,
               on_point: Callable[[dict[str, Any]], None] | None = None,
-              on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+              on_progress: Callable[[int], None] | None = None) -> BuiltAgent:
     """Train one SB3 baseline within ``baselines.agent_steps`` env steps.
 
-    Returns ``model``, ``agent`` (evaluation interface), ``hyperparams``, ``env_steps`` (steps actually
-    taken, never above the budget), ``curve`` (learning-curve points), ``train_seconds`` (wall-clock
-    of training without the learning-curve evaluations) and ``eval_seconds``.
+    Args:
+        algo: one of :data:`SB3_ALGOS`.
+        cfg: the run's config (``baselines.*``, ``environment.*``, ``evaluation.*``).
+        seed: training seed (default ``run.seed``).
+        device: torch device (default: :func:`experiments.runlog.setup_torch`).
+        on_point: called with each learning-curve point.
+        on_progress: called with the env steps trained so far.
+
+    Returns:
+        The agent (evaluation interface) with its ``model``, ``hyperparams``, ``env_steps`` (steps
+        actually taken, never above the budget), ``curve`` (learning-curve points) and
+        ``train_seconds`` (wall-clock of training without the learning-curve evaluations).
     """
     seed = cfg.run.seed if seed is None else seed
     hp = scaled_hyperparams(algo, cfg.baselines.agent_steps)
     if hp["total_timesteps"] < 1:
         raise UserError(f"baselines.agent_steps={cfg.baselines.agent_steps} is smaller than one {algo} rollout; "
                         "raise it")
+    device = setup_torch(cfg) if device is None else device
     env = make_training_env(cfg, hp["n_envs"], seed)
-    device = cfg.run.device if cfg.run.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(algo, hp, env, seed, device=device)
     callback = LearningCurve(cfg, algo, hp, seed, on_point=on_point, on_progress=on_progress)
     t0 = time.perf_counter()
@@ -235,6 +246,5 @@ def train_sb3(algo: str, cfg: Config, seed: int | None = None,
         env.close()
     wall = time.perf_counter() - t0
     assert model.num_timesteps <= cfg.baselines.agent_steps, (model.num_timesteps, cfg.baselines.agent_steps)
-    return {"model": model, "agent": make_sb3_agent(model, algo, hp, seed), "hyperparams": hp,
-            "env_steps": int(model.num_timesteps), "curve": callback.points,
-            "train_seconds": wall - callback.eval_seconds, "eval_seconds": callback.eval_seconds}
+    return BuiltAgent(make_sb3_agent(model, algo, hp, seed), int(model.num_timesteps), hp, curve=callback.points,
+                      model=model, train_seconds=wall - callback.eval_seconds)

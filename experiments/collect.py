@@ -11,17 +11,12 @@ import numpy as np
 from envs.breakout import NUM_ACTIONS, labels_array, make_env
 from envs.errors import UserError
 from envs.replay import Episode, ReplayWriter, load_episodes, read_manifest, split_episodes
+from experiments.agents import AgentInputs, check_needs, get_spec
 from experiments.config import Config
-from experiments.runlog import tqdm
-from planners.reference import RandomPolicy, TrackerPolicy
+from experiments.runlog import setup_torch, tqdm
 
-
-def make_behaviour_policy(name: str, seed: int):
-    if name == "random":
-        return RandomPolicy(seed=seed)
-    if name == "tracker":
-        return TrackerPolicy(seed=seed)
-    raise UserError(f"unknown collection policy '{name}'; accepted: random, tracker")
+# The flag that supplies each input a behaviour policy may need (experiments.agents.check_needs).
+FLAGS = {"world_model": "--checkpoint", "agent_checkpoint": "--agent"}
 
 
 class _EpisodeBuffer:
@@ -62,30 +57,37 @@ class _EpisodeBuffer:
 
 
 def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", append: bool = False,
-            seed: int | None = None, progress: bool = True) -> dict[str, Any]:
+            seed: int | None = None, progress: bool = True, checkpoint: str | Path | None = None,
+            agent: str | Path | None = None) -> dict[str, Any]:
     """Play ``steps`` agent steps with ``policy`` and write every episode to ``out``.
 
-    Returns the numbers of episodes written and steps played; ``summarize(out)`` describes the folder.
+    ``policy`` is a registry agent that acts without env-step training (:mod:`experiments.agents`);
+    ``checkpoint`` (world model) and ``agent`` (train-agent checkpoint) are what cem and actor-critic
+    need. Returns the numbers of episodes written and steps played; ``summarize(out)`` describes the folder.
 
     A step budget that ends inside an episode writes that episode too, marked truncated. On
     Ctrl-C the episode in progress is written the same way before the interrupt propagates.
     """
     if steps < 1:
         raise UserError(f"--steps must be a positive number of agent steps, got {steps}")
+    spec = get_spec(policy, acting_only=True, what="collection policy")
+    inputs = AgentInputs(setup_torch(cfg), world_model=None if checkpoint is None else Path(checkpoint),
+                         agent_checkpoint=None if agent is None else Path(agent))
+    check_needs(spec, inputs, f"--policy {policy}", FLAGS)
     seed = cfg.run.seed if seed is None else seed
+    player = spec.build(cfg, inputs, seed).agent  # before the folder is written: a bad checkpoint leaves nothing
     meta = {"env": dataclasses.asdict(cfg.environment), "policy": policy, "seed": seed}
     writer = ReplayWriter(out, meta=meta, append=append)
     env = make_env(cfg.environment, seed=seed)
-    agent = make_behaviour_policy(policy, seed)
     # Appending continues with fresh episode seeds so that no game is replayed.
     obs, info = env.reset(seed=seed + 1000 * writer.num_episodes)
-    agent.reset(env)
+    player.reset(env)
     buf = _EpisodeBuffer(obs, info)
     done_steps = 0
     try:
         with tqdm(total=steps, desc="collect", unit="step", disable=not progress, leave=False) as bar:
             while done_steps < steps:
-                action = agent.act(obs)
+                action = player.act(obs)
                 obs, reward, terminated, truncated, info = env.step(action)
                 buf.add(action, obs, reward, terminated, truncated, info)
                 done_steps += 1
@@ -93,7 +95,7 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
                 if terminated or truncated:
                     writer.add(buf.episode(), {"policy": policy})
                     obs, info = env.reset()
-                    agent.reset(env)
+                    player.reset(env)
                     buf = _EpisodeBuffer(obs, info)
             if len(buf):
                 writer.add(buf.episode(cut=True), {"policy": policy})

@@ -14,22 +14,21 @@ A pair whose ``result.json`` exists is finished and skipped on a rerun; an unfin
 
 Every agent is scored by :func:`experiments.play.evaluate` (full games, raw score,
 evaluation seeds disjoint from training seeds, ``evaluation.episodes`` games per training seed).
-Agents come from a small registry: each entry builds (and, for the SB3 baselines, trains) an
-agent for one seed and reports the env steps it consumed; world-model agents count the
-transitions of the replay data their world model was trained on.
+Agents come from the one registry (:mod:`experiments.agents`): each entry builds (and, for the SB3
+baselines, trains) an agent for one seed and reports the env steps it consumed; world-model agents
+count the transitions of the replay data their world model was trained on (``--data``, else the
+folder the world-model checkpoint records).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,163 +37,34 @@ import click
 import torch
 
 from envs.errors import UserError
+from experiments.agents import REGISTRY, AgentInputs, AgentSpec, agent_names, check_needs, get_spec
 from experiments.config import Config
 from experiments.play import evaluate, summarize_returns
-from experiments.runlog import RunLogger, seed_everything, tqdm
+from experiments.runlog import RunLogger, seed_everything, setup_torch, tqdm
 
 RESULT_FILE = "result.json"
-WM_WALL_CLOCK_NOTE = "world-model pretraining and agent training (see their own runs); only evaluation is timed here"
 
 
 @dataclass
 class CompareOptions:
     """What the command line passes besides the config."""
 
-    world_model: Path | None = None  # Stage-2 checkpoint for the world-model agents
-    agent_checkpoint: Path | None = None  # train-agent checkpoint for actor-critic
+    world_model: Path | None = None  # Stage-2 checkpoint (default: the one agent_checkpoint was trained on)
+    agent_checkpoint: Path | None = None  # train-agent checkpoint: actor-critic, critic value / prior for cem
     data: Path | None = None  # replay folder the world model was trained on (its env steps)
     pretrain_runs: list[Path] = field(default_factory=list)  # runs whose losses go on the dashboard
 
 
-@dataclass
-class AgentSpec:
-    """One registry entry.
-
-    ``build(cfg, opts, seed, ctx)`` returns a dict with ``agent`` (evaluation interface),
-    ``env_steps``, ``hyperparams`` and optionally ``curve`` (learning-curve points) and ``model``
-    (an SB3 model to save). ``ctx`` has ``on_point`` and ``on_progress`` callbacks.
-    """
-
-    name: str
-    build: Callable[[Config, CompareOptions, int, dict[str, Any]], dict[str, Any]]
-    available: Callable[[], bool]  # its code is present in this checkout
-    needs: tuple[str, ...] = ()  # CompareOptions fields that must be set
-    description: str = ""
+# The flag that supplies each input an agent may need (experiments.agents.check_needs).
+FLAGS = {"world_model": "--world-model", "agent_checkpoint": "--agent-checkpoint"}
 
 
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-# --------------------------------------------------------------------------------------- builders
-def _build_sb3(algo: str):
-    def build(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
-        from experiments.baselines import train_sb3
-
-        return train_sb3(algo, cfg, seed=seed, on_point=ctx["on_point"], on_progress=ctx["on_progress"])
-
-    return build
-
-
-def _build_random(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
-    from planners.reference import RandomPolicy
-
-    return {"agent": RandomPolicy(seed=seed), "env_steps": 0, "hyperparams": {"policy": "uniform random"}}
-
-
-def _build_tracker(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
-    from experiments.plan import build_planner
-
-    return {"agent": build_planner("tracker", cfg, seed=seed), "env_steps": 0,
-            "hyperparams": {"policy": "RAM ball tracker (reads the emulator; a reference, not a learner)"}}
-
-
-def _build_oracle(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
-    from experiments.plan import build_planner
-
-    return {"agent": build_planner("oracle", cfg, seed=seed), "env_steps": 0,
-            "hyperparams": {"planner": dataclasses.asdict(cfg.planner), "model": "emulator (reference, not a learner)"}}
-
-
-def data_env_steps(opts: CompareOptions) -> tuple[int, str]:
-    """Transitions of the replay data behind the world model: the world-model agents' env steps.
-
-    ``--data`` if given, else the data folder recorded in (or found beside) the world-model checkpoint.
-    """
-    from envs.replay import read_manifest
-    from experiments.train_agent import find_data_dir
-
-    data = opts.data if opts.data is not None else find_data_dir(opts.world_model)
-    if data is None:
-        raise UserError(f"cannot tell which replay data world model {opts.world_model} was trained on; pass --data "
-                        "DIR so that its transitions count as the world-model agents' env steps")
-    manifest = read_manifest(data)
-    return int(sum(int(e["length"]) for e in manifest["episodes"])), str(data)
-
-
-def _load_world_model(cfg: Config, opts: CompareOptions):
-    from experiments.runlog import setup_torch
-    from worldmodel import load_world_model
-
-    return load_world_model(opts.world_model, device=setup_torch(cfg))
-
-
-def _build_cem(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
-    from experiments.plan import build_planner
-
-    wm = _load_world_model(cfg, opts)
-    value_fn = policy_fn = None
-    if opts.agent_checkpoint is not None and (cfg.planner.use_value or cfg.planner.policy_samples > 0):
-        from agent.actor_critic import policy_prior
-        from agent.player import load_agent
-
-        ac = load_agent(opts.agent_checkpoint, wm, seed=seed, device=wm.device)
-        value_fn = ac.critic
-        policy_fn = policy_prior(ac.actor, model=wm)
-    steps, data = data_env_steps(opts)
-    agent = build_planner("cem", cfg, model=wm, value_fn=value_fn, policy_fn=policy_fn, seed=seed)
-    return {"agent": agent, "env_steps": steps,
-            "hyperparams": {"planner": dataclasses.asdict(cfg.planner), "world_model": str(opts.world_model),
-                            "wall_clock_excludes": WM_WALL_CLOCK_NOTE,
-                            "data": data, "agent_checkpoint": str(opts.agent_checkpoint or "")}}
-
-
-def _build_actor_critic(cfg: Config, opts: CompareOptions, seed: int, ctx: dict[str, Any]) -> dict[str, Any]:
-    from agent.player import load_agent
-
-    wm = _load_world_model(cfg, opts)
-    steps, data = data_env_steps(opts)
-    return {"agent": load_agent(opts.agent_checkpoint, wm, seed=seed, device=wm.device), "env_steps": steps,
-            "hyperparams": {"agent": dataclasses.asdict(cfg.agent), "world_model": str(opts.world_model),
-                            "wall_clock_excludes": WM_WALL_CLOCK_NOTE,
-                            "agent_checkpoint": str(opts.agent_checkpoint), "data": data, "policy": "sample"}}
-
-
-REGISTRY: dict[str, AgentSpec] = {
-    "ppo": AgentSpec("ppo", _build_sb3("ppo"), lambda: True, description="SB3 PPO, RL-Zoo Atari settings"),
-    "dqn": AgentSpec("dqn", _build_sb3("dqn"), lambda: True, description="SB3 DQN, RL-Zoo Atari settings"),
-    "a2c": AgentSpec("a2c", _build_sb3("a2c"), lambda: True, description="SB3 A2C, RL-Zoo Atari settings"),
-    "random": AgentSpec("random", _build_random, lambda: True, description="uniformly random actions"),
-    "tracker": AgentSpec("tracker", _build_tracker, lambda: _has("planners.reference") and _has("experiments.plan"),
-                         description="RAM ball tracker (reference)"),
-    "oracle": AgentSpec("oracle", _build_oracle, lambda: _has("planners.oracle") and _has("experiments.plan"),
-                        description="CEM over the emulator (ceiling; slow)"),
-    "cem": AgentSpec("cem", _build_cem, lambda: _has("worldmodel.world_model") and _has("experiments.plan"),
-                     needs=("world_model",), description="CEM planning in the world model"),
-    "actor-critic": AgentSpec("actor-critic", _build_actor_critic,
-                              lambda: _has("worldmodel.world_model") and _has("agent.player")
-                              and _has("experiments.train_agent"),
-                              needs=("world_model", "agent_checkpoint"),
-                              description="actor-critic trained in imagination"),
-}
-
-
-def available_agents() -> list[str]:
-    """Agent names whose code is present (world-model agents appear once their modules land)."""
-    return [name for name, spec in REGISTRY.items() if spec.available()]
-
-
-def parse_agents(text: str) -> list[str]:
-    names = [a.strip() for a in text.split(",") if a.strip()]
-    ok = available_agents()
+def parse_agents(names: list[str] | tuple[str, ...]) -> list[str]:
+    """``names`` checked against the registry, duplicates dropped (order kept)."""
     if not names:
-        raise UserError(f"--agents is empty; pass a comma-separated list from: {', '.join(ok)}")
-    for n in names:
-        if n not in ok:
-            raise UserError(f"unknown or unavailable agent '{n}' in --agents; accepted: {', '.join(ok)}")
+        raise UserError(f"--agents is empty; pass a comma-separated list from: {', '.join(agent_names())}")
+    for name in names:
+        get_spec(name)
     return list(dict.fromkeys(names))
 
 
@@ -244,9 +114,13 @@ def load_pair_results(out: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 # --------------------------------------------------------------------------------------- one pair
-def run_pair(spec: AgentSpec, cfg: Config, opts: CompareOptions, seed: int, out: Path, group: str,
+def run_pair(spec: AgentSpec, cfg: Config, inputs: AgentInputs, seed: int, out: Path, group: str,
              progress: bool = True) -> dict[str, Any]:
-    """Build/train one agent for one seed, evaluate it, write ``result.json``."""
+    """Build/train one agent for one seed, evaluate it, write ``result.json``.
+
+    ``inputs`` are the comparison's (device, world model, agent checkpoint, data); the pair adds its
+    learning-curve callbacks.
+    """
     folder = pair_dir(out, spec.name, seed)
     if folder.exists():  # an interrupted pair: start it again
         shutil.rmtree(folder)
@@ -269,18 +143,18 @@ def run_pair(spec: AgentSpec, cfg: Config, opts: CompareOptions, seed: int, out:
             if bars:
                 bars[0].set_postfix(eval_return=f"{p['mean']:.1f}")
 
-        built = spec.build(cfg, opts, seed, {"on_point": on_point, "on_progress": on_progress})
+        built = spec.build(cfg, dataclasses.replace(inputs, on_point=on_point, on_progress=on_progress), seed)
         for bar in bars:
             bar.close()
         build_seconds = time.perf_counter() - t0
-        if "model" in built:
-            built["model"].save(folder / "model.zip")
+        if built.model is not None:
+            built.model.save(folder / "model.zip")
         t1 = time.perf_counter()
-        episodes = evaluate(built["agent"], cfg, desc=f"{spec.name} s{seed} eval", progress=progress)
+        episodes = evaluate(built.agent, cfg, desc=f"{spec.name} s{seed} eval", progress=progress)
         eval_seconds = time.perf_counter() - t1
         final = summarize_returns(episodes)
-        env_steps = int(built["env_steps"])
-        curve = list(built.get("curve", []))
+        env_steps = int(built.env_steps)
+        curve = list(built.curve)
         curve.append({"env_steps": env_steps, "returns": [e["return"] for e in episodes], **final, "final": True})
         run.log({"eval/return_mean": final["mean"], "eval/return_median": final["median"],
                  "eval/return_std": final["std"], "eval/episodes": final["episodes"], "eval/env_steps": env_steps,
@@ -290,8 +164,8 @@ def run_pair(spec: AgentSpec, cfg: Config, opts: CompareOptions, seed: int, out:
             "agent": spec.name, "seed": seed, "preset": cfg.preset, "returns": [e["return"] for e in episodes],
             "episodes": episodes, "final": final, "env_steps": env_steps, "budget": budget,
             "wall_clock_s": time.perf_counter() - t0, "build_seconds": build_seconds,
-            "train_seconds": built.get("train_seconds", 0.0), "eval_seconds": eval_seconds,
-            "hyperparams": built.get("hyperparams", {}), "curve": curve,
+            "train_seconds": built.train_seconds, "eval_seconds": eval_seconds,
+            "hyperparams": built.hyperparams, "curve": curve,
             "eval_seeds": [e["seed"] for e in episodes],
         }
         run.write_json(RESULT_FILE + ".partial", result)
@@ -305,17 +179,16 @@ def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | No
                       dashboard: bool = True) -> dict[str, Any]:
     """Run (or finish) every agent x seed pair, then write results and the dashboard."""
     opts = opts or CompareOptions()
+    agents = parse_agents(agents)
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
+    torch.set_num_threads(cfg.run.threads or 1)
+    inputs = AgentInputs(setup_torch(cfg), world_model=opts.world_model, agent_checkpoint=opts.agent_checkpoint,
+                         data=opts.data, count_env_steps=True)
     for name in agents:
-        spec = REGISTRY[name]
-        for need in spec.needs:
-            if getattr(opts, need) is None:
-                flag = "--" + need.replace("_", "-")
-                raise UserError(f"agent '{name}' needs {flag}; pass it or drop '{name}' from --agents")
+        check_needs(REGISTRY[name], inputs, f"agent '{name}'", FLAGS, tail=f", or drop '{name}' from --agents")
     out = Path(out) if out is not None else default_out(cfg)
     _check_out(out, cfg)
-    torch.set_num_threads(cfg.run.threads or 1)
     group = f"compare-{cfg.preset}-{out.resolve().name}"
     seed_list = [cfg.run.seed + k for k in range(seeds)]
     pairs = [(a, s) for a in agents for s in seed_list]
@@ -326,7 +199,7 @@ def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | No
     for i, (name, seed) in enumerate(todo, 1):
         if progress:
             click.echo(f"[{i}/{len(todo)}] {name} seed {seed}")
-        res = run_pair(REGISTRY[name], cfg, opts, seed, out, group, progress=progress)
+        res = run_pair(REGISTRY[name], cfg, inputs, seed, out, group, progress=progress)
         if progress:
             click.echo(f"      {name} seed {seed}: return {res['final']['mean']:.2f} over {res['final']['episodes']} "
                        f"games, {res['env_steps']:,} env steps, {res['wall_clock_s']:.0f} s")

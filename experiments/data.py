@@ -76,3 +76,15 @@ def world_model_data_dir(world_model: str | Path) -> Path:
         raise UserError(f"the replay data {entry} that {world_model} was trained on is gone; pass --data DIR "
                         "(a folder written by `run.py collect`)")
     return Path(entry)
+
+
+def checkpoint_and_data(checkpoint: str | Path, kind: str, data: str | Path | None = None
+                        ) -> tuple[dict[str, Any], Config, Path]:
+    """A ``kind`` checkpoint, its config, and the replay folder to report on (``data`` or the one it records)."""
+    from experiments.config import config_from_dict
+
+    ckpt = load_checkpoint(checkpoint, kind=kind)
+    data = Path(data if data is not None else ckpt["data_dir"])
+    if not data.is_dir():
+        raise UserError(f"data folder {data} of checkpoint {checkpoint} does not exist; pass --data DIR")
+    return ckpt, config_from_dict(ckpt["config"]), data

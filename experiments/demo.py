@@ -20,7 +20,7 @@ from experiments.runlog import RunLogger
 
 def run_demo(cfg: Config, agents: tuple[str, ...] = ("random", "cem")) -> dict:
     from experiments.compare import CompareOptions, compare_baselines
-    from experiments.pretrain_stage2 import pretrain_both
+    from experiments.pretrain import pretrain_both
     from experiments.report_stage1 import evaluate_stage1
     from experiments.report_stage1 import format_report as format_stage1
     from experiments.report_stage2 import evaluate_stage2

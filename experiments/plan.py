@@ -1,9 +1,11 @@
 """`run.py plan-in-env`: a planner plays full Breakout games through the one evaluation protocol.
 
-Planners: ``cem`` (CEM/MPC over a Stage-2 world model), ``oracle`` (the same CEM over the emulator
-itself), ``random`` and ``tracker`` (references). The run folder gets ``episodes.jsonl`` (one line
-per game: return, length, decision latency), ``summary.json``, ``metrics.jsonl`` and wandb; with a
-video, ``video.gif`` of the first game with the planner's predicted return on each frame.
+Planners are the registry's agents that act without env-step training (:mod:`experiments.agents`):
+``cem`` (CEM/MPC over a Stage-2 world model), ``oracle`` (the same CEM over the emulator itself),
+``actor-critic`` (the train-agent actor), ``random`` and ``tracker`` (references). The run folder
+gets ``episodes.jsonl`` (one line per game: return, length, decision latency), ``summary.json``,
+``metrics.jsonl`` and wandb; with a video, ``video.gif`` of the first game with the planner's
+predicted return on each frame.
 """
 
 from __future__ import annotations
@@ -17,59 +19,13 @@ import numpy as np
 import torch
 
 from envs.errors import UserError
+from experiments.agents import AgentInputs, build_agent, check_needs, get_spec
 from experiments.config import Config
 from experiments.play import eval_seeds, evaluate, summarize_returns
 from experiments.runlog import RunLogger, seed_everything, setup_torch
-from planners.cem import CEMPlanner, PolicyFn, ValueFn
-from planners.oracle import OraclePlanner
-from planners.reference import RandomPolicy, TrackerPolicy
 
-PLANNERS = ("cem", "oracle", "random", "tracker", "actor-critic")
-
-
-def build_planner(name: str, cfg: Config, checkpoint: str | Path | None = None, model: Any = None,
-                  value_fn: ValueFn | None = None, policy_fn: PolicyFn | None = None, seed: int | None = None,
-                  agent: str | Path | None = None):
-    """The agent called ``name`` (one of :data:`PLANNERS`).
-
-    ``cem`` plans over ``model`` if given, else over the world model loaded from ``checkpoint``
-    (``value_fn`` / ``policy_fn``: an actor-critic's critic and actor, see :class:`CEMPlanner`).
-    ``agent`` is a train-agent checkpoint: ``actor-critic`` plays with it, and ``cem`` takes its critic
-    as ``value_fn`` and its actor as ``policy_fn`` (used when ``planner.use_value`` / ``policy_samples``).
-    Without ``checkpoint``, the world model the agent was trained on is used.
-    """
-    seed = cfg.run.seed if seed is None else seed
-    if name == "actor-critic" and agent is None:
-        raise UserError("--planner actor-critic needs --agent PATH (an agent.pt written by `run.py train-agent`)")
-    if agent is not None and name in ("cem", "actor-critic"):
-        from agent.actor_critic import policy_prior
-        from agent.player import load_agent, load_agent_checkpoint
-
-        if model is None:
-            from worldmodel import load_world_model
-
-            checkpoint = checkpoint or load_agent_checkpoint(agent)["world_model"]
-            model = load_world_model(checkpoint, device=setup_torch(cfg))
-        ac = load_agent(agent, model, seed=seed, device=setup_torch(cfg))
-        if name == "actor-critic":
-            return ac
-        value_fn = value_fn or ac.critic
-        policy_fn = policy_fn or policy_prior(ac.actor, model, torch.Generator().manual_seed(seed))
-    if name == "cem":
-        if model is None:
-            if checkpoint is None:
-                raise UserError("--planner cem needs a world model: pass --checkpoint PATH to a stage-2 checkpoint")
-            from worldmodel import load_world_model
-
-            model = load_world_model(checkpoint, device=setup_torch(cfg))
-        return CEMPlanner(model, cfg.planner, value_fn=value_fn, policy_fn=policy_fn, seed=seed)
-    if name == "oracle":
-        return OraclePlanner(cfg.planner, cfg.environment.frame_skip, cfg.environment.fire_on_life_loss, seed=seed)
-    if name == "random":
-        return RandomPolicy(seed=seed)
-    if name == "tracker":
-        return TrackerPolicy(seed=seed)
-    raise UserError(f"unknown planner '{name}'; accepted: {', '.join(PLANNERS)}")
+# The flag that supplies each input an agent may need (experiments.agents.check_needs).
+FLAGS = {"world_model": "--checkpoint", "agent_checkpoint": "--agent"}
 
 
 class VideoRecorder:
@@ -120,28 +76,31 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def plan_in_env(cfg: Config, planner: str = "cem", checkpoint: str | Path | None = None, episodes: int | None = None,
                 video: bool = False, max_steps: int | None = None, compare_random: bool = True,
-                progress: bool = True, value_fn: ValueFn | None = None, policy_fn: PolicyFn | None = None,
-                agent: str | Path | None = None) -> dict[str, Any]:
+                progress: bool = True, agent: str | Path | None = None) -> dict[str, Any]:
     """Play ``episodes`` full games (default ``evaluation.episodes``) with ``planner``; returns the summary.
 
-    ``max_steps`` caps each game (capped games are counted in the summary); ``compare_random``
-    also plays the random policy on the same seeds so the two means sit side by side.
+    ``planner`` is a registry agent that acts without env-step training (:mod:`experiments.agents`);
+    ``checkpoint`` is its world model and ``agent`` a train-agent checkpoint (the actor-critic, or the
+    critic value and policy prior of ``cem``). ``max_steps`` caps each game (capped games are counted in
+    the summary); ``compare_random`` also plays the random policy on the same seeds so the two means
+    sit side by side.
     """
-    if planner not in PLANNERS:
-        raise UserError(f"unknown planner '{planner}'; accepted: {', '.join(PLANNERS)}")
+    spec = get_spec(planner, acting_only=True, what="planner")
     if max_steps is not None and max_steps < 1:
         raise UserError(f"--max-steps must be a positive number of agent steps, got {max_steps}")
     episodes = cfg.evaluation.episodes if episodes is None else episodes
     if episodes < 1:
         raise UserError(f"--episodes must be at least 1, got {episodes}")
     torch.set_num_threads(cfg.run.threads or 1)
+    inputs = AgentInputs(setup_torch(cfg), world_model=None if checkpoint is None else Path(checkpoint),
+                         agent_checkpoint=None if agent is None else Path(agent))
+    check_needs(spec, inputs, f"--planner {planner}", FLAGS)
     seed_everything(cfg.run.seed)
-    agent_path = agent
-    agent = build_planner(planner, cfg, checkpoint, value_fn=value_fn, policy_fn=policy_fn, agent=agent_path)
+    player = spec.build(cfg, inputs, cfg.run.seed).agent
     seeds = eval_seeds(cfg, episodes)
     with RunLogger(cfg, "plan-in-env") as run:
         ep_file = open(run.dir / "episodes.jsonl", "w")
-        recorder = VideoRecorder(agent) if video else None
+        recorder = VideoRecorder(player) if video else None
 
         def on_episode(res: dict[str, Any]) -> None:
             res["capped"] = bool(not res["game_over"] and not res["truncated"])
@@ -155,17 +114,17 @@ def plan_in_env(cfg: Config, planner: str = "cem", checkpoint: str | Path | None
 
         t0 = time.perf_counter()
         try:
-            results = evaluate(agent, cfg, seeds=seeds, desc=f"plan-in-env {planner}", progress=progress,
+            results = evaluate(player, cfg, seeds=seeds, desc=f"plan-in-env {planner}", progress=progress,
                                max_steps=max_steps, on_episode=on_episode,
                                on_step=recorder.on_step if recorder is not None else None)
         finally:
             ep_file.close()
         summary: dict[str, Any] = {"planner": planner, "checkpoint": str(checkpoint) if checkpoint else None,
-                                   "agent": str(agent_path) if agent_path else None,
+                                   "agent": str(agent) if agent else None,
                                    "seeds": seeds, "max_steps": max_steps, "wall_s": time.perf_counter() - t0,
                                    "planner_config": cfg.to_dict()["planner"], planner: _summary(results)}
         if compare_random and planner != "random":
-            ref = evaluate(RandomPolicy(seed=cfg.run.seed), cfg, seeds=seeds, desc="plan-in-env random",
+            ref = evaluate(build_agent("random", cfg, inputs).agent, cfg, seeds=seeds, desc="plan-in-env random",
                            progress=progress, max_steps=max_steps)
             for r in ref:
                 r["capped"] = bool(not r["game_over"] and not r["truncated"])

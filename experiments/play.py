@@ -1,7 +1,7 @@
 """One evaluation protocol for every agent: full-game Breakout episodes, raw score.
 
 Every agent (random, tracker, oracle, CEM, actor-critic, SB3 models through an adapter) follows
-the same small interface::
+the same small interface (``planners.base.Agent``)::
 
     agent.reset(env)      # start of an episode; env is the evaluation env (only emulator-reading
                           # references such as the tracker and the oracle look at it)
@@ -17,19 +17,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from envs.breakout import make_env
 from experiments.config import Config
 from experiments.runlog import tqdm
-
-
-class Agent(Protocol):
-    def reset(self, env: Any = None) -> None: ...
-
-    def act(self, obs: np.ndarray) -> int: ...
+from planners.base import Agent
 
 
 def eval_env_config(cfg: Config):

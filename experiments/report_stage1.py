@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from envs.errors import UserError
-from experiments.config import Config, stage1_config
-from experiments.data import input_frames, load_split
+from experiments.builders import build_encoder
+from experiments.config import Config
+from experiments.data import checkpoint_and_data, input_frames, load_split
 from experiments.runlog import write_json
-from worldmodel.checkpoint import load_checkpoint, load_state
+from worldmodel.checkpoint import load_state
 from worldmodel.diagnostics import PROBE_TARGETS, representation_diagnostics, warn_if_collapsed
-from worldmodel.encoder import PooledEncoder, build_encoder, fit_input_stats
-from worldmodel.masked_prediction import build_stage1_model, validation_losses
+from worldmodel.encoder import MaskedViT, PooledEncoder, fit_input_stats
+from worldmodel.masked_prediction import MaskedPredictionModel, validation_losses
 
 # The seed's Stage-1 benchmark table: upper bounds of Excellent, Good, Acceptable (above: Poor).
 BENCHMARKS = {
@@ -61,14 +62,14 @@ def evaluate_stage1(checkpoint: str | Path, data: str | Path | None = None, out:
                     threads: int = 1) -> dict[str, Any]:
     """Evaluate a stage-1 checkpoint; writes and returns the report."""
     checkpoint = Path(checkpoint)
-    ckpt = load_checkpoint(checkpoint, kind="stage1")
-    cfg = stage1_config(ckpt)
+    ckpt, cfg, data = checkpoint_and_data(checkpoint, "stage1", data)
     torch.set_num_threads(threads)
-    data = Path(data if data is not None else ckpt["data_dir"])
-    if not data.is_dir():
-        raise UserError(f"data folder {data} of checkpoint {checkpoint} does not exist; pass --data DIR")
     train_ds, val_ds = load_split(cfg, data)
-    model = build_stage1_model(cfg)
+    try:
+        encoder = MaskedViT(**ckpt["encoder_kwargs"])  # the encoder as stored, rebuilt from its constructor arguments
+    except (KeyError, TypeError, AssertionError) as err:
+        raise UserError(f"checkpoint {checkpoint} lacks a valid encoder description ({err}); re-run stage 1") from None
+    model = MaskedPredictionModel.from_config(encoder, cfg.vjepa2_world_model.stage1, cfg.models.predictor)
     for name in ("online", "target", "predictor"):
         load_state(getattr(model, name), ckpt[name], checkpoint, name)
     model.eval()

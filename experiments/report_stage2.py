@@ -33,13 +33,13 @@ import numpy as np
 import torch
 
 from envs.errors import UserError
-from experiments.config import config_from_dict
-from experiments.data import load_sequences
+from experiments.builders import build_world_model_loss
+from experiments.data import checkpoint_and_data, load_sequences
 from experiments.report_stage1 import GRADES, grade
 from experiments.runlog import write_json
 from worldmodel.checkpoint import load_checkpoint
 from worldmodel.diagnostics import BALL_Y, PROBE_TARGETS
-from worldmodel.dynamics_loss import LatentSequences, build_world_model_loss, evaluate_losses
+from worldmodel.dynamics_loss import LatentSequences, evaluate_losses
 from worldmodel.transformer import symexp
 from worldmodel.world_model import load_world_model
 
@@ -112,12 +112,8 @@ def evaluate_stage2(checkpoint: str | Path, data: str | Path | None = None, out:
     if kind != "stage2":
         raise UserError(f"checkpoint {checkpoint} is a {kind!r} checkpoint; `evaluate --stage 2` needs a 'stage2' "
                         "checkpoint (runs/pretrain/<run>/stage2/best.pt)")
-    ckpt = load_checkpoint(checkpoint, kind="stage2")
-    cfg = config_from_dict(ckpt["config"])
+    ckpt, cfg, data = checkpoint_and_data(checkpoint, "stage2", data)
     torch.set_num_threads(threads)
-    data = Path(data if data is not None else ckpt["data_dir"])
-    if not data.is_dir():
-        raise UserError(f"data folder {data} of checkpoint {checkpoint} does not exist; pass --data DIR")
     wm = load_world_model(checkpoint)
     model, loss_fn = wm.dynamics, build_world_model_loss(cfg)
     train_seq, val_seq, _ = load_sequences(cfg, data, wm.encoder, wm.device, progress)

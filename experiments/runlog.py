@@ -25,11 +25,19 @@ from envs.errors import UserError
 from experiments.config import Config, save_config
 
 
+class _LogTqdm(_tqdm):
+    """A bar for log files: ``set_postfix`` waits for the next regular redraw instead of forcing one."""
+
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+
 def tqdm(*args: Any, **kwargs: Any) -> _tqdm:
-    """``tqdm.tqdm``, redrawn at most every 30 s when stderr is not a terminal (a log file stays readable)."""
-    if not sys.stderr.isatty():
-        kwargs.setdefault("mininterval", 30.0)
-    return _tqdm(*args, **kwargs)
+    """``tqdm.tqdm``; when stderr is not a terminal, redrawn at most every 30 s (a log file stays readable)."""
+    if sys.stderr.isatty():
+        return _tqdm(*args, **kwargs)
+    kwargs.setdefault("mininterval", 30.0)
+    return _LogTqdm(*args, **kwargs)
 
 
 def seed_everything(seed: int) -> None:

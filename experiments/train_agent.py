@@ -2,9 +2,10 @@
 
 Start states are latents of replay frames (the data the world model was trained on, or ``--data``),
 encoded once. Each update imagines ``agent.imagine_horizon`` steps from ``agent.batch_size`` of
-them (see ``agent/actor_critic.py``). The run folder ``runs/train-agent/<time>-<preset>-s<seed>/``
-holds ``agent.pt`` (everything resuming needs, written atomically every ``agent.checkpoint_every``
-updates and at the end), ``metrics.jsonl`` and ``summary.json``.
+them (see ``agent/actor_critic.py``). The actor-critic is a task on the one training loop
+(``experiments/fit.py``): the run folder ``runs/train-agent/<time>-<preset>-s<seed>/`` holds ``agent.pt``
+(everything resuming needs, written atomically every ``agent.checkpoint_every`` updates and at the end;
+never with non-finite weights), ``metrics.jsonl`` and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -17,36 +18,17 @@ import click
 import numpy as np
 import torch
 
-from agent.actor_critic import ActorCritic, LatentModel
+from agent.actor_critic import ActorCritic
 from agent.player import CHECKPOINT_KIND, ActorCriticAgent, load_agent_checkpoint
 from envs.errors import UserError
 from envs.replay import load_episodes
 from experiments.config import Config, config_from_dict
+from experiments.data import world_model_data_dir
+from experiments.fit import TrainState, fit, restore
 from experiments.play import evaluate, summarize_returns
 from experiments.runlog import RunLogger, seed_everything, setup_torch
-from worldmodel.checkpoint import save_checkpoint
 
-
-def find_data_dir(world_model_path: str | Path) -> Path | None:
-    """The replay folder a world-model checkpoint was trained on, when it can be told from the checkpoint.
-
-    Looks at the checkpoint's ``data_dir`` entry, then for a ``data/`` folder holding a ``manifest.json``
-    in the checkpoint's folder and the folders above it (``pretrain`` keeps its collected data in its
-    run folder).
-    """
-    path = Path(world_model_path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        entry = ckpt.get("data_dir") if isinstance(ckpt, dict) else None
-    except Exception:  # the world-model loader reports unreadable files; here it just means "not found"
-        entry = None
-    if isinstance(entry, str) and (Path(entry) / "manifest.json").is_file():
-        return Path(entry)
-    for folder in [path.parent, *path.parent.parents][:4]:
-        for cand in (folder, folder / "data"):
-            if (cand / "manifest.json").is_file():
-                return cand
-    return None
+LatentModel = Any  # the world model, used through its protocol (encode, imagine, imagine_policy)
 
 
 @torch.no_grad()
@@ -66,13 +48,6 @@ def encode_start_latents(model: LatentModel, data_dir: str | Path, count: int, s
     return z
 
 
-def _checkpoint(ac: ActorCritic, cfg: Config, world_model: Path, data_dir: Path, run: RunLogger) -> Path:
-    return save_checkpoint({
-        "kind": CHECKPOINT_KIND, "state": ac.training_state(), "config": cfg.to_dict(),
-        "world_model": str(world_model), "data_dir": str(data_dir), "torch_rng": torch.get_rng_state(),
-    }, run.dir / "agent.pt")
-
-
 def _evaluate(model: LatentModel, ac: ActorCritic, cfg: Config, episodes: int, desc: str) -> dict[str, float]:
     agent = ActorCriticAgent(model, ac.actor, ac.critic, deterministic=False, seed=cfg.run.seed)
     try:
@@ -82,9 +57,57 @@ def _evaluate(model: LatentModel, ac: ActorCritic, cfg: Config, episodes: int, d
         ac.critic.train()
 
 
+class ActorCriticTask:
+    """The actor-critic on the training loop: ``agent.updates`` updates in one epoch, no validation."""
+
+    name, lr_hint, num_epochs, patience = "actor-critic", "agent.actor_lr and agent.critic_lr", 1, 0
+
+    def __init__(self, cfg: Config, ac: ActorCritic, model: LatentModel, starts: torch.Tensor, world_model: Path,
+                 data: Path, run: RunLogger):
+        self.cfg, self.ac, self.model, self.starts, self.world_model, self.data, self.run = (
+            cfg, ac, model, starts, world_model, data, run)
+        self.steps_per_epoch = cfg.agent.updates
+        self.log_every = max(1, cfg.agent.checkpoint_every // 10)
+        self.rng = np.random.default_rng(cfg.run.seed)  # unused: the actor-critic draws from its own generator
+        self.acc: dict[str, list[float]] = {}
+        self.last_metrics: dict[str, float] = {}
+        self.last_log_t, self.last_log_step = time.perf_counter(), ac.updates
+
+    def epoch_order(self) -> None:
+        return None
+
+    def train_step(self, i: int, order: None, state: TrainState) -> tuple[dict[str, float], dict[str, float]]:
+        a, ac = self.cfg.agent, self.ac
+        idx = torch.randint(len(self.starts), (a.batch_size,), generator=ac.generator)
+        metrics = self.last_metrics = ac.update(self.model, self.starts[idx.to(self.starts.device)])
+        for k, v in metrics.items():
+            self.acc.setdefault(k, []).append(v)
+        step, row = ac.updates, {}
+        if step % self.log_every == 0 or step == a.updates:
+            now = time.perf_counter()
+            row = {k: float(np.mean(v)) for k, v in self.acc.items()}
+            row["perf/updates_per_s"] = (step - self.last_log_step) / max(now - self.last_log_t, 1e-9)
+            row["perf/imagined_transitions_per_s"] = row["perf/updates_per_s"] * a.batch_size * a.imagine_horizon
+            self.acc, self.last_log_t, self.last_log_step = {}, now, step
+        if a.eval_every and step % a.eval_every == 0 and step < a.updates:
+            ev = _evaluate(self.model, ac, self.cfg, a.eval_episodes, f"eval@{step}")
+            self.run.log({f"eval/return_{k}": v for k, v in ev.items()}, step=step)
+        return {"loss": metrics["train/actor_loss"] + metrics["train/critic_loss"]}, row
+
+    def end_epoch(self, state: TrainState) -> tuple[None, dict[str, Any], dict[str, Any], str]:
+        return None, {"updates": self.ac.updates}, {}, ""
+
+    def parameters_to_check(self) -> list[torch.Tensor]:
+        return [*self.ac.actor.parameters(), *self.ac.critic.parameters()]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": CHECKPOINT_KIND, "state": self.ac.training_state(), "config": self.cfg.to_dict(),
+                "world_model": str(self.world_model), "data_dir": str(self.data)}
+
+
 def train_agent(cfg: Config, world_model: str | Path | None = None, data: str | Path | None = None,
-                resume: str | Path | None = None, model: LatentModel | None = None,
-                progress: bool = True) -> dict[str, Any]:
+                resume: str | Path | None = None, model: LatentModel | None = None, progress: bool = True,
+                max_steps: int | None = None) -> dict[str, Any]:
     """Train (or resume) the actor-critic; returns the summary written to ``summary.json``.
 
     Args:
@@ -94,11 +117,11 @@ def train_agent(cfg: Config, world_model: str | Path | None = None, data: str | 
         resume: a train-agent run folder to continue.
         model: an already loaded world model (tests); otherwise loaded from ``world_model``.
         progress: show a progress bar.
+        max_steps: stop after this many updates in this call, checkpointed (None = all of ``agent.updates``).
     """
     ckpt = None
     if resume is not None:
-        run_dir = Path(resume)
-        ckpt = load_agent_checkpoint(run_dir / "agent.pt")
+        ckpt = load_agent_checkpoint(Path(resume) / "agent.pt")
         cfg = config_from_dict(ckpt["config"])
         world_model = ckpt["world_model"]
         data = ckpt["data_dir"] if data is None else data
@@ -111,12 +134,7 @@ def train_agent(cfg: Config, world_model: str | Path | None = None, data: str | 
         from worldmodel import load_world_model
 
         model = load_world_model(world_model, device=device)
-    if data is None:
-        data = find_data_dir(world_model)
-        if data is None:
-            raise UserError(f"cannot tell which replay data {world_model} was trained on; pass --data DIR "
-                            "(a folder written by `run.py collect`)")
-    data = Path(data)
+    data = world_model_data_dir(world_model) if data is None else Path(data)
 
     ac = ActorCritic(model.latent_dim, model.num_actions, cfg.agent, device)
     ac.seed(cfg.run.seed)
@@ -126,7 +144,6 @@ def train_agent(cfg: Config, world_model: str | Path | None = None, data: str | 
         except (ValueError, RuntimeError, KeyError) as err:
             raise UserError(f"agent checkpoint in {resume} does not fit this world model ({err}); "
                             "start a new run") from None
-        torch.set_rng_state(ckpt["torch_rng"])
     a = cfg.agent
     t0 = time.perf_counter()
     # Start latents (before the run folder exists, so bad data leaves nothing behind); a resumed run
@@ -136,48 +153,19 @@ def train_agent(cfg: Config, world_model: str | Path | None = None, data: str | 
     encode_s = time.perf_counter() - t0
     with RunLogger(cfg, "train-agent", run_dir=resume, resume=resume is not None) as run:
         click.echo(f"run folder: {run.dir}")
+        task = ActorCriticTask(cfg, ac, model, starts, world_model, data, run)
+        state = TrainState() if ckpt is None else restore(ckpt, task)
         run.log({"data/start_latents": len(starts), "perf/encode_s": encode_s}, step=ac.updates)
         start_step = ac.updates
-        log_every = max(1, a.checkpoint_every // 10)
-        acc: dict[str, list[float]] = {}
-        last_log_t, last_log_step = time.perf_counter(), ac.updates
-        bar = click.progressbar(length=a.updates, label="train-agent", show_pos=True) if progress else None
-        if bar is not None:
-            bar.update(ac.updates)
-        last_eval: dict[str, float] = {}
-        try:
-            while ac.updates < a.updates:
-                idx = torch.randint(len(starts), (a.batch_size,), generator=ac.generator)
-                metrics = ac.update(model, starts[idx.to(device)])
-                for k, v in metrics.items():
-                    acc.setdefault(k, []).append(v)
-                if bar is not None:
-                    bar.update(1)
-                step = ac.updates
-                if step % log_every == 0 or step == a.updates:
-                    now = time.perf_counter()
-                    row = {k: float(np.mean(v)) for k, v in acc.items()}
-                    row["perf/updates_per_s"] = (step - last_log_step) / max(now - last_log_t, 1e-9)
-                    row["perf/imagined_transitions_per_s"] = row["perf/updates_per_s"] * a.batch_size * \
-                        a.imagine_horizon
-                    run.log(row, step=step)
-                    acc, last_log_t, last_log_step = {}, now, step
-                if a.eval_every and step % a.eval_every == 0 and step < a.updates:
-                    last_eval = _evaluate(model, ac, cfg, a.eval_episodes, f"eval@{step}")
-                    run.log({f"eval/return_{k}": v for k, v in last_eval.items()}, step=step)
-                if step % a.checkpoint_every == 0:
-                    _checkpoint(ac, cfg, world_model, data, run)
-        finally:
-            if bar is not None:
-                bar.render_finish()
-            _checkpoint(ac, cfg, world_model, data, run)  # interrupted runs keep their progress
+        fit(task, state, run, run.dir, a.checkpoint_every, max_steps=max_steps, progress=progress,
+            latest="agent.pt")
         train_s = time.perf_counter() - t0
         last_eval = _evaluate(model, ac, cfg, a.eval_episodes, "final eval")
         run.log({f"eval/return_{k}": v for k, v in last_eval.items()}, step=ac.updates)
         summary = {"run_dir": str(run.dir), "checkpoint": str(run.dir / "agent.pt"), "world_model": str(world_model),
                    "data_dir": str(data), "updates": ac.updates, "resumed_from": start_step if ckpt else None,
                    "train_seconds": train_s, "final_eval": last_eval,
-                   "final_train": {k: v for k, v in metrics.items()} if ac.updates > start_step else {}}
+                   "final_train": dict(task.last_metrics) if ac.updates > start_step else {}}
         run.write_json("summary.json", summary)
     return summary
 

@@ -18,20 +18,61 @@ probability that step ``h`` loses no life), discount ``g`` and ``alive_h = c_0 .
     - penalty * sum_h g^h alive_h (1 - c_h)                  # discounted P(first life loss at h)
     + g^H alive_H V(z_H)                                     # optional terminal value
 
-The model is anything with ``encode`` and ``imagine`` (``planners.base.WorldModel``): the learned
-world model (``worldmodel.load_world_model``) or the emulator itself (``planners.oracle``).
+The model is anything with ``encode`` and ``imagine`` (``worldmodel.protocol.LatentWorldModel``): the
+learned world model (``worldmodel.load_world_model``) or the emulator itself (``planners.oracle``).
+The settings are :class:`PlannerConfig` (config section ``planner``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from envs.errors import UserError
-from planners.base import WorldModel
+from envs.errors import UserError, check_range
+from worldmodel.protocol import LatentWorldModel
+
+
+@dataclass
+class PlannerConfig:
+    """The CEM planner (config section ``planner``).
+
+    Horizon study with CEM over the emulator (benchmarks/bench_oracle_horizon.py, first 400 steps): horizon 10
+    lost all five lives in 147 steps; horizons 20-30 lost 1-3 lives in 400 steps.
+    """
+
+    samples: int = 32  # N candidate action sequences per CEM iteration
+    horizon: int = 20  # H imagined steps per candidate (the ball needs ~30 steps to cross the screen)
+    iterations: int = 3
+    elites: int = 4  # top-k candidates that refit the distribution
+    smoothing: float = 0.3  # new_probs = smoothing * old + (1 - smoothing) * elite frequencies
+    discount: float = 0.99
+    life_loss_penalty: float = 1.0  # subtracted, weighted by the probability of losing a life
+    repeat_prob: float = 0.75  # temporally correlated samples: P(repeat previous action)
+    use_value: bool = False  # add the actor-critic's value at the horizon (needs --agent)
+    policy_samples: int = 0  # candidates drawn from the actor (needs --agent)
+    warm_start_mix: float = 0.1  # shifted plan mixed with uniform by this fraction (keeps sampling alive)
+    history_steps: int = 7  # real past steps fed to imagine as context (capped at the model's context - 1)
+
+    def validate(self, path: str) -> None:
+        """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
+        check_range(self.samples >= 1, f"{path}.samples", self.samples, "an integer >= 1")
+        check_range(self.horizon >= 1, f"{path}.horizon", self.horizon, "an integer >= 1")
+        check_range(self.iterations >= 1, f"{path}.iterations", self.iterations, "an integer >= 1")
+        check_range(1 <= self.elites <= self.samples, f"{path}.elites", self.elites,
+                    f"an integer in [1, {path}.samples={self.samples}]")
+        check_range(0.0 <= self.smoothing < 1.0, f"{path}.smoothing", self.smoothing, "a value in [0, 1)")
+        check_range(0.0 < self.discount <= 1.0, f"{path}.discount", self.discount, "a value in (0, 1]")
+        check_range(0.0 <= self.repeat_prob < 1.0, f"{path}.repeat_prob", self.repeat_prob, "a probability in [0, 1)")
+        check_range(0 <= self.policy_samples <= self.samples, f"{path}.policy_samples", self.policy_samples,
+                    f"an integer in [0, {path}.samples={self.samples}]")
+        check_range(self.history_steps >= 0, f"{path}.history_steps", self.history_steps, "an integer >= 0")
+        check_range(0.0 <= self.warm_start_mix <= 1.0, f"{path}.warm_start_mix", self.warm_start_mix,
+                    "a value in [0, 1]")
+
 
 ValueFn = Callable[[torch.Tensor], torch.Tensor]  # z [B, D] -> value [B]
 PolicyFn = Callable[[torch.Tensor, int], torch.Tensor]  # (z0 [M, D], H) -> long actions [M, H]
@@ -86,16 +127,16 @@ class CEMPlanner:
     """Discrete CEM/MPC over a world model's ``imagine`` (config: ``planner.*``).
 
     Args:
-        model: ``encode`` + ``imagine`` (``planners.base.WorldModel``).
-        cfg: the ``planner`` section of the config.
+        model: ``encode`` + ``imagine`` (``worldmodel.protocol.LatentWorldModel``).
+        cfg: the planner's settings (the ``planner`` section of the config).
         value_fn: terminal value ``V(z [B, D]) -> [B]``, used when ``cfg.use_value``.
         policy_fn: ``(z0 [M, D], H) -> long [M, H]``: action sequences sampled by rolling an actor
             through ``imagine``; ``cfg.policy_samples`` of them join the candidates each iteration.
         seed: seed of the sampling generator.
     """
 
-    def __init__(self, model: WorldModel, cfg, value_fn: ValueFn | None = None, policy_fn: PolicyFn | None = None,
-                 seed: int = 0):
+    def __init__(self, model: LatentWorldModel, cfg: PlannerConfig, value_fn: ValueFn | None = None,
+                 policy_fn: PolicyFn | None = None, seed: int = 0):
         if cfg.use_value and value_fn is None:
             raise UserError("planner.use_value=true needs a value function from an actor-critic checkpoint; "
                             "pass one or set planner.use_value=false")
@@ -116,7 +157,7 @@ class CEMPlanner:
         self.probs = self._uniform(cfg.horizon)
         self.last_info: dict[str, Any] = {}
         # Real history fed to imagine as context: the world model's window minus the current step.
-        self.history_steps = min(cfg.history_steps, int(getattr(model, "context_length", 1)) - 1)
+        self.history_steps = min(cfg.history_steps, int(model.context_length) - 1)
         self.history: list[tuple[torch.Tensor, int]] = []  # (z [1, D], action taken) of the last steps
 
     def _uniform(self, h: int) -> torch.Tensor:

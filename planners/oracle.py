@@ -1,7 +1,7 @@
 """The emulator as the "world model": CEM over the true game (the planner's ceiling).
 
-:class:`EmulatorModel` has the world model's two verbs, so the unchanged :class:`CEMPlanner`
-plans over it:
+:class:`EmulatorModel` has the world model's two verbs (``worldmodel.protocol.LatentWorldModel``), so the
+unchanged :class:`CEMPlanner` plans over it:
 
 - ``encode(obs)`` clones the live game's full emulator state (``cloneState(include_rng=True)``,
   so sticky actions replay exactly as they will happen) and returns the 128-byte RAM as the
@@ -10,7 +10,8 @@ plans over it:
   returns the RAM after each step as latents, the real rewards, and ``continue = 0`` on the step
   that loses a life (else 1); the live game is restored afterwards. It can only start from the
   state last encoded (the RAM in ``z0`` is checked against it): the emulator cannot be set to an
-  arbitrary latent.
+  arbitrary latent. Its ``context_length`` is 1: the cloned state already holds the whole history, so
+  the planner passes no context.
 
 One imagined step replays the evaluation pipeline's agent step on the raw ALE: ``frame_skip``
 emulator frames of the action (``AtariPreprocessing``'s frame skip; its max-pooling only changes
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from envs.breakout import FIRE, NUM_ACTIONS
-from planners.cem import CEMPlanner
+from planners.cem import CEMPlanner, PlannerConfig
 
 RAM_SIZE = 128
 
@@ -42,6 +43,7 @@ class EmulatorModel:
 
     latent_dim = RAM_SIZE
     num_actions = NUM_ACTIONS
+    context_length = 1  # the cloned emulator state is the whole history
 
     def __init__(self, frame_skip: int = 4, fire_on_life_loss: bool = True):
         self.frame_skip = frame_skip
@@ -88,9 +90,12 @@ class EmulatorModel:
             self.frames_simulated += self.frame_skip
         return reward, lost
 
-    def imagine(self, z0: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def imagine(self, z0: torch.Tensor, actions: torch.Tensor, context: torch.Tensor | None = None,
+                context_actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Play each row of ``actions [B, H]`` from the encoded state: RAM ``[B, H, 128]``, rewards and continues
-        ``[B, H]``."""
+        ``[B, H]``. ``context`` must be empty (``context_length`` is 1)."""
+        if context is not None and context.shape[1] > 0:
+            raise ValueError("the emulator takes no context: its encoded state already holds the history")
         if self._state is None:
             raise RuntimeError("EmulatorModel.encode() must be called before imagine()")
         assert z0.dim() == 2 and actions.dim() == 2 and z0.shape[0] == actions.shape[0], \
@@ -119,7 +124,7 @@ class EmulatorModel:
 class OraclePlanner(CEMPlanner):
     """CEM (same code, same ``planner.*`` settings and scoring) over the evaluation env's emulator."""
 
-    def __init__(self, cfg, frame_skip: int = 4, fire_on_life_loss: bool = True, seed: int = 0):
+    def __init__(self, cfg: PlannerConfig, frame_skip: int = 4, fire_on_life_loss: bool = True, seed: int = 0):
         super().__init__(EmulatorModel(frame_skip, fire_on_life_loss), _without_agent(cfg), seed=seed)
 
     def reset(self, env: Any = None) -> None:
@@ -129,6 +134,6 @@ class OraclePlanner(CEMPlanner):
         super().reset(env)
 
 
-def _without_agent(cfg):
+def _without_agent(cfg: PlannerConfig) -> PlannerConfig:
     """The oracle has no latent an actor-critic understands: value bootstrap and policy prior are off."""
     return dataclasses.replace(cfg, use_value=False, policy_samples=0)

@@ -37,11 +37,9 @@ def tiny_data(tmp_path_factory):
 def save_untrained_world_model(path: Path, data_dir: Path | None = None, stage1_path: Path | None = None) -> Path:
     """A Stage-2 checkpoint in worldmodel.world_model's format with untrained tiny-preset networks (and, optionally,
     a Stage-1-only checkpoint of the same encoder at ``stage1_path``)."""
+    from experiments.builders import build_encoder, build_world_model_transformer
     from experiments.config import load_config
     from worldmodel.checkpoint import save_checkpoint
-    from worldmodel.encoder import build_encoder
-    from worldmodel.masked_prediction import encoder_kwargs
-    from worldmodel.transformer import build_world_model_transformer
 
     cfg = load_config("tiny")
     torch.manual_seed(0)
@@ -50,10 +48,10 @@ def save_untrained_world_model(path: Path, data_dir: Path | None = None, stage1_
                  "depth": len(dyn.blocks), "heads": dyn.heads, "mlp_dim": dyn.blocks[0].mlp[0].out_features,
                  "dropout": 0.0, "max_len": dyn.max_len}
     extra = {"data_dir": str(data_dir)} if data_dir is not None else {}
-    save_checkpoint({"kind": "stage2", "config": cfg.to_dict(), **extra, "encoder_kwargs": encoder_kwargs(vit),
+    save_checkpoint({"kind": "stage2", "config": cfg.to_dict(), **extra, "encoder_kwargs": vit.kwargs,
                      "encoder": vit.state_dict(), "world_model_kwargs": wm_kwargs, "world_model": dyn.state_dict()},
                     path)
     if stage1_path is not None:
-        save_checkpoint({"kind": "stage1", "config": cfg.to_dict(), "encoder_kwargs": encoder_kwargs(vit),
+        save_checkpoint({"kind": "stage1", "config": cfg.to_dict(), "encoder_kwargs": vit.kwargs,
                          "encoder": vit.state_dict()}, stage1_path)
     return path

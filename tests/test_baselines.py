@@ -91,11 +91,11 @@ def test_rewards_are_clipped_to_their_sign(raw, clipped):
 
 def test_train_sb3_dqn_tiny(tiny_cfg):
     out = train_sb3("dqn", tiny_cfg)
-    assert out["env_steps"] == 256
-    assert [p["env_steps"] for p in out["curve"]] == [128]  # every eval_every steps; the final one comes later
-    assert all(len(p["returns"]) == tiny_cfg.baselines.eval_episodes for p in out["curve"])
-    assert out["hyperparams"]["learning_starts"] == 51
-    assert 0 <= out["agent"].act(np.zeros((4, 64, 64), np.uint8)) < 4
+    assert out.env_steps == 256 and out.model is not None
+    assert [p["env_steps"] for p in out.curve] == [128]  # every eval_every steps; the final one comes later
+    assert all(len(p["returns"]) == tiny_cfg.baselines.eval_episodes for p in out.curve)
+    assert out.hyperparams["learning_starts"] == 51
+    assert 0 <= out.agent.act(np.zeros((4, 64, 64), np.uint8)) < 4
 
 
 # ------------------------------------------------------------------ statistics
@@ -147,7 +147,7 @@ def test_compare_cli_writes_results_logs_wandb_and_skips_finished_pairs(tmp_path
 
 def test_compare_cli_user_errors(tmp_path):
     res = _cli("compare-baselines", "--preset", "tiny", "--agents", "ppo,nope", "--out", str(tmp_path / "a"))
-    assert res.returncode == 2 and "unknown or unavailable agent 'nope'" in res.stderr
+    assert res.returncode == 2 and "unknown agent 'nope'" in res.stderr
     assert "Traceback" not in res.stderr
     out = tmp_path / "b"
     res = _cli("compare-baselines", "--preset", "tiny", "--agents", "random", "--out", str(out), "--wandb", "disabled")
@@ -159,11 +159,12 @@ def test_compare_cli_user_errors(tmp_path):
 
 # ------------------------------------------------------------------ world-model agents in the registry
 def test_world_model_agents_count_their_data_and_need_a_model(tiny_data, tmp_path):
-    from experiments.compare import CompareOptions, data_env_steps
+    from experiments.agents import data_env_steps
 
-    assert data_env_steps(CompareOptions(data=tiny_data)) == (600, str(tiny_data))
+    assert data_env_steps(tiny_data, None) == (600, tiny_data)
     res = _cli("compare-baselines", "--preset", "tiny", "--agents", "cem", "--out", str(tmp_path / "c"))
-    assert res.returncode == 2 and "needs --world-model" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "needs a world model: pass --world-model" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "c").exists()
 
 
 @pytest.mark.slow

@@ -44,6 +44,29 @@ def test_dotted_override_and_types():
     assert isinstance(cfg.vjepa2_world_model.stage1.learning_rate, float)
 
 
+def test_defaults_are_the_component_dataclasses():
+    """No YAML holds defaults: the default config is the dataclasses' own, and each component owns its config."""
+    import experiments.config as config
+    from agent.actor_critic import AgentConfig
+    from envs.breakout import EnvironmentConfig
+    from planners.cem import PlannerConfig
+    from worldmodel.dynamics_loss import Stage2Config
+    from worldmodel.encoder import VitConfig
+    from worldmodel.masked_prediction import PredictorConfig, Stage1Config
+    from worldmodel.transformer import WorldModelNetConfig
+
+    assert load_config(None) == config.Config()
+    assert not (config.CONFIG_DIR / "default.yaml").exists()
+    for cls in (AgentConfig, EnvironmentConfig, PlannerConfig, PredictorConfig, Stage1Config, Stage2Config, VitConfig,
+                WorldModelNetConfig):
+        assert getattr(config, cls.__name__) is cls  # re-exported for `from experiments.config import ...`
+        cls().validate("x")  # the defaults are valid
+    with pytest.raises(UserError, match=r"'planner\.elites' = 9 .*planner\.samples=4"):
+        PlannerConfig(samples=4, elites=9).validate("planner")
+    with pytest.raises(UserError, match=r"'models\.encoder\.params\.vit\.depth'"):
+        load_config("tiny", ["models.encoder.params.vit.depth=0"])
+
+
 @pytest.mark.parametrize("override,fragment", [
     ("vjepa2_world_model.stage1.maskin_ratio=0.5", "vjepa2_world_model.stage1.maskin_ratio"),
     ("vjepa2_world_model.stage1.num_epochs=ten", "vjepa2_world_model.stage1.num_epochs"),

@@ -13,7 +13,7 @@ import torch
 from envs.breakout import make_env
 from experiments.config import load_config
 from experiments.play import eval_env_config, play_episode
-from planners.base import Planner
+from planners.base import Agent
 from planners.cem import CEMPlanner, sample_sequences, score_sequences
 from planners.oracle import EmulatorModel, OraclePlanner
 from planners.reference import RandomPolicy, TrackerPolicy
@@ -29,7 +29,7 @@ class PrefixModel:
     The only sequence of length 6 with the maximal return (6) is TARGET. The latent counts matched steps.
     """
 
-    latent_dim, num_actions = 2, 4
+    latent_dim, num_actions, context_length = 2, 4, 1
 
     def __init__(self, life_loss_action: int | None = None):
         self.calls = 0
@@ -87,7 +87,19 @@ def test_sampling_follows_probs_and_repeats():
 def test_planner_protocol():
     cem = CEMPlanner(PrefixModel(), planner_cfg())
     for p in (cem, RandomPolicy(), TrackerPolicy(), OraclePlanner(planner_cfg())):
-        assert isinstance(p, Planner)
+        assert isinstance(p, Agent)
+
+
+def test_world_model_protocols():
+    """The emulator has what CEM needs; only the learned world model has the actor-critic's step-wise rollout."""
+    from experiments.builders import build_world_model_transformer
+    from worldmodel.protocol import LatentWorldModel, PolicyWorldModel
+    from worldmodel.world_model import WorldModel
+
+    wm = WorldModel(torch.nn.Identity(), build_world_model_transformer(load_config("tiny")))
+    assert isinstance(wm, PolicyWorldModel) and wm.context_length == wm.dynamics.max_len
+    assert isinstance(PrefixModel(), LatentWorldModel)
+    assert isinstance(EmulatorModel(), LatentWorldModel) and not isinstance(EmulatorModel(), PolicyWorldModel)
 
 
 # ------------------------------------------------------------------------------------------ behaviour

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from envs.errors import UserError
+from experiments.builders import build_stage1_model
 from experiments.config import load_config
 from worldmodel import load_encoder
 from worldmodel.checkpoint import load_checkpoint, save_checkpoint
 from worldmodel.diagnostics import collapse_reason, effective_rank, ridge_r2
 from worldmodel.encoder import MaskedViT, fit_input_stats, random_patch_mask
-from worldmodel.masked_prediction import MaskedPredictionLoss, build_stage1_model, ema_update, encoder_kwargs
+from worldmodel.masked_prediction import MaskedPredictionLoss, ema_update
 
 
 def tiny_cfg(tmp_path, *extra):
@@ -116,7 +117,7 @@ def test_keypoint_readout_shapes_and_coordinates(k):
     else:
         assert vit.readout_out.in_features == 3 * k
     # The checkpoint description rebuilds the same encoder (load_encoder uses MaskedViT(**encoder_kwargs)).
-    kw = encoder_kwargs(vit)
+    kw = vit.kwargs
     assert kw["readout"] == "keypoints" and kw["readout_channels"] == k
     clone = MaskedViT(**kw)
     clone.load_state_dict(vit.state_dict())
@@ -169,7 +170,7 @@ def test_diagnostics_known_answers():
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
     """An uninterrupted 2-epoch tiny run."""
-    from experiments.pretrain_stage1 import pretrain_stage1
+    from experiments.pretrain import pretrain_stage1
 
     tmp = tmp_path_factory.mktemp("s1")
     torch.set_num_threads(1)
@@ -194,7 +195,7 @@ def test_training_writes_checkpoints_and_metrics(trained):
 
 
 def test_resume_continues_from_saved_epoch_and_step(trained, tiny_data, tmp_path):
-    from experiments.pretrain_stage1 import pretrain_stage1
+    from experiments.pretrain import pretrain_stage1
 
     torch.set_num_threads(1)
     first = pretrain_stage1(tiny_cfg(tmp_path), data=tiny_data, max_epochs=1, progress=False, echo=quiet)
@@ -212,7 +213,7 @@ def test_resume_continues_from_saved_epoch_and_step(trained, tiny_data, tmp_path
 
 
 def test_same_seed_same_first_epoch_loss(trained, tiny_data, tmp_path):
-    from experiments.pretrain_stage1 import pretrain_stage1
+    from experiments.pretrain import pretrain_stage1
 
     torch.set_num_threads(1)
     again = pretrain_stage1(tiny_cfg(tmp_path), data=tiny_data, max_epochs=1, progress=False, echo=quiet)
@@ -290,7 +291,7 @@ def test_cli_pretrain_and_evaluate_end_to_end(cli, tmp_path):
 
 def test_bottleneck_variant_trains_and_loads(tiny_data, tmp_path):
     """The bottleneck target with a spatial readout: trains, and load_encoder rebuilds the same encoder."""
-    from experiments.pretrain_stage1 import pretrain_stage1
+    from experiments.pretrain import pretrain_stage1
     from experiments.report_stage1 import evaluate_stage1
 
     torch.set_num_threads(1)
@@ -322,9 +323,6 @@ def test_motion_map_is_a_distribution_on_the_moving_patch():
 
 
 def test_motion_map_head_is_trained_and_saved_with_the_predictor():
-    from experiments.config import load_config
-    from worldmodel.masked_prediction import build_stage1_model
-
     cfg = load_config("tiny", ["vjepa2_world_model.stage1.motion_map_weight=0.5"])
     model = build_stage1_model(cfg)
     assert any(k.startswith("motion_head.") for k in model.predictor.state_dict())
@@ -356,7 +354,7 @@ def test_pixel_input_norm_standardises_each_pixel_and_travels_in_the_checkpoint(
     vit(frames)
     assert seen["x"][:, :, :4].abs().max() < 1e-5  # the static band maps to 0
     assert abs(float(seen["x"][:, :, 4:].mean())) < 0.05 and abs(float(seen["x"][:, :, 4:].std()) - 1.0) < 0.05
-    kw = encoder_kwargs(vit)
+    kw = vit.kwargs
     assert kw["input_norm"] == "pixel" and kw["input_std_floor"] == 0.05
     clone = MaskedViT(**kw)
     clone.load_state_dict(vit.state_dict())  # the fitted statistics are buffers of the state dict

@@ -217,7 +217,7 @@ def test_steering_report_reads_the_survival_preference():
 @pytest.fixture(scope="module")
 def stage1_ckpt(tiny_data, tmp_path_factory):
     from experiments.config import load_config
-    from experiments.pretrain_stage1 import pretrain_stage1
+    from experiments.pretrain import pretrain_stage1
 
     runs = tmp_path_factory.mktemp("runs")
     cfg = load_config("tiny", ["run.wandb=disabled", f"run.runs_dir={runs}",
@@ -234,7 +234,7 @@ def tiny_cfg(runs, *extra):
 @pytest.fixture(scope="module")
 def stage2_run(stage1_ckpt, tiny_data, tmp_path_factory):
     """A stage-2 run interrupted after one epoch, then resumed to the end."""
-    from experiments.pretrain_stage2 import pretrain_stage2
+    from experiments.pretrain import pretrain_stage2
 
     runs = tmp_path_factory.mktemp("runs2")
     cfg = tiny_cfg(runs)
@@ -326,7 +326,7 @@ def test_public_api_shapes(stage2_run):
 
 
 def test_bad_checkpoint_kinds(stage1_ckpt, stage2_run, tiny_data, tmp_path):
-    from experiments.pretrain_stage2 import pretrain_stage2
+    from experiments.pretrain import pretrain_stage2
     from experiments.report_stage2 import evaluate_stage2
     from worldmodel import load_world_model
 

@@ -69,3 +69,19 @@ def load_state(module: nn.Module, state: Any, path: str | Path, name: str) -> No
         detail = first[1].strip() if len(first) > 1 else first[0] if first else ""
         raise UserError(f"checkpoint {path} does not fit the '{name}' model ({detail[:200]}); use a checkpoint made "
                         "with the same model config") from None
+
+
+def rebuild(ckpt: dict[str, Any], path: str | Path, cls: type[nn.Module], kwargs_key: str, weights_key: str,
+            what: str, stage: int) -> nn.Module:
+    """``cls(**ckpt[kwargs_key])`` loaded with ``ckpt[weights_key]``: a module rebuilt from the constructor arguments
+    its checkpoint stores. Every way the entry can be missing or not fit is a UserError naming ``what``."""
+    kwargs = ckpt.get(kwargs_key)
+    if not isinstance(kwargs, dict) or weights_key not in ckpt:
+        raise UserError(f"checkpoint {path} lacks its {what} ({kwargs_key} and '{weights_key}' weights); re-run "
+                        f"stage {stage}")
+    try:
+        module = cls(**kwargs)
+    except (TypeError, AssertionError) as err:
+        raise UserError(f"checkpoint {path} has an invalid {what} description ({err}); re-run stage {stage}") from None
+    load_state(module, ckpt[weights_key], path, weights_key)
+    return module

@@ -27,7 +27,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from envs.errors import check_range, check_schedule
 from worldmodel.transformer import WorldModelTransformer, symlog
+
+
+@dataclass
+class Stage2Config:
+    """Stage-2 training (config section ``vjepa2_world_model.stage2``)."""
+
+    sequence_length: int = 8  # T transitions per training sequence
+    teacher_forcing_ratio: float = 0.8  # probability of feeding the true z_t (scheduled sampling)
+    rollout_steps: int = 4  # autoregressive steps of the rollout loss
+    num_epochs: int = 30
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.05
+    early_stopping_patience: int = 3
+    teacher_forcing_weight: float = 0.7
+    rollout_weight: float = 0.3
+    reward_weight: float = 1.0
+    continue_weight: float = 1.0
+    batch_size: int = 64
+    grad_clip: float = 1.0
+    sequences_per_epoch: int = 0  # training sequences drawn per epoch from all start positions (0 = all of them)
+    # Rare events: a life loss is ~3% of random-policy steps and a point ~2%; these weight their steps' head
+    # losses (1 = plain mean).
+    continue_pos_weight: float = 1.0  # weight of life-loss steps in the continuation BCE
+    reward_pos_weight: float = 1.0  # weight of rewarding steps in the reward MSE
+    # Also score the heads on the rollout's imagined latents (fed back detached: the heads learn to read imagined
+    # states without their gradients pulling the chain of latent predictions).
+    heads_on_rollout: bool = False
+
+    def validate(self, path: str) -> None:
+        """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
+        check_schedule(self, path)
+        check_range(self.sequence_length >= 1, f"{path}.sequence_length", self.sequence_length, "an integer >= 1")
+        check_range(1 <= self.rollout_steps <= self.sequence_length, f"{path}.rollout_steps", self.rollout_steps,
+                    f"an integer in [1, sequence_length={self.sequence_length}] "
+                    "(sequence_length must be >= rollout_steps)")
+        check_range(self.sequences_per_epoch >= 0, f"{path}.sequences_per_epoch", self.sequences_per_epoch,
+                    "an integer >= 0 (0 = every training sequence once per epoch)")
+        check_range(0.0 <= self.teacher_forcing_ratio <= 1.0, f"{path}.teacher_forcing_ratio",
+                    self.teacher_forcing_ratio, "a probability in [0, 1]")
 
 
 def scheduled_sampling_mask(batch: int, steps: int, ratio: float, device: torch.device | str = "cpu",
@@ -56,9 +96,10 @@ class WorldModelLoss(nn.Module):
     """Teacher-forcing (with scheduled sampling) + rollout L1, reward and continuation losses.
 
     Args:
-        weights: the four loss weights.
+        weights: the loss weights (and the weights of the rare events in the head losses).
         teacher_forcing_ratio: probability of feeding the true ``z_t`` in training.
         rollout_steps: autoregressive steps of the rollout loss.
+        heads_on_rollout: also score the reward and continuation heads on the rollout's imagined latents.
     """
 
     def __init__(self, weights: LossWeights, teacher_forcing_ratio: float = 0.8, rollout_steps: int = 4,
@@ -68,6 +109,13 @@ class WorldModelLoss(nn.Module):
         self.teacher_forcing_ratio = teacher_forcing_ratio
         self.rollout_steps = rollout_steps
         self.heads_on_rollout = heads_on_rollout
+
+    @classmethod
+    def from_config(cls, stage2: Stage2Config) -> WorldModelLoss:
+        """The loss with the weights, scheduled sampling and rollout of ``stage2``."""
+        return cls(LossWeights(stage2.teacher_forcing_weight, stage2.rollout_weight, stage2.reward_weight,
+                               stage2.continue_weight, stage2.continue_pos_weight, stage2.reward_pos_weight),
+                   stage2.teacher_forcing_ratio, stage2.rollout_steps, stage2.heads_on_rollout)
 
     def _head_losses(self, rew_pred: torch.Tensor, cont_logit: torch.Tensor, rewards: torch.Tensor,
                      life_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,13 +186,6 @@ class WorldModelLoss(nn.Module):
         return {"loss": loss, "latent_total": latent_total.detach(), "teacher_forcing": tf.detach(),
                 "rollout": rollout.detach(), "reward": reward.detach(), "continue": cont.detach(),
                 "tf_keep_fraction": keep_frac.detach()}
-
-
-def build_world_model_loss(cfg) -> WorldModelLoss:
-    s2 = cfg.vjepa2_world_model.stage2
-    return WorldModelLoss(LossWeights(s2.teacher_forcing_weight, s2.rollout_weight, s2.reward_weight,
-                                      s2.continue_weight, s2.continue_pos_weight, s2.reward_pos_weight),
-                          s2.teacher_forcing_ratio, s2.rollout_steps, s2.heads_on_rollout)
 
 
 class LatentSequences:

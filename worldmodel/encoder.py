@@ -40,10 +40,66 @@ uniform noise (vectorised, no per-sample loop).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from envs.errors import check_range
+
+
+@dataclass
+class VitConfig:
+    """The encoder's transformer and readout (config section ``models.encoder.params.vit``)."""
+
+    depth: int = 4  # transformer blocks
+    heads: int = 4  # attention heads
+    mlp_dim: int = 512  # hidden width of each block's MLP
+    dropout: float = 0.2  # dropout in attention output and MLP
+    # latent = mean of tokens, Linear(N*k -> D) of per-patch k dims, or soft-argmax keypoints (worldmodel/encoder.py)
+    readout: Literal["mean", "spatial", "keypoints"] = "spatial"
+    readout_channels: int = 8  # k: per-patch channels of the spatial readout; K keypoints of the keypoint readout
+    frame_diffs: bool = True  # also feed the temporal differences f_t - f_{t-1} to the patch embedding
+    keypoint_temperature: float = 1.0  # initial (then learned) softmax temperature of the keypoint readout
+    # "pixel": standardise each pixel by its mean/std over the training frames (fitted before stage 1)
+    input_norm: Literal["none", "pixel"] = "pixel"
+    input_std_floor: float = 0.1  # lower bound of the per-pixel std (pixels that never change)
+
+    def validate(self, path: str) -> None:
+        """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`.
+
+        ``heads`` must also divide ``models.shared_latent_dim``: ``experiments.config.validate`` checks that."""
+        check_range(self.depth >= 1, f"{path}.depth", self.depth, "an integer >= 1")
+        check_range(0.0 <= self.dropout < 1.0, f"{path}.dropout", self.dropout, "a value in [0, 1)")
+        check_range(self.readout_channels >= 1, f"{path}.readout_channels", self.readout_channels, "an integer >= 1")
+        check_range(self.keypoint_temperature > 0, f"{path}.keypoint_temperature", self.keypoint_temperature,
+                    "a value > 0")
+        check_range(self.input_norm in ("none", "pixel"), f"{path}.input_norm", self.input_norm, "'none' or 'pixel'")
+        check_range(self.input_std_floor > 0, f"{path}.input_std_floor", self.input_std_floor, "a value > 0")
+
+
+@dataclass
+class EncoderParams:
+    """The seed's nesting ``models.encoder.params``."""
+
+    vit: VitConfig = field(default_factory=VitConfig)
+
+    def validate(self, path: str) -> None:
+        """Range checks of ``{path}.vit``."""
+        self.vit.validate(f"{path}.vit")
+
+
+@dataclass
+class EncoderConfig:
+    """The Stage-1 encoder (config section ``models.encoder``; the seed's nesting ``params.vit``)."""
+
+    params: EncoderParams = field(default_factory=EncoderParams)
+
+    def validate(self, path: str) -> None:
+        """Range checks of ``{path}.params.vit``."""
+        self.params.validate(f"{path}.params")
 
 
 class Attention(nn.Module):
@@ -115,6 +171,10 @@ class MaskedViT(nn.Module):
         readout_channels: k, per-patch channels of the spatial readout; K, keypoints of the keypoint readout.
         frame_diffs: also embed the temporal differences of the frames.
         keypoint_temperature: initial softmax temperature of the keypoint readout (learned from there).
+        input_norm: ``"none"`` or ``"pixel"`` (per-pixel standardisation, see the module docstring).
+        input_std_floor: lower bound of the per-pixel std of ``input_norm="pixel"``.
+
+    ``kwargs`` holds these arguments: checkpoints store it and rebuild the encoder with ``MaskedViT(**kwargs)``.
     """
 
     def __init__(self, image_size: int = 64, in_channels: int = 4, patch_size: int = 8, dim: int = 64,
@@ -122,6 +182,11 @@ class MaskedViT(nn.Module):
                  readout_channels: int = 8, frame_diffs: bool = False, keypoint_temperature: float = 1.0,
                  input_norm: str = "none", input_std_floor: float = 0.1):
         super().__init__()
+        self.kwargs = {"image_size": image_size, "in_channels": in_channels, "patch_size": patch_size, "dim": dim,
+                       "depth": depth, "heads": heads, "mlp_dim": mlp_dim, "dropout": dropout, "readout": readout,
+                       "readout_channels": readout_channels, "frame_diffs": frame_diffs,
+                       "keypoint_temperature": keypoint_temperature, "input_norm": input_norm,
+                       "input_std_floor": input_std_floor}  # for checkpoints
         assert input_norm in ("none", "pixel"), f"input_norm must be 'none' or 'pixel', got {input_norm!r}"
         assert input_std_floor > 0, f"input_std_floor must be > 0, got {input_std_floor}"
         assert image_size % patch_size == 0, f"image size {image_size} not divisible by patch {patch_size}"
@@ -154,6 +219,17 @@ class MaskedViT(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_dim, dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
+
+    @classmethod
+    def from_config(cls, vit: VitConfig, *, image_size: int, in_channels: int, patch_size: int, dim: int
+                    ) -> MaskedViT:
+        """A MaskedViT with the transformer and readout of ``vit``, over ``in_channels`` stacked square frames of
+        ``image_size`` cut into ``patch_size`` patches, with tokens and latent of width ``dim``."""
+        return cls(image_size=image_size, in_channels=in_channels, patch_size=patch_size, dim=dim, depth=vit.depth,
+                   heads=vit.heads, mlp_dim=vit.mlp_dim, dropout=vit.dropout, readout=vit.readout,
+                   readout_channels=vit.readout_channels, frame_diffs=vit.frame_diffs,
+                   keypoint_temperature=vit.keypoint_temperature, input_norm=vit.input_norm,
+                   input_std_floor=vit.input_std_floor)
 
     @property
     def latent_dim(self) -> int:
@@ -231,13 +307,3 @@ class PooledEncoder(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.vit(obs)[0]
 
-
-def build_encoder(cfg) -> MaskedViT:
-    """A MaskedViT from a :class:`experiments.config.Config` (models.* and environment.*)."""
-    m, e = cfg.models, cfg.environment
-    vit = m.encoder.params.vit
-    return MaskedViT(image_size=e.image_height, in_channels=e.frame_stack_size, patch_size=m.shared_patch_size,
-                     dim=m.shared_latent_dim, depth=vit.depth, heads=vit.heads, mlp_dim=vit.mlp_dim,
-                     dropout=vit.dropout, readout=vit.readout, readout_channels=vit.readout_channels,
-                     frame_diffs=vit.frame_diffs, keypoint_temperature=vit.keypoint_temperature,
-                     input_norm=vit.input_norm, input_std_floor=vit.input_std_floor)

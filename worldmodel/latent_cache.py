@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,8 @@ def encode_store(encoder: nn.Module, store, batch_size: int = 512, device: torch
     G = store.num_frames
     chunks = []
     n_batches = math.ceil(G / batch_size)
-    for i in tqdm(range(n_batches), desc="encode", unit="batch", disable=not progress, leave=False):
+    for i in tqdm(range(n_batches), desc="encode", unit="batch", disable=not progress, leave=False,
+                  mininterval=0.1 if sys.stderr.isatty() else 30.0):  # a log file gets a line per 30 s
         g = np.arange(i * batch_size, min(G, (i + 1) * batch_size))
         obs = torch.from_numpy(store.obs(g)).to(device)  # [b, F, H, W] uint8
         z = encoder(obs)

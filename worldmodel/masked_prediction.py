@@ -1,6 +1,6 @@
 """Stage 1: masked-latent pretraining of a MaskedViT with an EMA target encoder.
 
-Two objectives, chosen by ``vjepa2_world_model.stage1.target``:
+Three objectives, chosen by :attr:`Stage1Config.target` (``vjepa2_world_model.stage1.target``):
 
 * ``pooled`` (the seed): an MLP maps the online encoder's pooled latent of the masked input to the
   target encoder's pooled latent of the full input; L1. This objective can collapse to a constant.
@@ -20,16 +20,65 @@ All leave the same downstream encoder: the EMA target MaskedViT with its latent 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from envs.errors import UserError
+from envs.errors import check_range, check_schedule
 from worldmodel.encoder import Block, MaskedViT, random_patch_mask, sincos_2d
+
+
+@dataclass
+class PredictorConfig:
+    """The Stage-1 predictor (config section ``models.predictor``)."""
+
+    depth: int = 2  # stage-1 token predictor blocks (tokens target); MLP layers (pooled target)
+    heads: int = 4
+    mlp_dim: int = 256
+    dropout: float = 0.0
+
+    def validate(self, path: str) -> None:
+        """Nothing to check within the section: ``experiments.config.validate`` checks that ``heads`` divides
+        ``models.shared_latent_dim``."""
+
+
+@dataclass
+class Stage1Config:
+    """Stage-1 training (config section ``vjepa2_world_model.stage1``)."""
+
+    masking_ratio: float = 0.4  # fraction of patches replaced by the mask token
+    num_epochs: int = 10
+    learning_rate: float = 1e-4
+    ema_decay: float = 0.996  # target <- decay * target + (1 - decay) * online
+    weight_decay: float = 0.05
+    early_stopping_patience: int = 3  # epochs without val improvement before stopping
+    # seed's pooled-latent MLP, V-JEPA 2 token target, or latent -> all tokens decoder (worldmodel/masked_prediction.py)
+    target: Literal["pooled", "tokens", "bottleneck"] = "bottleneck"
+    bottleneck_token_weight: float = 0.0  # bottleneck target: weight of the added masked-token loss (0 = none)
+    motion_weighting: float = 1.0  # bottleneck target: token error weight 1 + this * patch motion / mean motion
+    motion_map_weight: float = 1.0  # auxiliary: cross-entropy of where the newest frame moved (8x8 map) from z
+    batch_size: int = 128
+    grad_clip: float = 1.0  # max global grad norm
+    warmup_epochs: float = 0.5  # linear LR warm-up before cosine decay
+    probe_every: int = 1  # run the representation diagnostics every N epochs (0 = only at the end)
+    compile: bool = False  # torch.compile the training step
+
+    def validate(self, path: str) -> None:
+        """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
+        check_range(0.0 < self.masking_ratio < 1.0, f"{path}.masking_ratio", self.masking_ratio,
+                    "a fraction strictly between 0 and 1")
+        check_range(self.bottleneck_token_weight >= 0.0, f"{path}.bottleneck_token_weight",
+                    self.bottleneck_token_weight, "a value >= 0")
+        check_range(self.motion_weighting >= 0.0, f"{path}.motion_weighting", self.motion_weighting, "a value >= 0")
+        check_range(self.motion_map_weight >= 0.0, f"{path}.motion_map_weight", self.motion_map_weight,
+                    "a number >= 0 (0 = off)")
+        check_range(0.0 <= self.ema_decay <= 1.0, f"{path}.ema_decay", self.ema_decay, "a value in [0, 1]")
+        check_schedule(self, path)
 
 
 class PooledPredictor(nn.Module):
@@ -172,6 +221,17 @@ class MaskedPredictionModel(nn.Module):
             # Lives in the predictor so that checkpoints (which save online, target, predictor) carry it.
             self.predictor.add_module("motion_head", nn.Linear(D, encoder.num_patches))
 
+    @classmethod
+    def from_config(cls, encoder: MaskedViT, stage1: Stage1Config, predictor: PredictorConfig
+                    ) -> MaskedPredictionModel:
+        """The Stage-1 model of ``encoder`` (becomes the online encoder) with the objective of ``stage1`` and the
+        predictor of ``predictor``."""
+        return cls(encoder, target=stage1.target, masking_ratio=stage1.masking_ratio, ema_decay=stage1.ema_decay,
+                   predictor_depth=predictor.depth, predictor_heads=predictor.heads,
+                   predictor_mlp_dim=predictor.mlp_dim, predictor_dropout=predictor.dropout,
+                   bottleneck_token_weight=stage1.bottleneck_token_weight, motion_weighting=stage1.motion_weighting,
+                   motion_map_weight=stage1.motion_map_weight)
+
     def train(self, mode: bool = True) -> MaskedPredictionModel:
         super().train(mode)
         self.target.eval()  # the target never uses dropout
@@ -221,28 +281,6 @@ class MaskedPredictionModel(nn.Module):
         ema_update(self.target, self.online, self.ema_decay)
 
 
-def build_stage1_model(cfg) -> MaskedPredictionModel:
-    """A MaskedPredictionModel from a :class:`experiments.config.Config`."""
-    from worldmodel.encoder import build_encoder
-
-    s1, p = cfg.vjepa2_world_model.stage1, cfg.models.predictor
-    return MaskedPredictionModel(build_encoder(cfg), target=s1.target, masking_ratio=s1.masking_ratio,
-                                 ema_decay=s1.ema_decay, predictor_depth=p.depth, predictor_heads=p.heads,
-                                 predictor_mlp_dim=p.mlp_dim, predictor_dropout=p.dropout,
-                                 bottleneck_token_weight=s1.bottleneck_token_weight,
-                                 motion_weighting=s1.motion_weighting, motion_map_weight=s1.motion_map_weight)
-
-
-def encoder_kwargs(vit: MaskedViT) -> dict[str, int | float]:
-    """The constructor arguments of a MaskedViT, stored in checkpoints so the encoder can be rebuilt."""
-    blk = vit.blocks[0]
-    return {"image_size": vit.image_size, "in_channels": vit.in_channels, "patch_size": vit.patch_size,
-            "dim": vit.dim, "depth": len(vit.blocks), "heads": blk.attn.heads,
-            "mlp_dim": blk.mlp[0].out_features, "dropout": float(blk.mlp[2].p), "readout": vit.readout,
-            "readout_channels": vit.readout_channels, "frame_diffs": vit.frame_diffs,
-            "input_norm": vit.input_norm, "input_std_floor": vit.input_std_floor}
-
-
 def load_encoder(path: str | Path, device: str | torch.device = "cpu", which: str = "target") -> nn.Module:
     """The Stage-1 encoder of a checkpoint, in eval mode, frozen: uint8 ``[B, 4, 64, 64]`` -> float ``[B, D]``.
 
@@ -254,18 +292,10 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu", which: st
     Raises:
         UserError: the file is missing, corrupt, not a stage-1 checkpoint, or does not fit.
     """
-    from worldmodel.checkpoint import load_checkpoint, load_state
+    from worldmodel.checkpoint import load_checkpoint, rebuild
     from worldmodel.encoder import PooledEncoder
 
-    ckpt = load_checkpoint(path, kind="stage1")
-    kwargs = ckpt.get("encoder_kwargs")
-    if not isinstance(kwargs, dict) or which not in ckpt:
-        raise UserError(f"checkpoint {path} lacks the encoder description or '{which}' weights; re-run stage 1")
-    try:
-        vit = MaskedViT(**kwargs)
-    except (TypeError, AssertionError) as err:
-        raise UserError(f"checkpoint {path} has an invalid encoder description ({err}); re-run stage 1") from None
-    load_state(vit, ckpt[which], path, which)
+    vit = rebuild(load_checkpoint(path, kind="stage1"), path, MaskedViT, "encoder_kwargs", which, "encoder", stage=1)
     enc = PooledEncoder(vit).to(device)
     enc.requires_grad_(False)
     return enc.eval()

@@ -17,9 +17,29 @@ the last ``max_len`` steps (exactly the context length it was trained on), one t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from envs.errors import check_range
+
+
+@dataclass
+class WorldModelNetConfig:
+    """The Stage-2 network (config section ``models.world_model``)."""
+
+    depth: int = 4  # causal transformer blocks of WorldModelTransformer
+    heads: int = 4
+    mlp_dim: int = 512
+    dropout: float = 0.1
+    hidden_dim: int = 128  # model width (latents and action embeddings are projected to it)
+
+    def validate(self, path: str) -> None:
+        """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
+        check_range(self.hidden_dim % self.heads == 0, f"{path}.heads", self.heads,
+                    f"a divisor of {path}.hidden_dim ({self.hidden_dim})")
 
 
 def symlog(x: torch.Tensor) -> torch.Tensor:
@@ -167,6 +187,14 @@ class WorldModelTransformer(nn.Module):
         self.register_buffer("z_std", torch.ones(latent_dim))
         self.register_buffer("dz_std", torch.ones(latent_dim))
 
+    @classmethod
+    def from_config(cls, net: WorldModelNetConfig, *, latent_dim: int, num_actions: int, max_len: int
+                    ) -> WorldModelTransformer:
+        """The network of ``net`` over latents of size ``latent_dim``, ``num_actions`` actions and a context window
+        of ``max_len`` steps."""
+        return cls(latent_dim=latent_dim, num_actions=num_actions, hidden_dim=net.hidden_dim, depth=net.depth,
+                   heads=net.heads, mlp_dim=net.mlp_dim, dropout=net.dropout, max_len=max_len)
+
     @torch.no_grad()
     def set_normalization(self, z: torch.Tensor, z_next: torch.Tensor) -> None:
         """Set the latent statistics from training latents ``z [N, D]`` and their successors ``z_next [N, D]``."""
@@ -261,10 +289,3 @@ class WorldModelTransformer(nn.Module):
             cont[:, h:h + 1] = c
         return lat, rew, cont
 
-
-def build_world_model_transformer(cfg, num_actions: int = 4) -> WorldModelTransformer:
-    """A WorldModelTransformer from a :class:`experiments.config.Config` (models.world_model, stage2)."""
-    wm = cfg.models.world_model
-    return WorldModelTransformer(latent_dim=cfg.models.shared_latent_dim, num_actions=num_actions,
-                                 hidden_dim=wm.hidden_dim, depth=wm.depth, heads=wm.heads, mlp_dim=wm.mlp_dim,
-                                 dropout=wm.dropout, max_len=cfg.vjepa2_world_model.stage2.sequence_length)

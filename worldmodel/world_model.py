@@ -1,4 +1,5 @@
-"""The world model's public API: the only way planners and the actor-critic see it.
+"""The learned world model behind the public API (``worldmodel.protocol.PolicyWorldModel``): the only way
+planners and the actor-critic see it.
 
 ```python
 from worldmodel import load_world_model
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from envs.errors import UserError
-from worldmodel.checkpoint import load_checkpoint, load_state
+from worldmodel.checkpoint import load_checkpoint, rebuild
 from worldmodel.encoder import MaskedViT, PooledEncoder
 from worldmodel.transformer import KVRollout, WorldModelTransformer, symexp
 
@@ -127,27 +128,11 @@ class WorldModel:
 
 def encoder_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> nn.Module:
     """The frozen encoder stored in a Stage-2 checkpoint dict (``encoder_kwargs`` + ``encoder`` weights)."""
-    kwargs = ckpt.get("encoder_kwargs")
-    if not isinstance(kwargs, dict) or "encoder" not in ckpt:
-        raise UserError(f"checkpoint {path} lacks its encoder (encoder_kwargs and weights); re-run stage 2")
-    try:
-        vit = MaskedViT(**kwargs)
-    except (TypeError, AssertionError) as err:
-        raise UserError(f"checkpoint {path} has an invalid encoder description ({err}); re-run stage 2") from None
-    load_state(vit, ckpt["encoder"], path, "encoder")
-    return PooledEncoder(vit)
+    return PooledEncoder(rebuild(ckpt, path, MaskedViT, "encoder_kwargs", "encoder", "encoder", stage=2))
 
 
 def _build_dynamics(ckpt: dict[str, Any], path: Path) -> WorldModelTransformer:
-    kwargs = ckpt.get("world_model_kwargs")
-    if not isinstance(kwargs, dict) or "world_model" not in ckpt:
-        raise UserError(f"checkpoint {path} lacks its world model (world_model_kwargs and weights); re-run stage 2")
-    try:
-        model = WorldModelTransformer(**kwargs)
-    except (TypeError, AssertionError) as err:
-        raise UserError(f"checkpoint {path} has an invalid world-model description ({err}); re-run stage 2") from None
-    load_state(model, ckpt["world_model"], path, "world_model")
-    return model
+    return rebuild(ckpt, path, WorldModelTransformer, "world_model_kwargs", "world_model", "world model", stage=2)
 
 
 def load_world_model(path: str | Path, device: str | torch.device = "cpu") -> WorldModel:
