@@ -62,6 +62,7 @@ class AgentConfig:
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
         check_range(self.imagine_horizon >= 1, f"{path}.imagine_horizon", self.imagine_horizon, "an integer >= 1")
+        check_range(self.grad_clip > 0, f"{path}.grad_clip", self.grad_clip, "a positive max gradient norm")
         check_range(0.0 <= self.lambda_ <= 1.0, f"{path}.lambda_", self.lambda_, "a value in [0, 1]")
         check_range(0.0 < self.discount <= 1.0, f"{path}.discount", self.discount, "a value in (0, 1]")
         check_range(0.0 <= self.critic_ema_decay < 1.0, f"{path}.critic_ema_decay", self.critic_ema_decay,

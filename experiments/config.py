@@ -15,6 +15,7 @@ is accepted.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -99,7 +100,12 @@ class RunConfig:
 
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``."""
+        check_range(self.seed >= 0, f"{path}.seed", self.seed, "an integer >= 0")
+        check_range(self.device in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", self.device) is not None,
+                    f"{path}.device", self.device, "'cpu', 'cuda', 'cuda:N' or 'auto'")
         check_range(self.threads >= 0, f"{path}.threads", self.threads, "an integer >= 0 (0 = torch default)")
+        check_range(not Path(self.runs_dir).exists() or Path(self.runs_dir).is_dir(), f"{path}.runs_dir",
+                    self.runs_dir, "a folder (or a path that does not exist yet), not a file")
         check_range(self.checkpoint_every_steps >= 0, f"{path}.checkpoint_every_steps", self.checkpoint_every_steps,
                     "an integer >= 0 (0 = checkpoint at epoch ends only)")
 
@@ -192,6 +198,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return value
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported config type at {path}")
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 and 1e6 (no dot) as strings
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     ok = (
         (tp is bool and isinstance(value, bool))
         or (tp is int and isinstance(value, int) and not isinstance(value, bool))
@@ -216,8 +227,8 @@ def validate(cfg: Config) -> Config:
     check_range(vit.heads >= 1 and m.shared_latent_dim % vit.heads == 0, "models.encoder.params.vit.heads",
                 vit.heads, f"a divisor of models.shared_latent_dim ({m.shared_latent_dim})")
     m.predictor.validate("models.predictor")
-    check_range(m.shared_latent_dim % m.predictor.heads == 0, "models.predictor.heads", m.predictor.heads,
-                f"a divisor of models.shared_latent_dim ({m.shared_latent_dim})")
+    check_range(m.predictor.heads >= 1 and m.shared_latent_dim % m.predictor.heads == 0, "models.predictor.heads",
+                m.predictor.heads, f"a divisor of models.shared_latent_dim ({m.shared_latent_dim})")
     m.world_model.validate("models.world_model")
     cfg.vjepa2_world_model.stage1.validate("vjepa2_world_model.stage1")
     cfg.vjepa2_world_model.stage2.validate("vjepa2_world_model.stage2")

@@ -311,3 +311,39 @@ def test_new_run_dir_never_shares_a_folder_between_concurrent_runs(tmp_path):
     assert len(set(dirs)) == 16 and all(d.is_dir() for d in dirs)
     assert (tmp_path / "pretrain" / "20261129-120000-quick-s0") in dirs
     assert (tmp_path / "pretrain" / "20261129-120000-quick-s0-16") in dirs
+
+
+@pytest.mark.parametrize("override, key", [
+    ("models.world_model.heads=0", "models.world_model.heads"),
+    ("models.predictor.heads=0", "models.predictor.heads"),
+    ("run.device=foo", "run.device"),
+    ("run.seed=-5", "run.seed"),
+    ("vjepa2_world_model.stage1.grad_clip=-1", "vjepa2_world_model.stage1.grad_clip"),
+    ("vjepa2_world_model.stage2.grad_clip=0", "vjepa2_world_model.stage2.grad_clip"),
+    ("vjepa2_world_model.stage1.warmup_epochs=-5", "vjepa2_world_model.stage1.warmup_epochs"),
+    ("agent.grad_clip=-1", "agent.grad_clip"),
+])
+def test_out_of_range_values_name_their_key(override, key):
+    from envs.errors import UserError
+    from experiments.config import load_config
+
+    with pytest.raises(UserError, match=f"'{key}'.*out of range"):
+        load_config("tiny", [override])
+
+
+def test_runs_dir_that_is_a_file_is_refused(tmp_path):
+    from envs.errors import UserError
+    from experiments.config import load_config
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UserError, match="run.runs_dir"):
+        load_config("tiny", [f"run.runs_dir={f}"])
+
+
+@pytest.mark.parametrize("raw, value", [("3e-4", 3e-4), ("1e6", 1e6), ("1E-3", 1e-3), ("0.001", 0.001), ("2", 2.0)])
+def test_scientific_notation_is_a_float(raw, value):
+    from experiments.config import load_config
+
+    assert load_config("tiny", [f"vjepa2_world_model.stage1.learning_rate={raw}"]).vjepa2_world_model.stage1 \
+        .learning_rate == value

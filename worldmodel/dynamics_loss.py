@@ -60,6 +60,7 @@ class Stage2Config:
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
         check_schedule(self, path)
+        check_range(self.grad_clip > 0, f"{path}.grad_clip", self.grad_clip, "a positive max gradient norm")
         check_range(self.sequence_length >= 1, f"{path}.sequence_length", self.sequence_length, "an integer >= 1")
         check_range(1 <= self.rollout_steps <= self.sequence_length, f"{path}.rollout_steps", self.rollout_steps,
                     f"an integer in [1, sequence_length={self.sequence_length}] "

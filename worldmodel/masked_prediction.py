@@ -79,6 +79,8 @@ class Stage1Config:
                     "a number >= 0 (0 = off)")
         check_range(0.0 <= self.ema_decay <= 1.0, f"{path}.ema_decay", self.ema_decay, "a value in [0, 1]")
         check_schedule(self, path)
+        check_range(self.warmup_epochs >= 0, f"{path}.warmup_epochs", self.warmup_epochs, "a number of epochs >= 0")
+        check_range(self.grad_clip > 0, f"{path}.grad_clip", self.grad_clip, "a positive max gradient norm")
 
 
 class PooledPredictor(nn.Module):

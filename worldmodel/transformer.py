@@ -38,7 +38,7 @@ class WorldModelNetConfig:
 
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
-        check_range(self.hidden_dim % self.heads == 0, f"{path}.heads", self.heads,
+        check_range(self.heads >= 1 and self.hidden_dim % self.heads == 0, f"{path}.heads", self.heads,
                     f"a divisor of {path}.hidden_dim ({self.hidden_dim})")
 
 
