@@ -175,7 +175,12 @@ fit_mod._check_finite = check
 """
 
 
-def _kill_when_ready(body: str, tmp_path: Path) -> int:
+def _kill_when_ready(module: str, call: str, sets: list[str], tmp_path: Path) -> int:
+    """Run ``from module import *; call`` with ``cfg = load_config('tiny', sets)`` (runs under tmp_path/killed)
+    in a child process, SIGKILL it at the kill point, and return the step it was killed in."""
+    child_sets = [*sets, f"run.runs_dir={tmp_path / 'killed'}"]
+    body = (f"from experiments.config import load_config\nfrom {module} import *\n"
+            f"cfg = load_config('tiny', {child_sets!r})\n{call}\n")
     ready = tmp_path / "ready"
     code = CHILD.format(root=str(ROOT), ready=str(ready), body=body)
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -202,11 +207,8 @@ def test_stage1_killed_in_its_first_epoch_resumes_to_the_same_weights(tiny_data,
     from experiments.pretrain import pretrain_stage1
 
     sets = ["run.wandb=disabled", "run.checkpoint_every_steps=2"]
-    child_sets = sets + [f"run.runs_dir={tmp_path / 'killed'}"]
-    body = (f"from experiments.config import load_config\nfrom experiments.pretrain import pretrain_stage1\n"
-            f"cfg = load_config('tiny', {child_sets!r})\n"
-            f"pretrain_stage1(cfg, data={str(tiny_data)!r}, progress=False, echo=lambda s: None)\n")
-    killed_at = _kill_when_ready(body, tmp_path)
+    killed_at = _kill_when_ready("experiments.pretrain", f"pretrain_stage1(cfg, data={str(tiny_data)!r}, "
+                                 "progress=False, echo=lambda s: None)", sets, tmp_path)
     run_dir = _only_run(tmp_path / "killed" / "pretrain")
     saved = load_checkpoint(run_dir / "stage1" / "latest.pt", kind="stage1")
     assert saved["epoch"] == 0 and saved["step"] == killed_at - 1  # a mid-epoch checkpoint, one step behind
@@ -228,11 +230,8 @@ def test_actor_critic_killed_mid_training_resumes_to_the_same_weights(tiny_data,
 
     wm = save_untrained_world_model(tmp_path / "wm.pt", data_dir=tiny_data)
     sets = ["run.wandb=disabled", "agent.checkpoint_every=4", "agent.updates=12", "agent.start_latents=200"]
-    child_sets = sets + [f"run.runs_dir={tmp_path / 'killed'}"]
-    body = (f"from experiments.config import load_config\nfrom experiments.train_agent import train_agent\n"
-            f"cfg = load_config('tiny', {child_sets!r})\n"
-            f"train_agent(cfg, {str(wm)!r}, progress=False)\n")
-    killed_at = _kill_when_ready(body, tmp_path)
+    killed_at = _kill_when_ready("experiments.train_agent", f"train_agent(cfg, {str(wm)!r}, progress=False)", sets,
+                                 tmp_path)
     run_dir = _only_run(tmp_path / "killed" / "train-agent")
     assert load_checkpoint(run_dir / "agent.pt", kind="agent")["step"] == killed_at - 1
     resumed = train_agent(load_config("tiny"), resume=run_dir, progress=False)
