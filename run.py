@@ -184,30 +184,36 @@ def demo(preset, config_file, overrides, seed, wandb_mode):
               help="Comparison folder [default: runs/compare-baselines/<preset>]; rerunning with the same folder "
                    "skips finished agent/seed pairs.")
 @click.option("--world-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Stage-2 world-model checkpoint (cem, actor-critic) [default: the one the agent checkpoint "
-                   "was trained on].")
+              help="One Stage-2 world-model checkpoint for every seed (cem, actor-critic) [default: each seed "
+                   "collects, pretrains and trains its own, under OUT/world-models/].")
 @click.option("--agent-checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Actor-critic checkpoint from train-agent (actor-critic; value/prior for cem).")
+              help="One actor-critic checkpoint from train-agent for every seed (actor-critic; value/prior for "
+                   "cem) [default: each seed trains its own].")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Replay folder the world model was trained on: its transitions count as the world-model "
                    "agents' env steps.")
 @click.option("--pretrain-run", "pretrain_runs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Pretrain run folder whose losses go on the dashboard (repeatable).")
+@click.option("--reference", "references", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="episodes.json of a comparison made with the same settings (e.g. docs/results/"
+                   "atari100k_episodes.json): its finished pairs join the table and are not rerun (repeatable).")
 @config_options
-def compare_baselines(agents, num_seeds, out, world_model, agent_checkpoint, data, pretrain_runs, preset,
+def compare_baselines(agents, num_seeds, out, world_model, agent_checkpoint, data, pretrain_runs, references, preset,
                       config_file, overrides, seed, wandb_mode):
     """Train and evaluate agents at one env-step budget; write results.md, results.json and a dashboard.
 
     \b
-    Example:
+    Examples:
       python run.py compare-baselines --preset quick --seeds 1 --agents ppo,dqn,random
+      python run.py compare-baselines --preset atari100k --seeds 3 --agents random,cem-value,actor-critic \\
+          --reference docs/results/atari100k_episodes.json   # a world model per seed; extends the table
     """
     from experiments.compare import CompareOptions
     from experiments.compare import compare_baselines as run_compare
 
     cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
     opts = CompareOptions(world_model=world_model, agent_checkpoint=agent_checkpoint, data=data,
-                          pretrain_runs=list(pretrain_runs))
+                          pretrain_runs=list(pretrain_runs), references=list(references))
     report = run_compare(cfg, agents, num_seeds, out=out, opts=opts)
     click.echo(Path(report["results_md"]).read_text())
     click.echo(f"results: {report['results_json']}")

@@ -2,11 +2,13 @@
 
 ``ALE/Breakout-v5`` (frameskip=1, sticky actions and frame cap from config)
 -> gymnasium ``AtariPreprocessing`` (64x64 grayscale, frame skip 4, random no-ops)
--> :class:`BreakoutRules` (FIRE after reset / life loss, optional terminal-on-life-loss, RAM labels)
+-> :class:`BreakoutRules` (the serve: FIRE until the ball is in play after reset / life loss; optional
+   terminal-on-life-loss; RAM labels)
 -> ``FrameStackObservation(4)``: observations are uint8 ``[4, 64, 64]``.
 
 Every step's ``info`` carries the emulator's ground truth read from RAM: ``paddle_x``, ``ball_x``,
-``ball_y`` (0 when no ball is in play), ``lives``, ``score``, plus ``life_loss`` and ``game_over``.
+``ball_y`` (0 when no ball is in play), ``lives``, ``score``, plus ``life_loss``, ``game_over``, ``action``
+(the action the emulator executed: FIRE on a serve step) and ``serve`` (whether this step was a serve).
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ class EnvironmentConfig:
     noop_max: int = 30  # random no-ops after reset
     repeat_action_probability: float = 0.25  # sticky actions (ALE v5 default; 0 in atari100k)
     max_episode_frames: int = 108_000  # emulator-frame cap of one episode (30 minutes of play)
-    fire_on_reset: bool = True  # press FIRE after reset so the ball is served
-    fire_on_life_loss: bool = True  # press FIRE after a life is lost (the FIRE step's reward is kept)
+    fire_on_reset: bool = True  # serve after reset: steps press FIRE until the RAM shows the ball in play
+    fire_on_life_loss: bool = True  # serve the same way after a life is lost
+    serve_max_presses: int = 16  # bound of one serve: after this many FIRE steps the agent's actions pass through
     terminal_on_life_loss: bool = False  # end the episode at each life loss (training-only trick)
 
     def validate(self, path: str) -> None:
@@ -56,6 +59,8 @@ class EnvironmentConfig:
         check_range(self.noop_max >= 0, f"{path}.noop_max", self.noop_max, "an integer >= 0")
         check_range(0.0 <= self.repeat_action_probability < 1.0, f"{path}.repeat_action_probability",
                     self.repeat_action_probability, "a probability in [0, 1)")
+        check_range(self.serve_max_presses >= 1, f"{path}.serve_max_presses", self.serve_max_presses,
+                    "an integer >= 1")
         check_range(self.max_episode_frames > 0, f"{path}.max_episode_frames", self.max_episode_frames,
                     "an integer > 0")
 
@@ -78,63 +83,88 @@ def labels_array(info: dict[str, Any]) -> np.ndarray:
 
 
 class BreakoutRules(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """FIRE after reset and after a life loss, terminal-on-life-loss, and RAM labels in ``info``.
+    """The serve, terminal-on-life-loss, and RAM labels in ``info``.
 
-    The reward of an automatic FIRE step is added to the step that lost the life, so no reward
-    is hidden from the agent. With ``terminal_on_life_loss`` a lost life ends the episode, and
-    the following ``reset`` continues the same game instead of starting a new one (as SB3's
-    ``EpisodicLifeEnv``), so a "game" still spans all lives.
+    The serve: after a reset (``fire_on_reset``) and after a lost life (``fire_on_life_loss``), every step
+    presses FIRE in place of the agent's action until the RAM shows the ball in play (``ball_y > 0``), at
+    most ``serve_max_presses`` steps in a row. Sticky actions can swallow a FIRE; the next step presses
+    again, so no game stalls with the ball never served. Serve steps are ordinary agent steps: every
+    counter of env steps (collection budgets, SB3's ``num_timesteps``, game lengths) counts them, and
+    ``info["action"]`` is the action the emulator executed (FIRE on a serve step; replay data records it).
+
+    With ``terminal_on_life_loss`` a lost life ends the episode, and the following ``reset`` (without a
+    seed) continues the same game instead of starting a new one (as SB3's ``EpisodicLifeEnv``), so a
+    "game" still spans all lives; the serve then happens on the new episode's first steps.
     """
 
     def __init__(self, env: gym.Env, fire_on_reset: bool = True, fire_on_life_loss: bool = True,
-                 terminal_on_life_loss: bool = False):
+                 terminal_on_life_loss: bool = False, serve_max_presses: int = 16):
         gym.utils.RecordConstructorArgs.__init__(self, fire_on_reset=fire_on_reset,
                                                  fire_on_life_loss=fire_on_life_loss,
-                                                 terminal_on_life_loss=terminal_on_life_loss)
+                                                 terminal_on_life_loss=terminal_on_life_loss,
+                                                 serve_max_presses=serve_max_presses)
         gym.Wrapper.__init__(self, env)
         self.fire_on_reset = fire_on_reset
         self.fire_on_life_loss = fire_on_life_loss
         self.terminal_on_life_loss = terminal_on_life_loss
+        self.serve_max_presses = serve_max_presses
         self._ale = env.unwrapped.ale
         self._lives = 0
         self._game_over = True
+        self._serving = False  # a serve is due: FIRE until the ball is in play
+        self._presses = 0  # FIRE presses of the serve in progress
+        self._last: tuple[Any, dict[str, Any]] | None = None  # last observation and info (continued games)
 
-    def _info(self, info: dict[str, Any], life_loss: bool = False) -> dict[str, Any]:
+    def _ball_in_play(self) -> bool:
+        return int(self._ale.getRAM()[101]) != 0
+
+    def _info(self, info: dict[str, Any], life_loss: bool = False, action: int = 0,
+              serve: bool = False) -> dict[str, Any]:
         info = dict(info)
         info.update(ram_labels(self._ale.getRAM()))
         info["life_loss"] = life_loss
         info["game_over"] = self._game_over
+        info["action"] = action
+        info["serve"] = serve
         return info
 
+    def _start_serve(self, due: bool) -> None:
+        self._serving = due and not self._ball_in_play()
+        self._presses = 0
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if self.terminal_on_life_loss and not self._game_over and seed is None:
-            # Continue the same game after a life loss: serve the ball instead of a real reset.
-            obs, _, terminated, truncated, info = self.env.step(FIRE)
-            if not (terminated or truncated):
-                self._lives = self._ale.lives()
-                return obs, self._info(info)
+        if self.terminal_on_life_loss and not self._game_over and seed is None and self._last is not None:
+            # Continue the same game after a life loss: no emulator reset; the serve follows in step().
+            obs, info = self._last
+            return obs, info
         obs, info = self.env.reset(seed=seed, options=options)
         self._game_over = False
-        if self.fire_on_reset:
-            obs, _, terminated, truncated, info = self.env.step(FIRE)
-            if terminated or truncated:  # cannot happen in Breakout, but never return a dead state
-                obs, info = self.env.reset()
         self._lives = self._ale.lives()
-        return obs, self._info(info)
+        self._start_serve(self.fire_on_reset)
+        info = self._info(info)
+        self._last = (obs, info)
+        return obs, info
 
     def step(self, action):
+        action = int(action)
+        serve = self._serving and self._presses < self.serve_max_presses and not self._ball_in_play()
+        if serve:
+            action = FIRE
+            self._presses += 1
         obs, reward, terminated, truncated, info = self.env.step(action)
         lives = self._ale.lives()
         life_loss = lives < self._lives
         self._lives = lives
-        if life_loss and not (terminated or truncated) and self.fire_on_life_loss:
-            obs, extra, terminated, truncated, info = self.env.step(FIRE)
-            reward += extra
-            self._lives = self._ale.lives()
         self._game_over = bool(terminated or truncated)
+        if life_loss:
+            self._start_serve(self.fire_on_life_loss and not self._game_over)
+        elif self._serving and (self._ball_in_play() or self._presses >= self.serve_max_presses):
+            self._serving = False
+        info = self._info(info, life_loss, action, serve)
+        self._last = (obs, info)
         if self.terminal_on_life_loss and life_loss:
             terminated = True
-        return obs, float(reward), bool(terminated), bool(truncated), self._info(info, life_loss)
+        return obs, float(reward), bool(terminated), bool(truncated), info
 
 
 @functools.cache
@@ -188,7 +218,8 @@ def make_env(env_cfg: EnvironmentConfig, seed: int | None = None, render_mode: s
         grayscale_obs=True,
         scale_obs=False,
     )
-    env = BreakoutRules(env, env_cfg.fire_on_reset, env_cfg.fire_on_life_loss, env_cfg.terminal_on_life_loss)
+    env = BreakoutRules(env, env_cfg.fire_on_reset, env_cfg.fire_on_life_loss, env_cfg.terminal_on_life_loss,
+                        env_cfg.serve_max_presses)
     env = FrameStackObservation(env, env_cfg.frame_stack_size)
     if seed is not None:
         env.action_space.seed(seed)

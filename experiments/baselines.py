@@ -1,8 +1,9 @@
-"""Model-free baselines: SB3 PPO, DQN and A2C on the project's own Breakout pipeline.
+"""Model-free baselines: SB3 PPO, DQN and A2C, on the project's own Breakout pipeline (``dqn``, ``ppo``,
+``a2c``) or on SB3's own Atari stack (``dqn-sb3``, ``ppo-sb3``: :mod:`experiments.sb3_atari`).
 
-The baselines see exactly the observations the world-model agents see (``envs.breakout.make_env``:
-uint8 ``[4, 64, 64]``, channel-first, so SB3 applies no ``VecTransposeImage``). Training uses SB3's
-usual Atari treatment: a lost life ends the training episode (``terminal_on_life_loss``; the next
+On the project's pipeline the baselines see exactly the observations the world-model agents see
+(``envs.breakout.make_env``: uint8 ``[4, 64, 64]``, channel-first, so SB3 applies no ``VecTransposeImage``).
+Training uses SB3's usual Atari treatment: a lost life ends the training episode (``terminal_on_life_loss``; the next
 reset continues the same game) and rewards are clipped to their sign. Evaluation is the project's one
 protocol (:func:`experiments.play.evaluate`: whole games, raw score).
 
@@ -31,6 +32,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from envs.breakout import make_env
 from envs.errors import UserError
+from envs.seeds import training_seed
 from experiments.agents import BuiltAgent
 from experiments.config import Config
 from experiments.play import evaluate, summarize_returns
@@ -101,15 +103,20 @@ class ClipReward(gym.RewardWrapper):
         return float(np.sign(reward))
 
 
+PIPELINES = ("project", "sb3-atari")
+
+
 def make_training_env(cfg: Config, n_envs: int, seed: int) -> VecEnv:
-    """``n_envs`` training copies of the pipeline (seeds seed, seed+1, ...) in a DummyVecEnv.
+    """``n_envs`` training copies of the pipeline in a DummyVecEnv, game seeds from the training range
+    (``envs.seeds.training_seed``: never an evaluation game).
 
     ``Monitor`` sits below ``ClipReward`` so that its episode statistics are raw scores (of one life).
     """
     env_cfg = training_env_config(cfg)
-    fns = [lambda i=i: ClipReward(Monitor(make_env(env_cfg, seed=seed + i))) for i in range(n_envs)]
+    first = training_seed(seed)
+    fns = [lambda i=i: ClipReward(Monitor(make_env(env_cfg, seed=first + i))) for i in range(n_envs)]
     vec = DummyVecEnv(fns)
-    vec.seed(seed)
+    vec.seed(first)
     assert vec.observation_space.shape == (cfg.environment.frame_stack_size, cfg.environment.image_height,
                                            cfg.environment.image_width), vec.observation_space.shape
     return vec
@@ -156,9 +163,12 @@ class SB3Agent:
     learning-curve points mid-training measure the greedy policy rather than the exploration schedule.
     """
 
-    def __init__(self, model, algo: str, epsilon: float = 0.0, seed: int = 0):
+    def __init__(self, model, algo: str, epsilon: float = 0.0, seed: int = 0, pipeline: str = "project",
+                 size: int | None = None):
         self.model = model
         self.algo = algo
+        self.observation_pipeline = pipeline  # experiments.play.evaluate builds the matching env
+        self.observation_size = size  # frame size of the sb3-atari pipeline (None: its default 84)
         self.epsilon = epsilon
         self.rng = np.random.default_rng(seed)
 
@@ -166,7 +176,7 @@ class SB3Agent:
         pass
 
     def act(self, obs: np.ndarray) -> int:
-        assert obs.ndim == 3 and obs.dtype == np.uint8, (obs.shape, obs.dtype)  # [4, 64, 64]
+        assert obs.ndim == 3 and obs.dtype == np.uint8, (obs.shape, obs.dtype)  # [4, 64, 64] or [4, 84, 84]
         if self.algo == "dqn":
             if self.rng.random() < self.epsilon:
                 return int(self.rng.integers(self.model.action_space.n))
@@ -177,7 +187,8 @@ class SB3Agent:
 
 
 def make_sb3_agent(model, algo: str, hp: dict[str, Any], seed: int) -> SB3Agent:
-    return SB3Agent(model, algo, epsilon=hp.get("exploration_final_eps", 0.0) if algo == "dqn" else 0.0, seed=seed)
+    return SB3Agent(model, algo, epsilon=hp.get("exploration_final_eps", 0.0) if algo == "dqn" else 0.0, seed=seed,
+                    pipeline=hp.get("pipeline", "project"), size=hp.get("screen_size"))
 
 
 class LearningCurve(BaseCallback):
@@ -214,11 +225,15 @@ class LearningCurve(BaseCallback):
 
 def train_sb3(algo: str, cfg: Config, seed: int | None = None, device: torch.device | str | None = None,
               on_point: Callable[[dict[str, Any]], None] | None = None,
-              on_progress: Callable[[int], None] | None = None) -> BuiltAgent:
+              on_progress: Callable[[int], None] | None = None, pipeline: str = "project",
+              sb3_screen_size: int | None = None) -> BuiltAgent:
     """Train one SB3 baseline within ``baselines.agent_steps`` env steps.
 
     Args:
         algo: one of :data:`SB3_ALGOS`.
+        pipeline: ``"project"`` (the 64x64 pipeline every world-model agent sees) or ``"sb3-atari"``
+            (SB3's ``make_atari_env`` + ``VecFrameStack(4)`` at 84x84, :mod:`experiments.sb3_atari`).
+        sb3_screen_size: another frame size for the ``"sb3-atari"`` pipeline (benchmarks/dqn_gap.py).
         cfg: the run's config (``baselines.*``, ``environment.*``, ``evaluation.*``).
         seed: training seed (default ``run.seed``).
         device: torch device (default: :func:`experiments.runlog.setup_torch`).
@@ -232,11 +247,24 @@ def train_sb3(algo: str, cfg: Config, seed: int | None = None, device: torch.dev
     """
     seed = cfg.run.seed if seed is None else seed
     hp = scaled_hyperparams(algo, cfg.baselines.agent_steps)
+    hp["pipeline"] = pipeline
     if hp["total_timesteps"] < 1:
         raise UserError(f"baselines.agent_steps={cfg.baselines.agent_steps} is smaller than one {algo} rollout; "
                         "raise it")
     device = setup_torch(cfg) if device is None else device
-    env = make_training_env(cfg, hp["n_envs"], seed)
+    if pipeline == "sb3-atari":
+        from experiments.sb3_atari import SB3_ATARI_ID, make_sb3_training_env
+
+        if sb3_screen_size is not None:
+            hp["screen_size"] = sb3_screen_size
+        size = hp.get("screen_size", 84)
+        env = make_sb3_training_env(cfg.environment, hp["n_envs"], seed, screen_size=size)
+        hp["env"] = f"make_atari_env({SB3_ATARI_ID!r}) + VecFrameStack(4): AtariWrapper defaults, {size}x{size}"
+    elif pipeline == "project":
+        env = make_training_env(cfg, hp["n_envs"], seed)
+        hp["env"] = "project pipeline (envs.breakout.make_env), episodic life, clipped reward"
+    else:
+        raise ValueError(f"unknown pipeline {pipeline!r}; accepted: {PIPELINES}")
     model = build_model(algo, hp, env, seed, device=device)
     callback = LearningCurve(cfg, algo, hp, seed, on_point=on_point, on_progress=on_progress)
     t0 = time.perf_counter()

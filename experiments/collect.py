@@ -11,6 +11,7 @@ import numpy as np
 from envs.breakout import NUM_ACTIONS, labels_array, make_env
 from envs.errors import UserError
 from envs.replay import Episode, ReplayWriter, load_episodes, read_manifest, split_episodes
+from envs.seeds import training_seed
 from experiments.agents import AgentInputs, check_needs, get_spec
 from experiments.config import Config
 from experiments.runlog import setup_torch, tqdm
@@ -29,8 +30,8 @@ class _EpisodeBuffer:
         self.truncated: list[bool] = []
         self.life_loss: list[bool] = []
 
-    def add(self, action, obs, reward, terminated, truncated, info) -> None:
-        self.actions.append(int(action))
+    def add(self, obs, reward, terminated, truncated, info) -> None:
+        self.actions.append(int(info["action"]))  # the executed action (FIRE on the pipeline's serve steps)
         self.rewards.append(float(reward))
         self.terminated.append(bool(terminated))
         self.truncated.append(bool(truncated))
@@ -79,8 +80,9 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
     meta = {"env": dataclasses.asdict(cfg.environment), "policy": policy, "seed": seed}
     writer = ReplayWriter(out, meta=meta, append=append)
     env = make_env(cfg.environment, seed=seed)
-    # Appending continues with fresh episode seeds so that no game is replayed.
-    obs, info = env.reset(seed=seed + 1000 * writer.num_episodes)
+    # Game seeds from the training range (never an evaluation game); appending continues with a fresh
+    # stream per call so that no game is replayed.
+    obs, info = env.reset(seed=training_seed(seed, writer.num_episodes))
     player.reset(env)
     buf = _EpisodeBuffer(obs, info)
     done_steps = 0
@@ -89,7 +91,7 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
             while done_steps < steps:
                 action = player.act(obs)
                 obs, reward, terminated, truncated, info = env.step(action)
-                buf.add(action, obs, reward, terminated, truncated, info)
+                buf.add(obs, reward, terminated, truncated, info)
                 done_steps += 1
                 bar.update(1)
                 if terminated or truncated:

@@ -9,8 +9,15 @@ The comparison folder (``--out``, default ``runs/compare-baselines/<preset>``) h
     results.json, results.md  statistics per agent (experiments/results.py)
     dashboard.html, plots/    the episode-return dashboard (experiments/dashboard.py)
 
+    world-models/s<seed>/     without --world-model / --agent-checkpoint: the seed's own world model
+                              (collection, Stage 1 + 2, actor-critic: experiments/world_model_stack.py),
+                              shared by the world-model agents (cem, cem-value, actor-critic) of that seed
+    episodes.json             every finished pair's per-episode results (small JSON, no models): commit it,
+                              and `--reference episodes.json` on another machine extends the same table
+
 A pair whose ``result.json`` exists is finished and skipped on a rerun; an unfinished pair folder
-(interrupted run) is started again from scratch.
+(interrupted run) is started again from scratch. ``--reference FILE`` imports the finished pairs of an
+``episodes.json`` made with the same settings, so only new agents or seeds are run.
 
 Every agent is scored by :func:`experiments.play.evaluate` (full games, raw score,
 evaluation seeds disjoint from training seeds, ``evaluation.episodes`` games per training seed).
@@ -43,6 +50,7 @@ from experiments.play import evaluate, summarize_returns
 from experiments.runlog import RunLogger, seed_everything, setup_torch, tqdm
 
 RESULT_FILE = "result.json"
+EPISODES_FILE = "episodes.json"
 
 
 @dataclass
@@ -53,6 +61,7 @@ class CompareOptions:
     agent_checkpoint: Path | None = None  # train-agent checkpoint: actor-critic, critic value / prior for cem
     data: Path | None = None  # replay folder the world model was trained on (its env steps)
     pretrain_runs: list[Path] = field(default_factory=list)  # runs whose losses go on the dashboard
+    references: list[Path] = field(default_factory=list)  # episodes.json files whose finished pairs are imported
 
 
 # The flag that supplies each input an agent may need (experiments.agents.check_needs).
@@ -98,6 +107,49 @@ def _check_out(out: Path, cfg: Config) -> None:
     marker.write_text(json.dumps(mine, indent=1))
 
 
+def export_episodes(out: Path, cfg: Config) -> Path:
+    """``episodes.json``: the settings and every finished pair's result (per-episode returns, no models)."""
+    pairs = [r for rs in load_pair_results(out).values() for r in rs]
+    data = {"preset": cfg.preset, "config": _comparable(cfg.to_dict()), "pairs": pairs}
+    path = out / EPISODES_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def load_reference(cfg: Config, reference: Path) -> list[dict[str, Any]]:
+    """The pairs of ``reference`` (an episodes.json), checked against this comparison's settings."""
+    try:
+        data = json.loads(Path(reference).read_text())
+        pairs, config = data["pairs"], data["config"]
+    except FileNotFoundError:
+        raise UserError(f"--reference {reference} does not exist; pass an episodes.json from a comparison folder") \
+            from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"--reference {reference} is not an episodes.json written by compare-baselines; pass one "
+                        "from a comparison folder") from None
+    if json.loads(json.dumps(_comparable(cfg.to_dict()))) != config:
+        raise UserError(f"--reference {reference} was made with other settings (preset {data.get('preset')!r}); "
+                        "pass the preset and --set options it was made with")
+    return pairs
+
+
+def import_reference(out: Path, reference: Path, pairs: list[dict[str, Any]]) -> int:
+    """Copy the ``pairs`` of ``reference`` that ``out`` lacks; returns how many."""
+    added = 0
+    for res in pairs:
+        folder = pair_dir(out, res["agent"], int(res["seed"]))
+        if (folder / RESULT_FILE).is_file():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        res = {**res, "imported_from": str(reference)}
+        (folder / (RESULT_FILE + ".partial")).write_text(json.dumps(res, indent=1))
+        os.replace(folder / (RESULT_FILE + ".partial"), folder / RESULT_FILE)
+        added += 1
+    return added
+
+
 def pair_dir(out: Path, agent: str, seed: int) -> Path:
     return out / agent / f"s{seed}"
 
@@ -115,11 +167,11 @@ def load_pair_results(out: Path) -> dict[str, list[dict[str, Any]]]:
 
 # --------------------------------------------------------------------------------------- one pair
 def run_pair(spec: AgentSpec, cfg: Config, inputs: AgentInputs, seed: int, out: Path, group: str,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build/train one agent for one seed, evaluate it, write ``result.json``.
 
     ``inputs`` are the comparison's (device, world model, agent checkpoint, data); the pair adds its
-    learning-curve callbacks.
+    learning-curve callbacks. ``extra`` is recorded in the result (the seed's world-model stack).
     """
     folder = pair_dir(out, spec.name, seed)
     if folder.exists():  # an interrupted pair: start it again
@@ -165,8 +217,10 @@ def run_pair(spec: AgentSpec, cfg: Config, inputs: AgentInputs, seed: int, out: 
             "episodes": episodes, "final": final, "env_steps": env_steps, "budget": budget,
             "wall_clock_s": time.perf_counter() - t0, "build_seconds": build_seconds,
             "train_seconds": built.train_seconds, "eval_seconds": eval_seconds,
-            "hyperparams": built.hyperparams, "curve": curve,
-            "eval_seeds": [e["seed"] for e in episodes],
+            "hyperparams": ({k: v for k, v in built.hyperparams.items() if k != "wall_clock_excludes"}
+                            if (extra or {}).get("world_model_per_seed") else built.hyperparams), "curve": curve,
+            "eval_seeds": [e["seed"] for e in episodes], "evaluation_block": cfg.evaluation.block,
+            **(extra or {}),
         }
         run.write_json(RESULT_FILE + ".partial", result)
         os.replace(folder / (RESULT_FILE + ".partial"), folder / RESULT_FILE)  # the pair is finished only now
@@ -185,10 +239,18 @@ def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | No
     torch.set_num_threads(cfg.run.threads or 1)
     inputs = AgentInputs(setup_torch(cfg), world_model=opts.world_model, agent_checkpoint=opts.agent_checkpoint,
                          data=opts.data, count_env_steps=True)
-    for name in agents:
-        check_needs(REGISTRY[name], inputs, f"agent '{name}'", FLAGS, tail=f", or drop '{name}' from --agents")
+    # Without a world model or agent checkpoint on the command line, every seed trains its own stack.
+    per_seed = opts.world_model is None and opts.agent_checkpoint is None
+    if not per_seed:
+        for name in agents:
+            check_needs(REGISTRY[name], inputs, f"agent '{name}'", FLAGS, tail=f", or drop '{name}' from --agents")
     out = Path(out) if out is not None else default_out(cfg)
+    references = {ref: load_reference(cfg, ref) for ref in opts.references}  # checked before anything is written
     _check_out(out, cfg)
+    for ref, pairs in references.items():
+        added = import_reference(out, ref, pairs)
+        if progress:
+            click.echo(f"imported {added} finished agent/seed pairs from {ref}")
     group = f"compare-{cfg.preset}-{out.resolve().name}"
     seed_list = [cfg.run.seed + k for k in range(seeds)]
     pairs = [(a, s) for a in agents for s in seed_list]
@@ -199,7 +261,19 @@ def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | No
     for i, (name, seed) in enumerate(todo, 1):
         if progress:
             click.echo(f"[{i}/{len(todo)}] {name} seed {seed}")
-        res = run_pair(REGISTRY[name], cfg, inputs, seed, out, group, progress=progress)
+        spec, pair_inputs, extra = REGISTRY[name], inputs, None
+        if per_seed and spec.needs:
+            from experiments.world_model_stack import world_model_stack
+
+            stack = world_model_stack(cfg, seed, out, progress=progress)
+            pair_inputs = dataclasses.replace(inputs, world_model=Path(stack["world_model"]),
+                                              agent_checkpoint=Path(stack["agent_checkpoint"]),
+                                              data=Path(stack["data"]))
+            extra = {"world_model_per_seed": True, "stack_wall_clock_s": stack["wall_clock_s_total"],
+                     "world_model_stack": {k: v for k, v in stack.items() if k != "settings"}}
+        elif spec.needs:
+            extra = {"world_model_per_seed": False}
+        res = run_pair(spec, cfg, pair_inputs, seed, out, group, progress=progress, extra=extra)
         if progress:
             click.echo(f"      {name} seed {seed}: return {res['final']['mean']:.2f} over {res['final']['episodes']} "
                        f"games, {res['env_steps']:,} env steps, {res['wall_clock_s']:.0f} s")
@@ -219,7 +293,8 @@ def finish(out: Path, agents: list[str], seed_list: list[int], cfg: Config, opts
 
     found = load_pair_results(out)
     summaries = []
-    for name in agents:
+    # The requested agents first, then every other agent the folder holds (imported or run earlier).
+    for name in [*agents, *sorted(set(found) - set(agents))]:
         per_seed = [r for r in found.get(name, []) if r["seed"] in seed_list]
         if per_seed:
             summaries.append(summarize_agent(name, per_seed))
@@ -228,7 +303,15 @@ def finish(out: Path, agents: list[str], seed_list: list[int], cfg: Config, opts
             "command": "python run.py " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("run.py") else None,
             "environment": dataclasses.asdict(cfg.environment), "evaluation": dataclasses.asdict(cfg.evaluation),
             "baselines": dataclasses.asdict(cfg.baselines)}
+    stacks = {}
+    for rs in found.values():
+        for r in rs:
+            if r["seed"] in seed_list and "stack_wall_clock_s" in r:
+                stacks[r["seed"]] = r["stack_wall_clock_s"]
+    meta["wall_clock_s_whole_run"] = float(sum(r["wall_clock_s"] for rs in found.values() for r in rs
+                                               if r["seed"] in seed_list) + sum(stacks.values()))
     paths = write_results(out, summaries, meta)
+    export_episodes(out, cfg)
     report: dict[str, Any] = {"out": str(out), "summaries": summaries, "results_md": str(paths["md"]),
                               "results_json": str(paths["json"])}
     if dashboard:

@@ -27,6 +27,7 @@ import yaml
 from agent.actor_critic import AgentConfig
 from envs.breakout import EnvironmentConfig
 from envs.errors import UserError, check_range
+from envs.seeds import MAX_RUN_SEED
 from planners.cem import PlannerConfig
 from worldmodel.dynamics_loss import Stage2Config
 from worldmodel.encoder import EncoderConfig, EncoderParams, VitConfig
@@ -75,7 +76,9 @@ class DataConfig:
 @dataclass
 class EvalConfig:
     episodes: int = 5  # full-game episodes per (agent, seed)
-    seed_offset: int = 10_000  # evaluation seeds = training seed + offset (disjoint from training)
+    # Evaluation games come from a block of seeds that training never reaches (envs/seeds.py): "tuning"
+    # (10000+) is where settings are chosen, "heldout" (20000+) is for final tables only.
+    block: Literal["tuning", "heldout"] = "tuning"
 
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``."""
@@ -100,7 +103,7 @@ class RunConfig:
 
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``."""
-        check_range(self.seed >= 0, f"{path}.seed", self.seed, "an integer >= 0")
+        check_range(0 <= self.seed < MAX_RUN_SEED, f"{path}.seed", self.seed, f"an integer in [0, {MAX_RUN_SEED})")
         check_range(self.device in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", self.device) is not None,
                     f"{path}.device", self.device, "'cpu', 'cuda', 'cuda:N' or 'auto'")
         check_range(self.threads >= 0, f"{path}.threads", self.threads, "an integer >= 0 (0 = torch default)")

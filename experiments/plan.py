@@ -121,7 +121,8 @@ def plan_in_env(cfg: Config, planner: str = "cem", checkpoint: str | Path | None
             ep_file.close()
         summary: dict[str, Any] = {"planner": planner, "checkpoint": str(checkpoint) if checkpoint else None,
                                    "agent": str(agent) if agent else None,
-                                   "seeds": seeds, "max_steps": max_steps, "wall_s": time.perf_counter() - t0,
+                                   "seeds": seeds, "evaluation_block": cfg.evaluation.block, "max_steps": max_steps,
+                                   "wall_s": time.perf_counter() - t0,
                                    "planner_config": cfg.to_dict()["planner"], planner: _summary(results)}
         if compare_random and planner != "random":
             ref = evaluate(build_agent("random", cfg, inputs).agent, cfg, seeds=seeds, desc="plan-in-env random",

@@ -5,11 +5,14 @@ the same small interface (``planners.base.Agent``)::
 
     agent.reset(env)      # start of an episode; env is the evaluation env (only emulator-reading
                           # references such as the tracker and the oracle look at it)
-    agent.act(obs) -> int # obs: uint8 [4, 64, 64]
+    agent.act(obs) -> int # obs: uint8 [4, 64, 64] (the project's pipeline)
 
-Evaluation always plays whole games (all lives: ``terminal_on_life_loss`` is forced off), with the
-configured sticky actions, no-ops and frame cap, on seeds ``run.seed + evaluation.seed_offset + i``
-that are disjoint from training seeds.
+An agent trained on another observation pipeline says so with an ``observation_pipeline`` attribute
+(``"sb3-atari"``: SB3's ``AtariWrapper`` frames, uint8 ``[4, 84, 84]``); it is evaluated on that
+pipeline over the same emulator settings. Evaluation always plays whole games (all lives:
+``terminal_on_life_loss`` is forced off), raw score, with the configured sticky actions, no-ops, frame
+cap and serve (``envs.breakout.BreakoutRules``), on the seeds of the configured evaluation block
+(``evaluation.block``: ``envs.seeds.evaluation_seeds``), which training and collection never reach.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from envs.breakout import make_env
+from envs.seeds import evaluation_seeds
 from experiments.config import Config
 from experiments.runlog import tqdm
 from planners.base import Agent
@@ -33,8 +37,23 @@ def eval_env_config(cfg: Config):
 
 
 def eval_seeds(cfg: Config, episodes: int) -> list[int]:
-    base = cfg.run.seed + cfg.evaluation.seed_offset
-    return [base + i for i in range(episodes)]
+    """The game seeds of the run's training seed in its evaluation block (``evaluation.block``)."""
+    return evaluation_seeds(cfg.evaluation.block, cfg.run.seed, episodes)
+
+
+PIPELINES = ("project", "sb3-atari")
+
+
+def make_eval_env(cfg: Config, pipeline: str = "project", seed: int | None = None, screen_size: int | None = None):
+    """The evaluation env of an observation pipeline: whole games, raw score, the run's emulator settings
+    (``screen_size``: the SB3 stack's frame size, 84 unless an agent says otherwise)."""
+    if pipeline == "project":
+        return make_env(eval_env_config(cfg), seed=seed)
+    if pipeline == "sb3-atari":
+        from experiments.sb3_atari import SCREEN, make_sb3_eval_env
+
+        return make_sb3_eval_env(cfg.environment, seed=seed, screen_size=screen_size or SCREEN)
+    raise ValueError(f"unknown observation pipeline {pipeline!r}; accepted: {PIPELINES}")
 
 
 def play_episode(agent: Agent, env, seed: int, on_step: Callable[[dict[str, Any]], None] | None = None,
@@ -78,7 +97,8 @@ def evaluate(agent: Agent, cfg: Config, episodes: int | None = None, seeds: list
     """
     episodes = cfg.evaluation.episodes if episodes is None else episodes
     seeds = eval_seeds(cfg, episodes) if seeds is None else seeds
-    env = make_env(eval_env_config(cfg), seed=seeds[0])
+    env = make_eval_env(cfg, getattr(agent, "observation_pipeline", "project"), seed=seeds[0],
+                        screen_size=getattr(agent, "observation_size", None))
     results = []
     try:
         for i, seed in enumerate(tqdm(seeds, desc=desc, unit="game", disable=not progress, leave=False)):

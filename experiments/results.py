@@ -75,9 +75,14 @@ def summarize_agent(name: str, per_seed: list[dict[str, Any]]) -> dict[str, Any]
         "human_normalised_iqm": human_normalised(q),
         "env_steps": [int(s["env_steps"]) for s in per_seed],
         "env_steps_mean": float(np.mean([s["env_steps"] for s in per_seed])),
-        "wall_clock_s": [float(s["wall_clock_s"]) for s in per_seed],
-        "wall_clock_s_total": float(np.sum([s["wall_clock_s"] for s in per_seed])),
+        # A world-model agent's wall-clock includes its seed's world-model stack (shared with the other
+        # world-model agents of that seed).
+        "wall_clock_s": [float(s["wall_clock_s"] + s.get("stack_wall_clock_s", 0.0)) for s in per_seed],
+        "wall_clock_s_total": float(np.sum([s["wall_clock_s"] + s.get("stack_wall_clock_s", 0.0) for s in per_seed])),
         "seed_means": [float(np.mean(s["returns"])) for s in per_seed],
+        "seed_means_std": float(np.std([np.mean(s["returns"]) for s in per_seed])),
+        "world_model_per_seed": per_seed[0].get("world_model_per_seed"),
+        "evaluation_seeds": sorted({int(x) for s in per_seed for x in s.get("eval_seeds", [])}),
     }
     hps = [s.get("hyperparams") for s in per_seed if s.get("hyperparams")]
     if hps:
@@ -88,16 +93,17 @@ def summarize_agent(name: str, per_seed: list[dict[str, Any]]) -> dict[str, Any]
 def format_table(summaries: list[dict[str, Any]]) -> str:
     """A markdown table, one row per agent."""
     lines = [
-        "| agent | seeds | episodes | mean | median | IQM | 95% CI (mean) | human-norm. (mean) | env steps "
-        "| wall-clock |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| agent | seeds | episodes | mean | IQM | 95% CI (mean) | per-seed means (std) | human-norm. (mean) "
+        "| env steps | wall-clock |",
+        "|---|---:|---:|---:|---:|---|---|---:|---:|---:|",
     ]
     for s in summaries:
         lo, hi = s["ci95_mean"]
+        per_seed = " / ".join(f"{m:.2f}" for m in s["seed_means"])
         lines.append(
-            f"| {s['agent']} | {len(s['seeds'])} | {s['episodes']} | {s['mean']:.2f} | {s['median']:.1f} | "
-            f"{s['iqm']:.2f} | [{lo:.2f}, {hi:.2f}] | {s['human_normalised_mean']:.3f} | "
-            f"{s['env_steps_mean']:,.0f} | {s['wall_clock_s_total'] / 60:.1f} min |")
+            f"| {s['agent']} | {len(s['seeds'])} | {s['episodes']} | {s['mean']:.2f} | "
+            f"{s['iqm']:.2f} | [{lo:.2f}, {hi:.2f}] | {per_seed} ({s['seed_means_std']:.2f}) | "
+            f"{s['human_normalised_mean']:.3f} | {s['env_steps_mean']:,.0f} | {s['wall_clock_s_total'] / 60:.1f} min |")
     return "\n".join(lines)
 
 
@@ -115,9 +121,16 @@ def write_results(out_dir: str | Path, summaries: list[dict[str, Any]], meta: di
     md = [f"# Comparison: preset `{meta.get('preset')}`", ""]
     if meta.get("command"):
         md += ["Command:", "", f"    {meta['command']}", ""]
+    block = (meta.get("evaluation") or {}).get("block")
+    whole = meta.get("wall_clock_s_whole_run")
     md += [f"Returns are raw full-game scores over seeds x episodes ({meta.get('episodes_per_seed')} evaluation "
-           f"episodes per training seed, evaluation seeds disjoint from training seeds); human-normalised with "
-           f"human {HUMAN_SCORE}, random {RANDOM_SCORE}; 95% CI: percentile bootstrap of the mean.", "",
+           f"episodes per training seed, on the '{block}' evaluation block of game seeds, which training never "
+           f"reaches: envs/seeds.py); human-normalised with human {HUMAN_SCORE}, random {RANDOM_SCORE}; 95% CI: "
+           "percentile bootstrap of the mean over the pooled seeds x episodes; per-seed means and their standard "
+           "deviation show the spread between training seeds. World-model agents: "
+           + ("a world model per seed." if any(s.get("world_model_per_seed") for s in summaries)
+              else "see their hyperparameters.")
+           + (f" Wall-clock of the whole comparison: {whole / 60:.1f} min." if whole else ""), "",
            format_table(summaries), "", "## Hyperparameters", ""]
     for s in summaries:
         if "hyperparams" in s:

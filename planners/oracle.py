@@ -15,8 +15,9 @@ unchanged :class:`CEMPlanner` plans over it:
 
 One imagined step replays the evaluation pipeline's agent step on the raw ALE: ``frame_skip``
 emulator frames of the action (``AtariPreprocessing``'s frame skip; its max-pooling only changes
-observations, not rewards or lives), and after a life loss ``frame_skip`` more frames of FIRE
-with their reward added (``BreakoutRules``' serve). Steps after a lost life cannot change the
+observations, not rewards or lives), with FIRE in place of the action while the RAM shows no ball in
+play (``BreakoutRules``' serve after a reset or a life loss; its bound of ``serve_max_presses`` presses
+in a row is not modelled, it is never reached in practice). Steps after a lost life cannot change the
 score (their weight is ``alive = 0``), so a sequence stops being simulated there, which saves
 emulator time; its remaining steps report reward 0 and continue 1.
 
@@ -45,9 +46,9 @@ class EmulatorModel:
     num_actions = NUM_ACTIONS
     context_length = 1  # the cloned emulator state is the whole history
 
-    def __init__(self, frame_skip: int = 4, fire_on_life_loss: bool = True):
+    def __init__(self, frame_skip: int = 4, serve: bool = True):
         self.frame_skip = frame_skip
-        self.fire_on_life_loss = fire_on_life_loss
+        self.serve = serve
         self.ale = None
         self._action_set: list[Any] = []
         self._state = None
@@ -77,6 +78,8 @@ class EmulatorModel:
     def _agent_step(self, action) -> tuple[float, bool]:
         """One pipeline step of the raw emulator: (reward, life lost)."""
         ale, lives = self.ale, self.ale.lives()
+        if self.serve and int(ale.getRAM()[101]) == 0 and not ale.game_over():
+            action = self._action_set[FIRE]  # the pipeline's serve
         reward = 0.0
         for _ in range(self.frame_skip):
             reward += ale.act(action)
@@ -84,10 +87,6 @@ class EmulatorModel:
                 break
         self.frames_simulated += self.frame_skip
         lost = ale.lives() < lives or ale.game_over()
-        if lost and self.fire_on_life_loss and not ale.game_over():
-            for _ in range(self.frame_skip):
-                reward += ale.act(self._action_set[FIRE])
-            self.frames_simulated += self.frame_skip
         return reward, lost
 
     def imagine(self, z0: torch.Tensor, actions: torch.Tensor, context: torch.Tensor | None = None,
@@ -124,8 +123,8 @@ class EmulatorModel:
 class OraclePlanner(CEMPlanner):
     """CEM (same code, same ``planner.*`` settings and scoring) over the evaluation env's emulator."""
 
-    def __init__(self, cfg: PlannerConfig, frame_skip: int = 4, fire_on_life_loss: bool = True, seed: int = 0):
-        super().__init__(EmulatorModel(frame_skip, fire_on_life_loss), _without_agent(cfg), seed=seed)
+    def __init__(self, cfg: PlannerConfig, frame_skip: int = 4, serve: bool = True, seed: int = 0):
+        super().__init__(EmulatorModel(frame_skip, serve), _without_agent(cfg), seed=seed)
 
     def reset(self, env: Any = None) -> None:
         if env is None:

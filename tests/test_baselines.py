@@ -162,8 +162,10 @@ def test_world_model_agents_count_their_data_and_need_a_model(tiny_data, tmp_pat
     from experiments.agents import data_env_steps
 
     assert data_env_steps(tiny_data, None) == (600, tiny_data)
-    res = _cli("compare-baselines", "--preset", "tiny", "--agents", "cem", "--out", str(tmp_path / "c"))
-    assert res.returncode == 2 and "needs a world model: pass --world-model" in res.stderr
+    # With one world model for every seed, the actor-critic still needs its checkpoint.
+    res = _cli("compare-baselines", "--preset", "tiny", "--agents", "actor-critic", "--world-model",
+               str(tmp_path / "wm.pt"), "--out", str(tmp_path / "c"))
+    assert res.returncode == 2 and "needs a trained actor-critic: pass --agent-checkpoint" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "c").exists()
 
 

@@ -168,7 +168,8 @@ orig_check = fit_mod._check_finite
 def check(task, what, value, step):
     orig_check(task, what, value, step)
     if seen["ckpt"] and what == "loss":
-        open(ready, "w").write(str(step))
+        open(ready + ".tmp", "w").write(str(step))
+        os.replace(ready + ".tmp", ready)  # the parent never reads a half-written file
         time.sleep(600)
 fit_mod._check_finite = check
 {body}

@@ -15,6 +15,7 @@ from envs.breakout import LEFT, NUM_ACTIONS, RIGHT, make_env, make_vec_env
 from envs.dataset import FrameStackDataset, TemporalSequenceDataset
 from envs.errors import UserError
 from envs.replay import load_episodes, split_episodes
+from envs.seeds import training_seed
 from experiments.collect import collect
 from experiments.config import load_config
 
@@ -187,7 +188,7 @@ def test_collection_matches_acting_path_bytes(tmp_path):
     store = FrameStackDataset(episodes[:1]).store
     ep = episodes[0]
     env = make_env(cfg.environment, seed=3)
-    obs, _ = env.reset(seed=3)
+    obs, _ = env.reset(seed=training_seed(3, 0))  # collection plays games of the training range
     acted = [obs]
     for a in ep.actions:
         obs, *_ = env.step(int(a))
@@ -282,12 +283,12 @@ def test_killed_collection_leaves_completed_episodes_readable(tmp_path):
 
 def test_run_folder_has_config_metrics_and_offline_wandb(cli, tmp_path):
     res = cli("demo", "--preset", "tiny", "--wandb", "offline", "--set", f"run.runs_dir={tmp_path}",
-              "--set", "data.collect_steps=300")
+              "--set", "data.collect_steps=400")
     assert res.returncode == 0, res.stderr
     (run_dir,) = list((tmp_path / "demo").iterdir())
     assert run_dir.name.endswith("-tiny-s0")
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert cfg["data"]["collect_steps"] == 300 and cfg["preset"] == "tiny"
+    assert cfg["data"]["collect_steps"] == 400 and cfg["preset"] == "tiny"
     assert (run_dir / "metrics.jsonl").read_text().strip()
     offline = list(run_dir.rglob("offline-run-*"))
     assert offline and all(str(p).startswith(str(run_dir)) for p in offline)  # nothing outside the run folder

@@ -37,8 +37,9 @@ ACTING = {"plan-in-env": ("--planner",), "collect": ("--policy", "--steps", "1",
 # ------------------------------------------------------------------ (a) the commands accept exactly the registry
 def test_commands_accept_exactly_the_registry_names():
     acting = agent_names(acting_only=True)
-    assert set(acting) == {"random", "tracker", "oracle", "cem", "actor-critic"}
-    assert agent_names() == [*REGISTRY] and {"ppo", "dqn", "a2c"} <= set(agent_names()) - set(acting)
+    assert set(acting) == {"random", "tracker", "oracle", "cem", "cem-value", "actor-critic"}
+    assert agent_names() == [*REGISTRY]
+    assert {"ppo", "dqn", "a2c", "dqn-sb3", "ppo-sb3"} <= set(agent_names()) - set(acting)
     for command, (option, *extra) in ACTING.items():
         assert accepted_names(command, option, *extra) == acting, command
         assert f"[{'|'.join(acting)}]" in invoke(command, "--help").output, command
@@ -82,7 +83,9 @@ def test_a_registered_agent_plays_through_plan_in_env_and_collect(noop_agent, tm
 
     res = invoke("collect", "--policy", "noop", "--steps", "40", "--out", str(tmp_path / "d"), "--preset", "tiny")
     assert res.exit_code == 0, res.output
-    assert "'NOOP': 40" in res.output  # every collected action is NOOP
+    # every collected action is the policy's NOOP, except the serve's FIRE steps (recorded as executed)
+    counts = {k: int(v) for k, v in re.findall(r"'(NOOP|FIRE|RIGHT|LEFT)': (\d+)", res.output)}
+    assert counts["RIGHT"] == counts["LEFT"] == 0 and counts["NOOP"] + counts["FIRE"] == 40 and counts["FIRE"] >= 1
     assert "noop" in accepted_names("compare-baselines", "--agents")
 
 
