@@ -31,8 +31,9 @@ class TrackerPolicy:
     RAM (Breakout): ``paddle_x = ram[72]`` (left edge), ``ball_x = ram[99]``, ``ball_y = ram[101]``
     (0 while no ball is in play). While the ball falls the paddle aims at where it will cross the
     paddle's height (its last displacement extrapolated, reflected off the side walls), plus a
-    per-serve random offset along the paddle (seeded), which varies the bounce angle so the ball
-    does not settle into a loop that hits no brick. With no ball in play it presses FIRE.
+    per-game random offset along the paddle (seeded), which varies the bounce angle between games so
+    the ball does not settle into the same loop every game. With no ball in play it presses FIRE.
+    (Drawing a new offset at every serve instead scores 81.4 instead of 199.8 on the five tuning games.)
 
     Args:
         env: the env it plays (``envs.breakout.make_env``); :meth:`reset` may rebind it.
@@ -70,9 +71,8 @@ class TrackerPolicy:
     def act(self, obs: np.ndarray) -> int:
         ram = self.ale.getRAM()
         paddle_x, ball_x, ball_y = int(ram[72]), int(ram[99]), int(ram[101])
-        if ball_y == 0:  # no ball in play: serve, and pick a new aim for this serve
+        if ball_y == 0:  # no ball in play: serve
             self._prev_ball = None
-            self._aim = int(self.rng.integers(-5, 6))
             return FIRE
         target = float(ball_x)
         if self._prev_ball is not None:

@@ -187,3 +187,28 @@ def test_a_world_model_per_seed_and_tables_that_extend(tmp_path):
                *common, "--set", "evaluation.episodes=3")
     assert res.returncode == 2 and "other settings" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "c3").exists()  # refused before anything was written
+
+
+def test_world_model_stack_resumes_an_interrupted_pretraining_and_refuses_other_settings(tmp_path):
+    from pathlib import Path
+
+    from experiments.collect import collect
+    from experiments.pretrain import pretrain_stage1
+    from experiments.world_model_stack import stack_dir, world_model_stack
+
+    cfg = load_config("tiny", ["run.threads=1", "run.wandb=disabled"])
+    out = tmp_path / "cmp"
+    root = stack_dir(out, 0)
+    mine = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, runs_dir=str(root)))
+    steps = min(cfg.data.collect_steps, cfg.baselines.agent_steps)
+    collect(mine, root / "data", steps, seed=0, progress=False)
+    (root / "data.done").write_text(str(steps))
+    pretrain_stage1(mine, data=root / "data", max_steps=2, progress=False, echo=lambda m: None)  # interrupted
+    (started,) = (root / "pretrain").iterdir()
+    stack = world_model_stack(cfg, 0, out, progress=False)
+    assert Path(stack["pretrain_run"]) == started and len(list((root / "pretrain").iterdir())) == 1  # resumed
+    assert json.loads((started / "stage1_summary.json").read_text())["resumed_from"]["step"] == 2
+    assert stack["env_steps"] == steps and Path(stack["agent_checkpoint"]).is_file()
+    assert world_model_stack(cfg, 0, out, progress=False) == stack  # a finished stack is reused as it is
+    with pytest.raises(UserError, match="other settings"):
+        world_model_stack(load_config("tiny", ["run.threads=1", "agent.updates=7"]), 0, out, progress=False)
