@@ -284,6 +284,10 @@ def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | No
         run_dir = next((d for d in list(Path(opts.world_model).parents)[:3] if (d / "metrics.jsonl").is_file()), None)
         if run_dir is not None and run_dir not in opts.pretrain_runs:
             opts = dataclasses.replace(opts, pretrain_runs=[*opts.pretrain_runs, run_dir])
+    for seed in seed_list:  # the per-seed world models' own runs: their losses go on the dashboard too
+        for run_dir in sorted(p.parent for p in (out / "world-models" / f"s{seed}").glob("pretrain/*/metrics.jsonl")):
+            if run_dir not in opts.pretrain_runs:
+                opts = dataclasses.replace(opts, pretrain_runs=[*opts.pretrain_runs, run_dir])
     return finish(out, agents, seed_list, cfg, opts, dashboard=dashboard)
 
 
