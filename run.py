@@ -197,9 +197,11 @@ def demo(preset, config_file, overrides, seed, wandb_mode):
 @click.option("--reference", "references", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="episodes.json of a comparison made with the same settings (e.g. docs/results/"
                    "atari100k_episodes.json): its finished pairs join the table and are not rerun (repeatable).")
+@click.option("--only-finished", is_flag=True,
+              help="Run nothing: write the table and dashboard of the pairs already finished (and imported).")
 @config_options
-def compare_baselines(agents, num_seeds, out, world_model, agent_checkpoint, data, pretrain_runs, references, preset,
-                      config_file, overrides, seed, wandb_mode):
+def compare_baselines(agents, num_seeds, out, world_model, agent_checkpoint, data, pretrain_runs, references,
+                      only_finished, preset, config_file, overrides, seed, wandb_mode):
     """Train and evaluate agents at one env-step budget; write results.md, results.json and a dashboard.
 
     \b
@@ -214,7 +216,7 @@ def compare_baselines(agents, num_seeds, out, world_model, agent_checkpoint, dat
     cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
     opts = CompareOptions(world_model=world_model, agent_checkpoint=agent_checkpoint, data=data,
                           pretrain_runs=list(pretrain_runs), references=list(references))
-    report = run_compare(cfg, agents, num_seeds, out=out, opts=opts)
+    report = run_compare(cfg, agents, num_seeds, out=out, opts=opts, only_finished=only_finished)
     click.echo(Path(report["results_md"]).read_text())
     click.echo(f"results: {report['results_json']}")
     click.echo(f"dashboard: {report['dashboard']}")

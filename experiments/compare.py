@@ -230,8 +230,10 @@ def run_pair(spec: AgentSpec, cfg: Config, inputs: AgentInputs, seed: int, out: 
 # --------------------------------------------------------------------------------------- comparison
 def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | None = None,
                       opts: CompareOptions | None = None, progress: bool = True,
-                      dashboard: bool = True) -> dict[str, Any]:
-    """Run (or finish) every agent x seed pair, then write results and the dashboard."""
+                      dashboard: bool = True, only_finished: bool = False) -> dict[str, Any]:
+    """Run (or finish) every agent x seed pair, then write results and the dashboard.
+
+    ``only_finished``: run nothing; write the table and the dashboard of the pairs already finished."""
     opts = opts or CompareOptions()
     agents = parse_agents(agents)
     if seeds < 1:
@@ -258,6 +260,10 @@ def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | No
     if progress:
         click.echo(f"comparison folder {out}: {len(pairs)} agent/seed pairs, {len(pairs) - len(todo)} already "
                    f"finished, {len(todo)} to run (budget {cfg.baselines.agent_steps:,} agent steps)")
+    if only_finished:
+        if progress and todo:
+            click.echo("--only-finished: not running " + ", ".join(f"{a} seed {s}" for a, s in todo))
+        todo = []
     for i, (name, seed) in enumerate(todo, 1):
         if progress:
             click.echo(f"[{i}/{len(todo)}] {name} seed {seed}")

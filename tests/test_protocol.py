@@ -182,6 +182,11 @@ def test_a_world_model_per_seed_and_tables_that_extend(tmp_path):
     names = [a["agent"] for a in json.loads((out2 / "results.json").read_text())["agents"]]
     assert names == ["dqn-sb3", "actor-critic", "random"]
     assert not (out2 / "world-models").exists()
+    # --only-finished runs nothing and tables what is there
+    res = _cli("compare-baselines", "--seeds", "2", "--agents", "random,ppo-sb3", "--only-finished", "--out", str(out2),
+               *common)
+    assert res.returncode == 0 and "not running ppo-sb3 seed 0, ppo-sb3 seed 1" in res.stdout
+    assert not (out2 / "ppo-sb3").exists() and "| random | 2 |" in (out2 / "results.md").read_text()
     # a reference made with other settings is refused in one sentence
     res = _cli("compare-baselines", "--agents", "random", "--reference", str(ref), "--out", str(tmp_path / "c3"),
                *common, "--set", "evaluation.episodes=3")
