@@ -47,7 +47,7 @@ from envs.errors import UserError
 from experiments.agents import REGISTRY, AgentInputs, AgentSpec, agent_names, check_needs, get_spec
 from experiments.config import Config
 from experiments.play import evaluate, summarize_returns
-from experiments.runlog import RunLogger, seed_everything, setup_torch, tqdm
+from experiments.runlog import RunLogger, seed_everything, setup_torch, tqdm, write_json
 
 RESULT_FILE = "result.json"
 EPISODES_FILE = "episodes.json"
@@ -111,11 +111,7 @@ def export_episodes(out: Path, cfg: Config) -> Path:
     """``episodes.json``: the settings and every finished pair's result (per-episode returns, no models)."""
     pairs = [r for rs in load_pair_results(out).values() for r in rs]
     data = {"preset": cfg.preset, "config": _comparable(cfg.to_dict()), "pairs": pairs}
-    path = out / EPISODES_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_json(out / EPISODES_FILE, data)
 
 
 def load_reference(cfg: Config, reference: Path) -> list[dict[str, Any]]:
@@ -143,9 +139,7 @@ def import_reference(out: Path, reference: Path, pairs: list[dict[str, Any]]) ->
         if (folder / RESULT_FILE).is_file():
             continue
         folder.mkdir(parents=True, exist_ok=True)
-        res = {**res, "imported_from": str(reference)}
-        (folder / (RESULT_FILE + ".partial")).write_text(json.dumps(res, indent=1))
-        os.replace(folder / (RESULT_FILE + ".partial"), folder / RESULT_FILE)
+        write_json(folder / RESULT_FILE, {**res, "imported_from": str(reference)})
         added += 1
     return added
 

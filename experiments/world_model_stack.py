@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import click
 
 from envs.errors import UserError
 from experiments.config import Config
+from experiments.runlog import write_json
 
 STACK_FILE = "stack.json"
 # The config sections that decide what a stack is (the comparison folder's marker covers the rest).
@@ -44,12 +44,6 @@ def stack_dir(out: Path, seed: int) -> Path:
 def _settings(cfg: Config) -> dict[str, Any]:
     tree = cfg.to_dict()
     return {k: tree.get(k) for k in STACK_SECTIONS}
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def _only_run(folder: Path, marker: str) -> Path | None:
@@ -76,7 +70,7 @@ def world_model_stack(cfg: Config, seed: int, out: Path, progress: bool = True) 
 
     def lap(name: str, t0: float) -> None:
         phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
-        _atomic_json(root / "phases.json", phases)
+        write_json(root / "phases.json", phases)
 
     steps = min(cfg.data.collect_steps, cfg.baselines.agent_steps)
     data = root / "data"
@@ -122,5 +116,5 @@ def world_model_stack(cfg: Config, seed: int, out: Path, progress: bool = True) 
     stack = {"seed": seed, "data": str(data), "env_steps": steps, "world_model": str(world_model),
              "agent_checkpoint": str(trained / "agent.pt"), "pretrain_run": str(pre), "agent_run": str(trained),
              "wall_clock_s": phases, "wall_clock_s_total": float(sum(phases.values())), "settings": settings}
-    _atomic_json(done, stack)
+    write_json(done, stack)
     return stack
