@@ -7,6 +7,7 @@ cause are printed as one sentence with exit code 2 (no traceback).
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -23,6 +24,14 @@ class CLI(click.Group):
             return super().invoke(ctx)
         except UserError as err:
             click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+                raise
+            # Files are written atomically (temp file + rename), so what was already written is intact.
+            where = f" {err.filename}" if err.filename else ""
+            click.echo(f"error: cannot write{where} ({err.strerror}); choose a writable place (--out, or "
+                       "--set run.runs_dir=DIR) or free disk space", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: continue from the last checkpoint with --resume RUN_DIR", err=True)
@@ -95,6 +104,19 @@ def config_options(fn):
                       help="Extra YAML file stacked on the preset.")(fn)
     fn = click.option("--preset", default="quick", show_default=True, help=PRESET_HELP)(fn)
     return fn
+
+
+def refuse_options_with_resume(resume) -> None:
+    """``--resume`` continues with the run's saved config: config options given beside it would be ignored, so
+    they are refused instead."""
+    ctx = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" if name != "overrides" else "--set"
+             for name in ("preset", "config_file", "overrides", "seed", "wandb_mode")
+             if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
+    given = ["--config" if g == "--config-file" else "--wandb" if g == "--wandb-mode" else g for g in given]
+    if resume is not None and given:
+        raise UserError(f"--resume continues {resume} with the config saved in it, so {', '.join(given)} would be "
+                        "ignored; drop them, or start a new run with them instead of --resume")
 
 
 def build_config(preset, config_file, overrides, seed, wandb_mode):
@@ -258,6 +280,7 @@ def pretrain(stage, data, resume, stage1_checkpoint, preset, config_file, overri
       python run.py pretrain --stage 2 --stage1-checkpoint runs/pretrain/<run>/stage1/best.pt
       python run.py pretrain --preset quick   # collect, stage 1, stage 2 in one run folder
     """
+    refuse_options_with_resume(resume)
     cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
     if stage == "1":
         from experiments.pretrain import pretrain_stage1
@@ -325,6 +348,7 @@ def train_agent(world_model, data, resume, preset, config_file, overrides, seed,
     from experiments.train_agent import format_summary
     from experiments.train_agent import train_agent as run_train_agent
 
+    refuse_options_with_resume(resume)
     cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
     if world_model is None and resume is None:
         raise click.UsageError("pass --world-model PATH (a Stage-2 checkpoint) or --resume RUN_DIR")

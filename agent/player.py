@@ -16,6 +16,7 @@ import torch
 
 from agent.actor_critic import Actor, Critic
 from envs.errors import UserError
+from worldmodel.checkpoint import REQUIRED, load_state, require, safe_torch_load
 from worldmodel.protocol import LatentWorldModel
 
 CHECKPOINT_KIND = "agent"
@@ -80,31 +81,35 @@ def load_agent_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"agent checkpoint {path} does not exist; pass the agent.pt of a train-agent run "
                         "(or its run folder)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, not a torch file, unsafe pickle
-        raise UserError(f"agent checkpoint {path} cannot be read ({err.__class__.__name__}); "
-                        "re-run train-agent or pass another file") from None
+    ckpt = safe_torch_load(path, "cpu", "re-run train-agent or pass another file")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
         kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(f"{path} is not an agent checkpoint (kind={kind!r}); pass the agent.pt written by "
                         "`run.py train-agent`")
+    require(ckpt, path, REQUIRED["agent"])
+    st, agent_cfg = ckpt["state"], (ckpt["config"] or {}).get("agent") if isinstance(ckpt["config"], dict) else None
+    if not isinstance(st, dict) or not isinstance(agent_cfg, dict) or "hidden_dim" not in agent_cfg:
+        raise UserError(f"agent checkpoint {path} has no valid agent state or config; re-run train-agent or pass "
+                        "another file")
+    require(st, path, ("actor", "critic", "latent_dim", "num_actions"), "in its agent state")
     return ckpt
 
 
-def build_agent_nets(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> tuple[Actor, Critic]:
-    """Actor and critic with the weights of an agent checkpoint, in eval mode."""
+def build_agent_nets(ckpt: dict[str, Any], device: torch.device | str = "cpu", path: str | Path = "agent.pt"
+                     ) -> tuple[Actor, Critic]:
+    """Actor and critic with the weights of an agent checkpoint (read by :func:`load_agent_checkpoint`), in eval
+    mode; weights that do not fit are a UserError naming ``path``."""
     st = ckpt["state"]
     hidden = int(ckpt["config"]["agent"]["hidden_dim"])
     actor = Actor(int(st["latent_dim"]), int(st["num_actions"]), hidden)
     critic = Critic(int(st["latent_dim"]), hidden)
-    actor.load_state_dict(st["actor"])
-    critic.load_state_dict(st["critic"])
+    load_state(actor, st["actor"], path, "actor")
+    load_state(critic, st["critic"], path, "critic")
     return actor.to(device).eval(), critic.to(device).eval()
 
 
 def load_agent(path: str | Path, model: LatentWorldModel, deterministic: bool = False, seed: int = 0,
                device: torch.device | str = "cpu") -> ActorCriticAgent:
     """An :class:`ActorCriticAgent` from a train-agent checkpoint over ``model``."""
-    actor, critic = build_agent_nets(load_agent_checkpoint(path), device)
+    actor, critic = build_agent_nets(load_agent_checkpoint(path), device, path)
     return ActorCriticAgent(model, actor, critic, deterministic=deterministic, seed=seed)

@@ -10,10 +10,17 @@ Frame ``t`` is the newest frame of the observation before action ``t``; stacks o
 read (padding the first frames with frame 0, as ``FrameStackObservation`` does at reset), so the
 disk holds each 64x64 frame once. Each episode file and the manifest are written to a temporary
 file and renamed into place, so an interrupted collection leaves every completed episode readable.
+
+Writers hold an exclusive lock on ``.lock`` (``fcntl.flock``) while they check the folder and while they add
+an episode, and re-read the manifest under it: any number of ``collect --append`` into one folder at the
+same time each land whole, numbered one after the other. Readers take no lock (the manifest is replaced
+atomically, and lists only episodes whose file is already in place).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -67,7 +74,7 @@ def _sha256(path: Path) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one name per process: writers never share one
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -76,29 +83,70 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 class ReplayWriter:
-    """Appends episodes to a data folder; refuses a non-empty folder unless ``append=True``."""
+    """Appends episodes to a data folder; refuses a non-empty folder unless ``append=True``.
+
+    Opening an existing folder checks it first (manifest, settings and every episode's checksum), so a
+    damaged folder is refused before anything is written to it.
+    """
+
+    LOCK = ".lock"
 
     def __init__(self, root: str | Path, meta: dict[str, Any] | None = None, append: bool = False):
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"output path {self.root} is a file, not a folder; choose a folder path")
-        if self.root.exists() and any(self.root.iterdir()):
-            if not append:
-                raise UserError(f"output folder {self.root} is not empty; pass --append to add episodes to it "
-                                "or choose a new folder")
-            if not self.manifest_path.is_file():
-                raise UserError(f"output folder {self.root} is not empty and holds no manifest.json, so it is not "
-                                "a replay folder; choose a new folder")
-            self.manifest = read_manifest(self.root)
-            if meta is not None and self.manifest.get("env") != meta.get("env"):
-                raise UserError(f"cannot append to {self.root}: it was collected with other environment settings "
-                                f"({self.manifest.get('env')}); choose a new folder")
-        else:
-            (self.root / "episodes").mkdir(parents=True, exist_ok=True)
-            self.manifest = {"format_version": FORMAT_VERSION, **(meta or {}), "episodes": []}
+        existed = self.root.is_dir() and any(p.name != self.LOCK for p in self.root.iterdir())
+        if existed and not append:
+            raise UserError(f"output folder {self.root} is not empty; pass --append to add episodes to it "
+                            "or choose a new folder")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create the data folder {self.root} ({err.strerror}); choose a writable "
+                            "--out") from None
+        with self._locked():
+            if self.manifest_path.is_file() or any(p.name != self.LOCK for p in self.root.iterdir()):
+                if not append:  # another process created it since we looked
+                    raise UserError(f"output folder {self.root} is not empty; pass --append to add episodes to "
+                                    "it or choose a new folder")
+                if not self.manifest_path.is_file():
+                    raise UserError(f"output folder {self.root} is not empty and holds no manifest.json, so it is "
+                                    "not a replay folder; choose a new folder")
+                self.manifest = read_manifest(self.root)
+                if meta is not None and self.manifest.get("env") != meta.get("env"):
+                    raise UserError(f"cannot append to {self.root}: it was collected with other environment "
+                                    f"settings ({self.manifest.get('env')}); choose a new folder")
+                verify_folder(self.root, self.manifest, what=f"cannot append to {self.root}: ")
+                # Temporary files of a writer killed mid-write (writers hold the lock while they have one).
+                for stale in [*(self.root / "episodes").glob("*.tmp"), *self.root.glob("manifest.json*.tmp")]:
+                    stale.unlink(missing_ok=True)
+            else:
+                (self.root / "episodes").mkdir(parents=True, exist_ok=True)
+                self.manifest = {"format_version": FORMAT_VERSION, **(meta or {}), "episodes": []}
+                self._write_manifest()
+            (self.root / "episodes").mkdir(exist_ok=True)
+            # A game-seed stream of its own for this writer (collect seeds its first reset with it): writers
+            # that open the folder at the same time with the same seed still play different games.
+            self.stream = max(self.num_episodes, int(self.manifest.get("next_stream", 0)))
+            self.manifest["next_stream"] = self.stream + 1
             self._write_manifest()
-        (self.root / "episodes").mkdir(exist_ok=True)
+        self.added = 0  # episodes this writer added
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """Exclusive lock of the folder for the block (released by the kernel if the process dies)."""
+        try:
+            fd = os.open(self.root / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UserError(f"cannot write to the data folder {self.root} ({err.strerror}); choose a writable "
+                            "folder") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     @property
     def num_episodes(self) -> int:
@@ -106,26 +154,40 @@ class ReplayWriter:
 
     def add(self, ep: Episode, extra: dict[str, Any] | None = None) -> Path:
         ep.check()
-        index = max((e["index"] for e in self.manifest["episodes"]), default=-1) + 1
-        path = self.root / "episodes" / f"ep_{index:06d}.npz"
         buf = io.BytesIO()
         np.savez(buf, **{k: getattr(ep, k) for k in FIELDS})
-        _atomic_write_bytes(path, buf.getvalue())
-        self.manifest["episodes"].append({
-            "index": index,
-            "file": f"episodes/{path.name}",
-            "length": len(ep),
-            "return": float(ep.rewards.sum()),
-            "life_losses": int(ep.life_loss.sum()),
-            "terminated": bool(ep.terminated[-1]) if len(ep) else False,
-            "sha256": _sha256(path),
-            **(extra or {}),
-        })
-        self._write_manifest()
+        with self._locked():
+            self.manifest = read_manifest(self.root)  # other writers may have added episodes since
+            index = max((e["index"] for e in self.manifest["episodes"]), default=-1) + 1
+            path = self.root / "episodes" / f"ep_{index:06d}.npz"
+            _atomic_write_bytes(path, buf.getvalue())
+            self.manifest["episodes"].append({
+                "index": index,
+                "file": f"episodes/{path.name}",
+                "length": len(ep),
+                "return": float(ep.rewards.sum()),
+                "life_losses": int(ep.life_loss.sum()),
+                "terminated": bool(ep.terminated[-1]) if len(ep) else False,
+                "sha256": _sha256(path),
+                **(extra or {}),
+            })
+            self._write_manifest()
+        self.added += 1
         return path
 
     def _write_manifest(self) -> None:
         _atomic_write_bytes(self.manifest_path, json.dumps(self.manifest, indent=1).encode())
+
+
+def verify_folder(root: Path, manifest: dict[str, Any], what: str = "") -> None:
+    """Every episode file of ``manifest`` present with its recorded checksum, else a UserError naming it."""
+    for e in manifest["episodes"]:
+        path = root / e["file"]
+        if not path.is_file():
+            raise UserError(f"{what}episode file {path} is missing; restore it or re-collect the data")
+        if _sha256(path) != e["sha256"]:
+            raise UserError(f"{what}episode file {path} is corrupted (checksum mismatch); restore it or re-collect "
+                            "the data")
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
@@ -168,6 +230,15 @@ def load_episodes(root: str | Path, verify: bool = True) -> tuple[list[Episode],
     if not manifest["episodes"]:
         raise UserError(f"data folder {root} holds no episodes; collect some with `python run.py collect`")
     episodes = [load_episode(root / e["file"], e["sha256"] if verify else None) for e in manifest["episodes"]]
+    env = manifest.get("env") or {}
+    size = (env.get("image_height"), env.get("image_width"))
+    if None in size:  # a folder without pipeline settings: its episodes must at least agree with each other
+        size = episodes[0].frames.shape[1:]
+    for e, ep in zip(manifest["episodes"], episodes):
+        if ep.frames.shape[1:] != tuple(size):
+            raise UserError(f"episode file {root / e['file']} holds {ep.frames.shape[1]}x{ep.frames.shape[2]} frames "
+                            f"but the folder's pipeline makes {size[0]}x{size[1]}; remove that episode or re-collect "
+                            "the data")
     return episodes, manifest
 
 

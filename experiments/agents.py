@@ -156,7 +156,7 @@ def load_world_model_parts(inputs: AgentInputs, seed: int) -> WorldModelParts:
     from agent.actor_critic import policy_prior
     from agent.player import ActorCriticAgent, build_agent_nets
 
-    actor, critic = build_agent_nets(ckpt, getattr(model, "device", inputs.device))
+    actor, critic = build_agent_nets(ckpt, getattr(model, "device", inputs.device), inputs.agent_checkpoint)
     ac = ActorCriticAgent(model, actor, critic, seed=seed)
     prior = policy_prior(ac.actor, model, torch.Generator().manual_seed(seed))
     return WorldModelParts(model, path, ac, ac.critic, prior)

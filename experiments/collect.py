@@ -80,9 +80,9 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
     meta = {"env": dataclasses.asdict(cfg.environment), "policy": policy, "seed": seed}
     writer = ReplayWriter(out, meta=meta, append=append)
     env = make_env(cfg.environment, seed=seed)
-    # Game seeds from the training range (never an evaluation game); appending continues with a fresh
-    # stream per call so that no game is replayed.
-    obs, info = env.reset(seed=training_seed(seed, writer.num_episodes))
+    # Game seeds from the training range (never an evaluation game); each writer gets a fresh stream, so
+    # that appending (even several appenders at once) replays no game.
+    obs, info = env.reset(seed=training_seed(seed, writer.stream))
     player.reset(env)
     buf = _EpisodeBuffer(obs, info)
     done_steps = 0

@@ -84,6 +84,8 @@ def checkpoint_and_data(checkpoint: str | Path, kind: str, data: str | Path | No
     from experiments.config import config_from_dict
 
     ckpt = load_checkpoint(checkpoint, kind=kind)
+    if data is None and not ckpt.get("data_dir"):
+        raise UserError(f"checkpoint {checkpoint} does not record its replay data; pass --data DIR")
     data = Path(data if data is not None else ckpt["data_dir"])
     if not data.is_dir():
         raise UserError(f"data folder {data} of checkpoint {checkpoint} does not exist; pass --data DIR")

@@ -113,9 +113,12 @@ def set_rng_state(state: dict[str, Any], np_rng: np.random.Generator) -> None:
     np_rng.bit_generator.state = json.loads(state["numpy"])
 
 
-def restore(ckpt: dict[str, Any], task: Task) -> TrainState:
-    """The TrainState of a checkpoint written by :func:`fit`, with the RNG states put back."""
+def restore(ckpt: dict[str, Any], task: Task, run: RunLogger | None = None) -> TrainState:
+    """The TrainState of a checkpoint written by :func:`fit`, with the RNG states put back; with ``run``, the
+    metrics rows logged after the checkpoint are dropped (the resumed run logs those steps again)."""
     set_rng_state(ckpt["rng"], task.rng)
+    if run is not None:
+        run.rewind(ckpt.get("metrics_offset"))
     return TrainState.from_dict(ckpt)
 
 
@@ -126,13 +129,16 @@ def _check_finite(task: Task, what: str, value: float | None, step: int) -> None
                            f"saved after the last good checkpoint; lower {task.lr_hint} (e.g. by 10x) and start again")
 
 
-def save(task: Task, state: TrainState, path: Path, summary: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint atomically, after checking every weight is finite."""
+def save(task: Task, state: TrainState, path: Path, summary: dict[str, Any] | None = None,
+         run: RunLogger | None = None) -> Path:
+    """Write a checkpoint atomically, after checking every weight is finite (with ``run``: where its metrics
+    stand, for :func:`restore`)."""
     for t in task.parameters_to_check():
         if not bool(torch.isfinite(t).all()):
             _check_finite(task, "weights", float("nan"), state.step)
+    offset = {} if run is None else {"metrics_offset": run.metrics_offset}
     return save_checkpoint({**task.state_dict(), **state.to_dict(), "rng": rng_state(task.rng),
-                            "summary": summary or {}}, path)
+                            "summary": summary or {}, **offset}, path)
 
 
 def fit(task: Task, state: TrainState, run: RunLogger, ckpt_dir: Path, checkpoint_every_steps: int = 0,
@@ -186,11 +192,11 @@ def fit(task: Task, state: TrainState, run: RunLogger, ckpt_dir: Path, checkpoin
             if checkpoint_every_steps and state.step % checkpoint_every_steps == 0 and i + 1 < task.steps_per_epoch:
                 state.epoch_seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                save(task, state, ckpt_dir / latest)
+                save(task, state, ckpt_dir / latest, run=run)
         bar.close()
         state.epoch_seconds += time.perf_counter() - t0
         if interrupted:
-            save(task, state, ckpt_dir / latest)
+            save(task, state, ckpt_dir / latest, run=run)
             break
         state.epoch += 1
         state.batch_in_epoch = 0
@@ -211,8 +217,8 @@ def fit(task: Task, state: TrainState, run: RunLogger, ckpt_dir: Path, checkpoin
         summary = {"epoch": state.epoch, "step": state.step, "best_epoch": state.best_epoch,
                    "best_val_loss": state.best}
         if improved:
-            save(task, state, ckpt_dir / "best.pt", summary)
-        save(task, state, ckpt_dir / latest, summary)
+            save(task, state, ckpt_dir / "best.pt", summary, run)
+        save(task, state, ckpt_dir / latest, summary, run)
         if stopped:
             echo(f"early stopping: no validation improvement for {state.bad_epochs} epochs "
                  f"(best epoch {state.best_epoch})")

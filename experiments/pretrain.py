@@ -15,6 +15,8 @@ continues a run with the config, data, weights, optimizer, counters and RNG stat
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from experiments.data import input_frames, load_sequences, load_split
 from experiments.fit import TrainState, finished, fit, lr_lambda, optimizer_step, restore
 from experiments.report_stage1 import random_baseline
 from experiments.runlog import RunLogger, seed_everything, setup_torch
-from worldmodel.checkpoint import load_checkpoint, load_state
+from worldmodel.checkpoint import RESUME_KEYS, load_checkpoint, load_state, require
 from worldmodel.diagnostics import representation_diagnostics, warn_if_collapsed
 from worldmodel.dynamics_loss import METRICS, evaluate_losses
 from worldmodel.encoder import PooledEncoder, fit_input_stats
@@ -47,14 +49,46 @@ def _prefixed(d: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {f"{prefix}{k}": v for k, v in d.items() if isinstance(v, (int, float, bool))}
 
 
+INPUTS_FILE = "pretrain_inputs.json"  # what a pretrain run was started with (its data folder), for a restart
+
+
 def _resume(resume: str | Path, kind: str) -> tuple[Path, dict[str, Any], Config]:
     """``(path, checkpoint, config)`` of the ``latest.pt`` of a run folder's stage ``kind``."""
-    latest = Path(resume) / kind / "latest.pt"
+    run = Path(resume)
+    latest = run / kind / "latest.pt"
+    if not run.is_dir():
+        raise UserError(f"cannot resume: run folder {run} does not exist; pass a folder under runs/pretrain/")
     if not latest.is_file():
-        raise UserError(f"cannot resume: {latest} does not exist; pass a run folder of `run.py pretrain --stage "
-                        f"{kind[-1]}`")
+        hint = (f"start Stage 2 again with `python run.py pretrain --stage 2 --stage1-checkpoint "
+                f"{run / STAGE1_DIR / 'best.pt'}`" if kind == STAGE2_DIR and (run / STAGE1_DIR / "best.pt").is_file()
+                else "start a new run")
+        raise UserError(f"cannot resume: {run} holds no {kind}/latest.pt (that stage saved no checkpoint yet); {hint}")
     ckpt = load_checkpoint(latest, kind=kind)
+    require(ckpt, latest, (*RESUME_KEYS, "scheduler"), "to resume")
     return latest, ckpt, config_from_dict(ckpt["config"])
+
+
+def _restart(resume: str | Path, echo: Callable[[str], None]) -> tuple[Config, str | None]:
+    """The config and data of a pretrain run killed before Stage 1's first checkpoint: Stage 1 starts again in the
+    same folder, reusing data the run had finished collecting (a partial collection is collected again)."""
+    run = Path(resume)
+    if not run.is_dir():
+        raise UserError(f"cannot resume: run folder {run} does not exist; pass a folder under runs/pretrain/")
+    if not (run / "config.yaml").is_file() or not (run / INPUTS_FILE).is_file():
+        raise UserError(f"cannot resume: {run} holds no stage1/latest.pt and no {INPUTS_FILE}, so it is not a "
+                        "folder of `run.py pretrain`; pass a folder under runs/pretrain/ or start a new run")
+    import yaml
+
+    try:
+        cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+        data = json.loads((run / INPUTS_FILE).read_text())["data"]
+    except (yaml.YAMLError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise UserError(f"cannot resume: {run}/config.yaml or {INPUTS_FILE} is damaged; start a new run") from None
+    if data is None and not (run / "dataset_summary.json").is_file():
+        shutil.rmtree(run / "data", ignore_errors=True)  # collection did not finish: collect it again, as it was
+    reuse = "its collected data" if data is None and (run / "data").is_dir() else "its data"
+    echo(f"{run} has no Stage-1 checkpoint yet: starting Stage 1 again there with the run's config and {reuse}")
+    return cfg, data
 
 
 class Stage1Task:
@@ -162,9 +196,13 @@ def pretrain_stage1(cfg: Config, data: str | Path | None = None, resume: str | P
     ``max_epochs`` / ``max_steps`` cap this call (an interruption, for tests); ``echo`` prints progress lines.
     """
     ckpt = latest = None
-    if resume is not None:
+    if resume is not None and (Path(resume) / STAGE1_DIR / "latest.pt").is_file():
         latest, ckpt, cfg = _resume(resume, STAGE1_DIR)
         data = ckpt["data_dir"]
+    elif resume is not None:
+        cfg, data = _restart(resume, echo)
+        if data is None and (Path(resume) / "data").is_dir():
+            data = Path(resume) / "data"
     s1 = cfg.vjepa2_world_model.stage1
     device = setup_torch(cfg)
     if cfg.run.threads == 0:
@@ -174,6 +212,10 @@ def pretrain_stage1(cfg: Config, data: str | Path | None = None, resume: str | P
 
     with RunLogger(cfg, "pretrain", run_dir=resume, resume=resume is not None) as run:
         echo(f"run folder: {run.dir}")
+        if resume is not None and ckpt is None:
+            run.rewind(0)  # the killed attempt saved no checkpoint: its rows are logged again
+        if not (run.dir / INPUTS_FILE).is_file():
+            run.write_json(INPUTS_FILE, {"data": None if data is None else str(data)})
         if data is None:
             from experiments.collect import collect, format_summary, summarize
 
@@ -184,6 +226,7 @@ def pretrain_stage1(cfg: Config, data: str | Path | None = None, resume: str | P
             run.write_json("dataset_summary.json", summary)
             echo(format_summary(summary))
         data = Path(data)
+        seed_everything(cfg.run.seed)  # the same weights whether this run collected its data or found it
         train_ds, val_ds = load_split(cfg, data)
         if len(train_ds) < 1 or len(val_ds) < 1:
             raise UserError(f"data folder {data} is too small for a train/validation split; collect more steps")
@@ -199,7 +242,7 @@ def pretrain_stage1(cfg: Config, data: str | Path | None = None, resume: str | P
         state = TrainState()
         if ckpt is not None:
             task.load_state_dict(ckpt, latest)
-            state = restore(ckpt, task)
+            state = restore(ckpt, task, run)
             run.log({"resumed_from_epoch": state.epoch, "resumed_from_step": state.step}, step=state.step)
             echo(f"resumed from {latest}: epoch {state.epoch}, step {state.step}")
         if task.baseline is None:
@@ -348,7 +391,7 @@ def pretrain_stage2(cfg: Config, stage1_checkpoint: str | Path | None = None, da
         state = TrainState()
         if ckpt is not None:
             task.load_state_dict(ckpt, latest)
-            state = restore(ckpt, task)
+            state = restore(ckpt, task, run)
             run.log({"stage2/resumed_from_epoch": state.epoch, "stage2/resumed_from_step": state.step},
                     step=state.step)
             echo(f"resumed from {latest}: epoch {state.epoch}, step {state.step}")

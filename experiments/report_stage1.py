@@ -17,7 +17,7 @@ from envs.errors import UserError
 from experiments.builders import build_encoder
 from experiments.config import Config
 from experiments.data import checkpoint_and_data, input_frames, load_split
-from experiments.runlog import write_json
+from experiments.runlog import report_destination, write_json
 from worldmodel.checkpoint import load_state
 from worldmodel.diagnostics import PROBE_TARGETS, representation_diagnostics, warn_if_collapsed
 from worldmodel.encoder import MaskedViT, PooledEncoder, fit_input_stats
@@ -62,6 +62,7 @@ def evaluate_stage1(checkpoint: str | Path, data: str | Path | None = None, out:
                     threads: int = 1) -> dict[str, Any]:
     """Evaluate a stage-1 checkpoint; writes and returns the report."""
     checkpoint = Path(checkpoint)
+    dest, note = report_destination(out, checkpoint.with_name(checkpoint.stem + "_eval_stage1.json"))
     ckpt, cfg, data = checkpoint_and_data(checkpoint, "stage1", data)
     torch.set_num_threads(threads)
     train_ds, val_ds = load_split(cfg, data)
@@ -105,14 +106,15 @@ def evaluate_stage1(checkpoint: str | Path, data: str | Path | None = None, out:
     ]
     report = {
         "checkpoint": str(checkpoint), "data_dir": str(data), "target": ckpt.get("target_kind"),
-        "epoch": int(ckpt["epoch"]), "step": int(ckpt["step"]), "benchmarks": table, "losses": losses,
+        "epoch": int(ckpt.get("epoch", 0)), "step": int(ckpt.get("step", 0)), "benchmarks": table, "losses": losses,
         "success_criteria": criteria,
         "diagnostics": diag, "random_baseline": baseline, "history": history,
         "all_criteria_pass": all(c["pass"] for c in criteria),
     }
-    out = Path(out) if out is not None else checkpoint.with_name(checkpoint.stem + "_eval_stage1.json")
-    write_json(out, report)
-    report["report_path"] = str(out)
+    if dest is not None:
+        write_json(dest, report)
+    report["report_path"] = str(dest) if dest is not None else None
+    report["report_note"] = note
     return report
 
 
@@ -134,5 +136,7 @@ def format_report(r: dict[str, Any]) -> str:
                 *[f"probe_r2/{k}" for k in PROBE_TARGETS]]:
         lines.append(f"  {key:<26}{d.get(key, float('nan')):>10.4f}{b.get(key, float('nan')):>10.4f}")
     warn_if_collapsed(d, lines.append)
-    lines += ["", f"all criteria pass: {r['all_criteria_pass']}", f"report written to {r['report_path']}"]
+    saved = (f"report written to {r['report_path']}" if r.get("report_path")
+             else f"report not written: {r['report_note']}; pass --out PATH to save it")
+    lines += ["", f"all criteria pass: {r['all_criteria_pass']}", saved]
     return "\n".join(lines)

@@ -36,7 +36,7 @@ from envs.errors import UserError
 from experiments.builders import build_world_model_loss
 from experiments.data import checkpoint_and_data, load_sequences
 from experiments.report_stage1 import GRADES, grade
-from experiments.runlog import write_json
+from experiments.runlog import report_destination, write_json
 from worldmodel.checkpoint import load_checkpoint
 from worldmodel.diagnostics import BALL_Y, PROBE_TARGETS
 from worldmodel.dynamics_loss import LatentSequences, evaluate_losses
@@ -108,6 +108,7 @@ def evaluate_stage2(checkpoint: str | Path, data: str | Path | None = None, out:
                     threads: int = 1, progress: bool = False) -> dict[str, Any]:
     """Evaluate a stage-2 checkpoint; writes and returns the report."""
     checkpoint = Path(checkpoint)
+    dest, note = report_destination(out, checkpoint.with_name(checkpoint.stem + "_eval_stage2.json"))
     kind = load_checkpoint(checkpoint)["kind"]
     if kind != "stage2":
         raise UserError(f"checkpoint {checkpoint} is a {kind!r} checkpoint; `evaluate --stage 2` needs a 'stage2' "
@@ -170,7 +171,7 @@ def evaluate_stage2(checkpoint: str | Path, data: str | Path | None = None, out:
     history = ckpt.get("history") or []
     val_hist = [float(h["val"]["latent_total"]) for h in history]  # the seed's (validation) Total Loss
     stable = bool(val_hist) and val_hist[-1] <= min(val_hist) * (1 + STABLE_VAL_TOLERANCE)
-    epochs = int(ckpt["epoch"])
+    epochs = int(ckpt.get("epoch", 0))
     h4 = open_loop["model_over_copy_last"][min(3, H - 1)]
     criteria = [
         {"criterion": "Total loss reaches the 0.1-0.3 range (or below)", "value": val["latent_total"],
@@ -185,15 +186,16 @@ def evaluate_stage2(checkpoint: str | Path, data: str | Path | None = None, out:
          "value": h4, "pass": h4 <= 0.5},
     ]
     report = {
-        "checkpoint": str(checkpoint), "data_dir": str(data), "epoch": epochs, "step": int(ckpt["step"]),
+        "checkpoint": str(checkpoint), "data_dir": str(data), "epoch": epochs, "step": int(ckpt.get("step", 0)),
         "benchmarks": table, "train_losses": train, "val_losses": val, "success_criteria": criteria,
         "open_loop": open_loop, "rewards": rewards, "life_loss": life, "probe": probe, "steering": steering,
         "open_loop_with_history": with_history, "history": history,
         "all_criteria_pass": all(c["pass"] for c in criteria),
     }
-    out = Path(out) if out is not None else checkpoint.with_name(checkpoint.stem + "_eval_stage2.json")
-    write_json(out, report)
-    report["report_path"] = str(out)
+    if dest is not None:
+        write_json(dest, report)
+    report["report_path"] = str(dest) if dest is not None else None
+    report["report_note"] = note
     return report
 
 
@@ -350,5 +352,7 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append("  with history " + "".join(f"{x:>6.3f}" for x in hist["with_history"]))
         lines.append(f"  imagined life-loss AUC: no history {_fmt(hist['auc_no_history'])}, with history "
                      f"{_fmt(hist['auc_with_history'])}")
-    lines += ["", f"all criteria pass: {r['all_criteria_pass']}", f"report written to {r['report_path']}"]
+    saved = (f"report written to {r['report_path']}" if r.get("report_path")
+             else f"report not written: {r['report_note']}; pass --out PATH to save it")
+    lines += ["", f"all criteria pass: {r['all_criteria_pass']}", saved]
     return "\n".join(lines)

@@ -12,7 +12,9 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,31 @@ def write_json(path: str | Path, data: Any) -> Path:
     return path
 
 
+def unwritable(folder: str | Path) -> str | None:
+    """None when a file can be created in ``folder`` (made if missing), else why not (e.g. "Read-only file
+    system"): commands check where they will write before they spend time computing."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+        return None
+    except OSError as err:
+        return err.strerror or type(err).__name__
+
+
+def report_destination(out: str | Path | None, default: Path) -> tuple[Path | None, str | None]:
+    """Where an evaluation report goes: ``out`` (a UserError now, before any computing, if it cannot be written)
+    or ``default``; ``(None, why)`` when the default place is read-only (the report is then only printed)."""
+    if out is not None:
+        out = Path(out)
+        why = unwritable(out.parent)
+        if why is not None:
+            raise UserError(f"cannot write the report to {out} ({why}); pass --out PATH in a writable folder")
+        return out, None
+    why = unwritable(default.parent)
+    return (default, None) if why is None else (None, f"{default.parent} is not writable ({why})")
+
+
 def new_run_dir(parent: Path, name: str) -> Path:
     """Create and return ``parent/name``, or ``parent/name-2``, ``-3``... if taken. ``mkdir`` without
     ``exist_ok`` is atomic, so two processes started in the same second never share a folder."""
@@ -98,14 +125,30 @@ class RunLogger:
                  group: str | None = None, name: str | None = None):
         self.cfg = cfg
         if run_dir is None:
-            run_dir = new_run_dir(Path(cfg.run.runs_dir) / command, f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}"
-                                  f"-s{cfg.run.seed}")
+            try:
+                run_dir = new_run_dir(Path(cfg.run.runs_dir) / command,
+                                      f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}-s{cfg.run.seed}")
+            except OSError as err:
+                raise UserError(f"cannot create a run folder under {cfg.run.runs_dir} ({err.strerror}); set "
+                                "run.runs_dir to a writable folder (e.g. --set run.runs_dir=/tmp/runs)") from None
+            self.created = True
+        else:
+            self.created = not Path(run_dir).exists()
         self.dir = Path(run_dir)
         if resume and not self.dir.is_dir():
             raise UserError(f"cannot resume: run folder {self.dir} does not exist; pass an existing run folder")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.dir / "config.yaml")
-        self._metrics = open(self.dir / "metrics.jsonl", "a")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if resume:  # temporary files of a save that a kill interrupted
+                for stale in self.dir.rglob("*.tmp"):
+                    if "wandb" not in stale.relative_to(self.dir).parts:
+                        stale.unlink(missing_ok=True)
+            save_config(cfg, self.dir / "config.yaml")
+            self._metrics = open(self.dir / "metrics.jsonl", "a")
+        except OSError as err:
+            fix = ("copy the run folder to a writable place and resume the copy" if resume else
+                   "set run.runs_dir to a writable folder (e.g. --set run.runs_dir=/tmp/runs)")
+            raise UserError(f"cannot write the run folder {self.dir} ({err.strerror}); {fix}") from None
         self._wandb = None
         if cfg.run.wandb != "disabled":
             self._wandb = self._init_wandb(command, resume, group, name)
@@ -144,6 +187,20 @@ class RunLogger:
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
 
+    @property
+    def metrics_offset(self) -> int:
+        """Size of ``metrics.jsonl`` so far: checkpoints record it, so a resume can drop the rows logged after them."""
+        self._metrics.flush()
+        return self._metrics.tell()
+
+    def rewind(self, offset: int | None) -> None:
+        """Drop the ``metrics.jsonl`` rows written after ``offset`` (a checkpoint's :attr:`metrics_offset`), so a
+        resumed run does not log the steps it repeats twice."""
+        if offset is None or offset >= self.metrics_offset:
+            return
+        self._metrics.flush()
+        os.truncate(self.dir / "metrics.jsonl", offset)
+
     def write_json(self, name: str, data: Any) -> Path:
         return write_json(self.dir / name, data)
 
@@ -153,8 +210,16 @@ class RunLogger:
             self._wandb.finish()
             self._wandb = None
 
+    def holds_results(self) -> bool:
+        """Whether the run folder holds anything worth keeping: a checkpoint or collected data."""
+        return any(self.dir.rglob("*.pt")) or (self.dir / "data" / "manifest.json").is_file()
+
     def __enter__(self) -> RunLogger:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
+        # A run this logger created that failed before writing anything of value leaves no folder behind
+        # (an interrupt keeps it: the user may resume).
+        if exc_type is not None and issubclass(exc_type, Exception) and self.created and not self.holds_results():
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -10,6 +10,7 @@ never with non-finite weights), ``metrics.jsonl`` and ``summary.json``.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from experiments.data import world_model_data_dir
 from experiments.fit import TrainState, fit, restore
 from experiments.play import evaluate, summarize_returns
 from experiments.runlog import RunLogger, seed_everything, setup_torch
+from worldmodel.checkpoint import load_error_detail, require
 
 LatentModel = Any  # the world model, used through its protocol (encode, imagine, imagine_policy)
 
@@ -55,6 +57,9 @@ def _evaluate(model: LatentModel, ac: ActorCritic, cfg: Config, episodes: int, d
     finally:
         ac.actor.train()
         ac.critic.train()
+
+
+INPUTS_FILE = "train_agent_inputs.json"  # config, world model and data a run started with (restart before agent.pt)
 
 
 class ActorCriticTask:
@@ -120,11 +125,21 @@ def train_agent(cfg: Config, world_model: str | Path | None = None, data: str | 
         max_steps: stop after this many updates in this call, checkpointed (None = all of ``agent.updates``).
     """
     ckpt = None
-    if resume is not None:
+    if resume is not None and not (Path(resume) / "agent.pt").is_file() and (Path(resume) / INPUTS_FILE).is_file():
+        # Killed before its first checkpoint: start again in the same folder with the inputs it was given.
+        try:
+            inputs = json.loads((Path(resume) / INPUTS_FILE).read_text())
+            cfg, world_model = config_from_dict(inputs["config"]), inputs["world_model"]
+            data = inputs["data"] if data is None else data
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"cannot resume: {Path(resume) / INPUTS_FILE} is damaged; start a new run") from None
+        click.echo(f"{resume} has no agent.pt yet: starting again there with the run's config")
+    elif resume is not None:
         ckpt = load_agent_checkpoint(Path(resume) / "agent.pt")
+        require(ckpt, Path(resume) / "agent.pt", ("rng", "history", "early_stopping"), "to resume")
         cfg = config_from_dict(ckpt["config"])
         world_model = ckpt["world_model"]
-        data = ckpt["data_dir"] if data is None else data
+        data = ckpt.get("data_dir") if data is None else data
     if world_model is None:
         raise UserError("train-agent needs --world-model PATH (a Stage-2 checkpoint from `run.py pretrain`)")
     world_model = Path(world_model)
@@ -141,8 +156,8 @@ def train_agent(cfg: Config, world_model: str | Path | None = None, data: str | 
     if ckpt is not None:
         try:
             ac.load_training_state(ckpt["state"])
-        except (ValueError, RuntimeError, KeyError) as err:
-            raise UserError(f"agent checkpoint in {resume} does not fit this world model ({err}); "
+        except (ValueError, RuntimeError, KeyError, TypeError) as err:
+            raise UserError(f"agent checkpoint in {resume} does not fit this world model ({load_error_detail(err)}); "
                             "start a new run") from None
     a = cfg.agent
     t0 = time.perf_counter()
@@ -153,8 +168,11 @@ def train_agent(cfg: Config, world_model: str | Path | None = None, data: str | 
     encode_s = time.perf_counter() - t0
     with RunLogger(cfg, "train-agent", run_dir=resume, resume=resume is not None) as run:
         click.echo(f"run folder: {run.dir}")
+        if ckpt is None:
+            run.rewind(0)  # a restart logs from the beginning
+            run.write_json(INPUTS_FILE, {"config": cfg.to_dict(), "world_model": str(world_model), "data": str(data)})
         task = ActorCriticTask(cfg, ac, model, starts, world_model, data, run)
-        state = TrainState() if ckpt is None else restore(ckpt, task)
+        state = TrainState() if ckpt is None else restore(ckpt, task, run)
         run.log({"data/start_latents": len(starts), "perf/encode_s": encode_s}, step=ac.updates)
         start_step = ac.updates
         fit(task, state, run, run.dir, a.checkpoint_every, max_steps=max_steps, progress=progress,

@@ -267,7 +267,7 @@ def test_bad_agent_checkpoints(tmp_path):
         load_agent_checkpoint(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot be read"):
+    with pytest.raises(UserError, match="truncated or corrupt"):
         load_agent_checkpoint(bad)
     other = tmp_path / "other.pt"
     torch.save({"kind": "stage2"}, other)

@@ -102,8 +102,12 @@ def test_train_sb3_dqn_tiny(tiny_cfg):
 def test_iqm_and_normalisation_on_known_values():
     assert iqm(np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 100.0])) == pytest.approx(3.5)  # middle 4 of 8
     assert human_normalised(30.5) == pytest.approx(1.0) and human_normalised(1.7) == pytest.approx(0.0)
-    lo, hi = bootstrap_ci(np.arange(20.0), "mean")
-    assert lo < 9.5 < hi and hi - lo < 10
+    x = np.arange(20.0)
+    se = x.std() / np.sqrt(x.size)  # the plug-in standard error of the mean, what the bootstrap estimates
+    for level, z in ((0.95, 1.959964), (0.5, 0.674490)):  # against the normal approximation mean +- z * se
+        lo, hi = bootstrap_ci(x, "mean", level=level)
+        half = z * se  # a CI twice as wide (or as narrow) is off by a whole half-width at both ends
+        assert abs(lo - (9.5 - half)) < 0.15 * half and abs(hi - (9.5 + half)) < 0.15 * half
 
 
 def test_summary_pools_seeds_and_episodes():

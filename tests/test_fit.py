@@ -158,8 +158,8 @@ sys.path.insert(0, {root!r})
 import experiments.fit as fit_mod
 ready = {ready!r}
 orig_save, seen = fit_mod.save, {{"ckpt": False}}
-def save(task, state, path, summary=None):
-    out = orig_save(task, state, path, summary)
+def save(task, state, path, summary=None, run=None):
+    out = orig_save(task, state, path, summary, run)
     if state.epoch == 0 and state.batch_in_epoch > 0:
         seen["ckpt"] = True
     return out

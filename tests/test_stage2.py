@@ -111,6 +111,41 @@ def test_imagine_shares_one_context_across_the_batch():
         assert torch.allclose(x, y, atol=1e-6)
 
 
+def test_world_model_imagine_decodes_reward_and_continue():
+    """The public API returns game points (symexp of the reward head) and P(no life lost) (sigmoid of the continue
+    logit, the probability the continuation loss trains towards 0 on life-loss steps)."""
+    from worldmodel.transformer import symexp
+    from worldmodel.world_model import WorldModel
+
+    m = small_model(max_len=4)
+    with torch.no_grad():
+        m.head.weight[8:].normal_(std=2.0)  # reward and continue outputs of both signs, well away from 0
+    wm = WorldModel(torch.nn.Identity(), m)
+    z0, a = torch.randn(6, 8), torch.randint(0, 4, (6, 5))
+    lat, rew, cont = wm.imagine(z0, a)
+    raw_lat, raw_rew, raw_logit = m.imagine(z0, a)
+    assert (raw_rew > 0.5).any() and (raw_rew < -0.5).any() and (raw_logit.abs() > 1).any()
+    assert torch.allclose(lat, raw_lat) and torch.allclose(rew, symexp(raw_rew)) and torch.allclose(
+        cont, torch.sigmoid(raw_logit))
+    lat_p, acts, rew_p, cont_p = wm.imagine_policy(z0, lambda z: a[:, 0], 1)  # the step-wise verb decodes alike
+    assert torch.equal(acts[:, 0], a[:, 0])
+    assert torch.allclose(rew_p, rew[:, :1]) and torch.allclose(cont_p, cont[:, :1], atol=1e-6)
+
+    # Exact values: reward head -ln 3 -> -2 points; continue logit -ln 3 -> P(no life lost) = 1/4.
+    with torch.no_grad():
+        m.head.weight[8:].zero_()
+        m.head.bias[8], m.head.bias[9] = -np.log(3.0), -np.log(3.0)
+    _, rew, cont = wm.imagine(z0, a)
+    _, _, rew_p, cont_p = wm.imagine_policy(z0, lambda z: a[:, 0], 2)
+    for r, c in ((rew, cont), (rew_p, cont_p)):
+        assert torch.allclose(r, torch.tensor(-2.0), atol=1e-5) and torch.allclose(c, torch.tensor(0.25), atol=1e-6)
+    # The same sign convention as training: on life-loss steps the continuation BCE is -log(1 - cont).
+    batch = {"z": torch.randn(2, 5, 8), "actions": torch.randint(0, 4, (2, 4)), "rewards": torch.zeros(2, 4),
+             "life_loss": torch.ones(2, 4, dtype=torch.bool)}
+    out = WorldModelLoss(LossWeights(), 1.0, 2)(m, batch, train=False)
+    assert torch.isclose(out["continue"], torch.tensor(-np.log(0.75), dtype=torch.float32), atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------- loss
 def test_scheduled_sampling_uses_the_configured_ratio():
     gen = torch.Generator().manual_seed(0)
@@ -130,55 +165,100 @@ def test_loss_values_of_a_copy_last_model():
     m = small_model()
     with torch.no_grad():
         m.head.weight.zero_()
-        m.head.bias.zero_()  # z_next = z, reward 0 (symlog), continue logit 0
+        m.head.bias.zero_()  # z_next = z, reward 0 (symlog)
+        m.head.bias[-1] = 2.0  # continue logit 2: P(no life lost) = sigmoid(2) at every step
     z = torch.randn(6, 5, 8)
+    life = torch.zeros(6, 4, dtype=torch.bool)
+    life[:, 2] = True  # 6 of 24 steps lose a life
     batch = {"z": z, "actions": torch.randint(0, 4, (6, 4)), "rewards": torch.full((6, 4), np.e - 1),
-             "life_loss": torch.zeros(6, 4, dtype=torch.bool)}
+             "life_loss": life}
     out = WorldModelLoss(LossWeights(0.7, 0.3, 1.0, 1.0), 0.8, rollout_steps=3)(m, batch, train=False)
     tf = (z[:, :4] - z[:, 1:]).abs().mean()
     roll = (z[:, :1] - z[:, 1:4]).abs().mean()  # rollout from z_0 of a copy model stays at z_0
+    # BCE against the label "continues": -log sigmoid(2) on the 18 kept steps, -log(1 - sigmoid(2)) on the 6 lost
+    cont = (18 * np.log1p(np.exp(-2.0)) + 6 * np.log1p(np.exp(2.0))) / 24
     assert torch.isclose(out["teacher_forcing"], tf, atol=1e-6)
     assert torch.isclose(out["rollout"], roll, atol=1e-6)
     assert torch.isclose(out["reward"], torch.tensor(1.0), atol=1e-5)  # symlog(e - 1) = 1
-    assert torch.isclose(out["continue"], torch.tensor(np.log(2.0), dtype=torch.float32), atol=1e-6)
-    assert torch.isclose(out["loss"], 0.7 * tf + 0.3 * roll + 1.0 + np.log(2.0), atol=1e-5)
-
+    assert torch.isclose(out["continue"], torch.tensor(cont, dtype=torch.float32), atol=1e-6)
+    assert torch.isclose(out["loss"], 0.7 * tf + 0.3 * roll + 1.0 + cont, atol=1e-5)
 
 
 def test_rare_event_weights_scale_only_their_steps():
     m = small_model()
     with torch.no_grad():
         m.head.weight.zero_()
-        m.head.bias.zero_()  # reward 0 (symlog), continue logit 0
+        m.head.bias.zero_()  # reward 0 (symlog)
+        m.head.bias[-1] = 1.5  # continue logit 1.5: a life loss costs more than a kept life
     z = torch.randn(2, 5, 8)
     rewards = torch.zeros(2, 4)
     rewards[0, 1] = np.e - 1  # one rewarding step: squared error 1 in symlog units
     life = torch.zeros(2, 4, dtype=torch.bool)
-    life[1, 2] = True  # one life loss: BCE log 2 like every other step at logit 0
+    life[1, 2] = True  # one life loss: BCE log(1 + e^1.5), the 7 other steps log(1 + e^-1.5)
     batch = {"z": z, "actions": torch.randint(0, 4, (2, 4)), "rewards": rewards, "life_loss": life}
     plain = WorldModelLoss(LossWeights(), 0.8, rollout_steps=2)(m, batch, train=False)
     weighted = WorldModelLoss(LossWeights(continue_pos=10.0, reward_pos=10.0), 0.8, rollout_steps=2)(
         m, batch, train=False)
+    kept, lost = np.log1p(np.exp(-1.5)), np.log1p(np.exp(1.5))
     assert torch.isclose(plain["reward"], torch.tensor(1 / 8), atol=1e-6)
     assert torch.isclose(weighted["reward"], torch.tensor(10 / 8), atol=1e-6)
-    assert torch.isclose(weighted["continue"], torch.tensor((7 + 10) / 8 * np.log(2.0), dtype=torch.float32),
+    assert torch.isclose(plain["continue"], torch.tensor((7 * kept + lost) / 8, dtype=torch.float32), atol=1e-6)
+    assert torch.isclose(weighted["continue"], torch.tensor((7 * kept + 10 * lost) / 8, dtype=torch.float32),
                          atol=1e-6)
 
 
 def test_heads_on_rollout_add_no_gradient_to_the_latent_chain():
-    """With heads_on_rollout the extra pass is fed detached latents: the rollout L1's gradient is unchanged."""
-    torch.manual_seed(0)
+    """With heads_on_rollout the extra pass is fed the rollout's latents detached: its reward and continuation
+    losses train the model through that pass only, never back through the chain of imagined latents."""
+    from worldmodel.transformer import symlog
+
     m = small_model()
-    z = torch.randn(3, 5, 8)
-    batch = {"z": z, "actions": torch.randint(0, 4, (3, 4)), "rewards": torch.zeros(3, 4),
-             "life_loss": torch.rand(3, 4) < 0.3}
-    out = WorldModelLoss(LossWeights(0.0, 1.0, 0.0, 1.0), 1.0, 2, heads_on_rollout=True)(
-        m, batch, generator=torch.Generator().manual_seed(1))
-    base = WorldModelLoss(LossWeights(0.0, 1.0, 0.0, 1.0), 1.0, 2)(m, batch, generator=torch.Generator().manual_seed(1))
+    z, a = torch.randn(3, 5, 8), torch.randint(0, 4, (3, 4))
+    rewards, life = torch.randn(3, 4), torch.rand(3, 4) < 0.3
+    batch = {"z": z, "actions": a, "rewards": rewards, "life_loss": life}
+    w = LossWeights(0.0, 0.0, 1.0, 1.0)  # only the heads' losses carry gradient
+    # rollout_steps = T = 4: the true prefix is z_0 only (c = 1), no scheduled sampling (ratio 1)
+    out = WorldModelLoss(w, 1.0, 4, heads_on_rollout=True)(m, batch, generator=torch.Generator().manual_seed(1))
+    base = WorldModelLoss(w, 1.0, 4)(m, batch, generator=torch.Generator().manual_seed(1))
     assert torch.isclose(out["rollout"], base["rollout"])
     assert not torch.isclose(out["continue"], base["continue"])  # the imagined positions are scored too
-    out["loss"].backward()
-    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    grad = torch.autograd.grad(out["loss"], list(m.parameters()), allow_unused=True)
+
+    def reference(chain_grad: bool) -> tuple[torch.Tensor | None, ...]:
+        """Half the heads' losses on the true inputs, half on z_0 + the imagined z_1 .. z_3."""
+        with torch.set_grad_enabled(chain_grad):
+            seq = z[:, :1]
+            for k in range(4):
+                seq = torch.cat([seq, m(seq, a[:, :k + 1])[0][:, -1:]], 1)
+        heads = []
+        for inp, s in ((z[:, :4], slice(0, 4)), (seq[:, :4], slice(1, 4))):
+            _, r, c = m(inp, a)
+            heads.append(((r[:, s] - symlog(rewards[:, s])) ** 2).mean()
+                         + torch.nn.functional.binary_cross_entropy_with_logits(c[:, s], (~life[:, s]).float()))
+        loss = 0.5 * (heads[0] + heads[1])
+        assert torch.isclose(loss, out["reward"] + out["continue"], atol=1e-6)
+        return torch.autograd.grad(loss, list(m.parameters()), allow_unused=True)
+
+    def same(g1, g2) -> bool:
+        return all((x is None and y is None) or (x is not None and y is not None and torch.allclose(x, y, atol=1e-6))
+                   for x, y in zip(g1, g2))
+
+    assert same(grad, reference(chain_grad=False))
+    assert not same(grad, reference(chain_grad=True))  # through the chain the gradient would differ
+    assert all(torch.isfinite(g).all() for g in grad if g is not None)
+
+
+def test_roc_auc_hand_computed_with_ties():
+    from experiments.report_stage2 import roc_auc
+
+    # positives 0.4, 0.4, 0.8, 0.95 against negatives 0.1, 0.4, 0.9: pairs won 1.5 + 1.5 + 2 + 3 (a tie is 1/2)
+    scores = np.array([0.4, 0.1, 0.8, 0.4, 0.9, 0.95, 0.4])
+    labels = np.array([1, 0, 1, 0, 0, 1, 1], dtype=bool)
+    assert roc_auc(scores, labels) == pytest.approx(8 / 12)
+    assert roc_auc(-scores, labels) == pytest.approx(4 / 12)  # reversed scores: the complement
+    assert roc_auc(np.zeros(7), labels) == pytest.approx(0.5)  # all tied: chance
+    assert roc_auc(np.array([0.3, 0.2, 0.9, 0.7]), np.array([0, 0, 1, 1])) == 1.0
+    assert np.isnan(roc_auc(scores, np.ones(7, dtype=bool))) and np.isnan(roc_auc(scores, np.zeros(7, dtype=bool)))
 
 
 def test_steering_report_reads_the_survival_preference():

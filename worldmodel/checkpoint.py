@@ -43,19 +43,48 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str
         raise UserError(f"checkpoint {path} is a folder; pass a .pt file inside it (e.g. {path / 'best.pt'})")
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is empty (truncated); re-run training or use another checkpoint")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError,
-            AttributeError, KeyError, IndexError) as err:
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({type(err).__name__}); re-run training or use "
-                        "another checkpoint") from None
+    obj = safe_torch_load(path, map_location, "re-run training or use another checkpoint")
     if not isinstance(obj, dict) or "kind" not in obj:
         raise UserError(f"checkpoint {path} is not a checkpoint of this project (no 'kind' entry); pass a file "
                         "written by `run.py pretrain`")
     if kind is not None and obj["kind"] != kind:
         raise UserError(f"checkpoint {path} is a {obj['kind']!r} checkpoint but a {kind!r} one is needed; pass a "
                         f"{kind} checkpoint")
+    require(obj, path, REQUIRED.get(obj["kind"], ()))
     return obj
+
+
+# The entries every checkpoint of a kind holds (what loading it reads); a file without them is refused at once.
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "stage1": ("config", "encoder_kwargs"),
+    "stage2": ("config", "encoder_kwargs", "encoder", "world_model_kwargs", "world_model"),
+    "agent": ("config", "state", "world_model"),
+}
+# What resuming from a ``latest.pt`` reads on top (experiments/fit.py).
+RESUME_KEYS = ("optimizer", "rng", "history", "early_stopping")
+
+
+def safe_torch_load(path: Path, map_location: str | torch.device, fix: str) -> Any:
+    """``torch.load(weights_only=True)``; a file that would run code on loading, or is damaged, is a UserError."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Weights only load failed" in str(err):
+            raise UserError(f"{path} holds Python objects that would run code when loaded, so it is refused (only "
+                            f"weights-only checkpoints load); {fix}") from None
+        raise UserError(f"{path} is truncated or corrupt (UnpicklingError); {fix}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError,
+            IndexError, TypeError) as err:
+        raise UserError(f"{path} is truncated or corrupt ({type(err).__name__}); {fix}") from None
+
+
+def require(ckpt: dict[str, Any], path: str | Path, keys: tuple[str, ...] | list[str], what: str = "") -> None:
+    """A UserError naming the entries of ``keys`` that ``ckpt`` lacks (``what``: e.g. "to resume")."""
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise UserError(f"checkpoint {path} lacks {', '.join(repr(k) for k in missing)}{' ' + what if what else ''} "
+                        f"(not a complete {ckpt.get('kind', 'project')} checkpoint); re-run training or use another "
+                        "checkpoint")
 
 
 def load_state(module: nn.Module, state: Any, path: str | Path, name: str) -> None:
@@ -64,11 +93,16 @@ def load_state(module: nn.Module, state: Any, path: str | Path, name: str) -> No
         raise UserError(f"checkpoint {path} has no valid '{name}' weights; re-run training or use another checkpoint")
     try:
         module.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0] if first else ""
-        raise UserError(f"checkpoint {path} does not fit the '{name}' model ({detail[:200]}); use a checkpoint made "
-                        "with the same model config") from None
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        raise UserError(f"checkpoint {path} does not fit the '{name}' model ({load_error_detail(err)}); use a "
+                        "checkpoint made with the same model config") from None
+
+
+def load_error_detail(err: BaseException) -> str:
+    """The telling line of a ``load_state_dict`` error (its first mismatch), at most 200 characters."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__
+    return detail[:200]
 
 
 def rebuild(ckpt: dict[str, Any], path: str | Path, cls: type[nn.Module], kwargs_key: str, weights_key: str,

@@ -92,6 +92,10 @@ def cached_latents(encoder: nn.Module, store, manifest: dict[str, Any], cache_di
             return obj["latents"], {"path": str(path), "rebuilt": False, "seconds": time.perf_counter() - t0,
                                     "key": key}
     latents = encode_store(encoder, store, batch_size, device, progress)
-    save_checkpoint({"kind": "latent_cache", "version": CACHE_VERSION, "encoder": enc_fp, "data": data_fp,
-                     "latents": latents}, path)
+    try:
+        save_checkpoint({"kind": "latent_cache", "version": CACHE_VERSION, "encoder": enc_fp, "data": data_fp,
+                         "latents": latents}, path)
+    except OSError as err:  # a read-only data folder: train on the latents in memory, encode again next time
+        return latents, {"path": f"not cached: {path.parent} is not writable ({err.strerror})", "rebuilt": True,
+                         "seconds": time.perf_counter() - t0, "key": key}
     return latents, {"path": str(path), "rebuilt": True, "seconds": time.perf_counter() - t0, "key": key}
