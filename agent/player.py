@@ -81,7 +81,7 @@ def load_agent_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"agent checkpoint {path} does not exist; pass the agent.pt of a train-agent run "
                         "(or its run folder)")
-    ckpt = safe_torch_load(path, "cpu", "re-run train-agent or pass another file")
+    ckpt = safe_torch_load(path, "cpu", "re-run train-agent or pass another file", "agent checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
         kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(f"{path} is not an agent checkpoint (kind={kind!r}); pass the agent.pt written by "

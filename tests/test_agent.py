@@ -309,7 +309,7 @@ def test_cli_train_agent_bad_input(tmp_path, untrained_world_model):
     torch.save({"kind": "stage1"}, stage1)
     res = invoke("--world-model", str(stage1))
     assert res.exit_code == 2 and "stage2" in res.stderr and res.exception.__class__ is SystemExit
-    res = invoke("--resume", str(tmp_path / "nope"))
+    res = CliRunner().invoke(run_cli, ["train-agent", "--resume", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "does not exist" in res.stderr
     res = invoke("--world-model", str(untrained_world_model), "--data", str(tmp_path / "nodata"))
     assert res.exit_code == 2 and "nodata" in res.stderr

@@ -43,14 +43,15 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str
         raise UserError(f"checkpoint {path} is a folder; pass a .pt file inside it (e.g. {path / 'best.pt'})")
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is empty (truncated); re-run training or use another checkpoint")
-    obj = safe_torch_load(path, map_location, "re-run training or use another checkpoint")
+    obj = safe_torch_load(path, map_location, "re-run training or use another checkpoint", "checkpoint")
     if not isinstance(obj, dict) or "kind" not in obj:
         raise UserError(f"checkpoint {path} is not a checkpoint of this project (no 'kind' entry); pass a file "
                         "written by `run.py pretrain`")
     if kind is not None and obj["kind"] != kind:
         raise UserError(f"checkpoint {path} is a {obj['kind']!r} checkpoint but a {kind!r} one is needed; pass a "
                         f"{kind} checkpoint")
-    require(obj, path, REQUIRED.get(obj["kind"], ()))
+    if kind is not None:  # callers that check the kind themselves check its entries after it (require, REQUIRED)
+        require(obj, path, REQUIRED.get(kind, ()))
     return obj
 
 
@@ -64,18 +65,19 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 RESUME_KEYS = ("optimizer", "rng", "history", "early_stopping")
 
 
-def safe_torch_load(path: Path, map_location: str | torch.device, fix: str) -> Any:
-    """``torch.load(weights_only=True)``; a file that would run code on loading, or is damaged, is a UserError."""
+def safe_torch_load(path: Path, map_location: str | torch.device, fix: str, label: str) -> Any:
+    """``torch.load(weights_only=True)``; a file that would run code on loading, or is damaged, is a UserError
+    that starts with ``label`` (e.g. "agent checkpoint") and ends with ``fix``."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "Weights only load failed" in str(err):
-            raise UserError(f"{path} holds Python objects that would run code when loaded, so it is refused (only "
-                            f"weights-only checkpoints load); {fix}") from None
-        raise UserError(f"{path} is truncated or corrupt (UnpicklingError); {fix}") from None
+        if "GLOBAL" in str(err) or "global" in str(err):  # it names a callable to import and run on load
+            raise UserError(f"{label} {path} holds Python objects that would run code when loaded, so it is refused "
+                            f"(only weights-only checkpoints load); {fix}") from None
+        raise UserError(f"{label} {path} is truncated or corrupt (UnpicklingError); {fix}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError,
             IndexError, TypeError) as err:
-        raise UserError(f"{path} is truncated or corrupt ({type(err).__name__}); {fix}") from None
+        raise UserError(f"{label} {path} is truncated or corrupt ({type(err).__name__}); {fix}") from None
 
 
 def require(ckpt: dict[str, Any], path: str | Path, keys: tuple[str, ...] | list[str], what: str = "") -> None:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from envs.errors import UserError
-from worldmodel.checkpoint import load_checkpoint, rebuild
+from worldmodel.checkpoint import REQUIRED, load_checkpoint, rebuild, require
 from worldmodel.encoder import MaskedViT, PooledEncoder
 from worldmodel.transformer import KVRollout, WorldModelTransformer, symexp
 
@@ -149,6 +149,7 @@ def load_world_model(path: str | Path, device: str | torch.device = "cpu") -> Wo
                 if ckpt["kind"] == "stage1" else "")
         raise UserError(f"checkpoint {path} is a {ckpt['kind']!r} checkpoint, but the world model needs a 'stage2' "
                         f"checkpoint{hint}")
+    require(ckpt, path, REQUIRED["stage2"])
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} was asked for but no CUDA device is available; use device='cpu'")
