@@ -173,7 +173,8 @@ def train_agent(cfg: Config, world_model: str | Path | None = None, data: str | 
             run.write_json(INPUTS_FILE, {"config": cfg.to_dict(), "world_model": str(world_model), "data": str(data)})
         task = ActorCriticTask(cfg, ac, model, starts, world_model, data, run)
         state = TrainState() if ckpt is None else restore(ckpt, task, run)
-        run.log({"data/start_latents": len(starts), "perf/encode_s": encode_s}, step=ac.updates)
+        if ckpt is None:  # a resumed run found these rows in its metrics already
+            run.log({"data/start_latents": len(starts), "perf/encode_s": encode_s}, step=ac.updates)
         start_step = ac.updates
         fit(task, state, run, run.dir, a.checkpoint_every, max_steps=max_steps, progress=progress,
             latest="agent.pt")
