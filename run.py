@@ -355,6 +355,27 @@ def train_agent(world_model, data, resume, preset, config_file, overrides, seed,
     click.echo(format_summary(run_train_agent(cfg, world_model, data=data, resume=resume)))
 
 
+@cli.command()
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="learn run folder to continue (its saved config is used).")
+@config_options
+def learn(resume, preset, config_file, overrides, seed, wandb_mode):
+    """Closed-loop model-based RL: the agent collects its own data within the env-step budget
+    (baselines.agent_steps), the world model keeps learning from it, the agent keeps learning in imagination.
+
+    \b
+    Example:
+      python run.py learn --preset atari100k --seed 0
+      python run.py learn --resume runs/learn/<run>
+    """
+    from experiments.learn import format_summary
+    from experiments.learn import learn as run_learn
+
+    refuse_options_with_resume(resume)
+    cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
+    click.echo(format_summary(run_learn(cfg, resume=resume)))
+
+
 @cli.command("plan-in-env")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Stage-2 world-model checkpoint (--planner cem) [default: the one --agent was trained on].")

@@ -45,6 +45,7 @@ class AgentInputs:
     count_env_steps: bool = False  # count the world model's replay transitions (compare-baselines)
     on_point: Callable[[dict[str, Any]], None] | None = None  # learning-curve point of an agent in training
     on_progress: Callable[[int], None] | None = None  # env steps trained so far
+    work_dir: Path | None = None  # where an agent that trains keeps its resumable run (compare-baselines: per seed)
 
 
 @dataclass
@@ -250,6 +251,61 @@ def _build_sb3(algo: str, pipeline: str = "project") -> Callable[[Config, AgentI
     return build
 
 
+def learn_run(cfg: Config, inputs: AgentInputs, seed: int) -> dict[str, Any]:
+    """The summary of the `run.py learn` run of ``seed`` in ``inputs.work_dir`` (run now, resumed when a kill
+    stopped it, reused when finished: `learn` and `learn-cem-value` of one seed share it)."""
+    import yaml
+
+    from experiments.config import config_from_dict
+    from experiments.learn import learn
+
+    if inputs.work_dir is None:
+        raise ValueError("the learn agents need inputs.work_dir (compare-baselines sets it per seed)")
+    root = Path(inputs.work_dir)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed, runs_dir=str(root)))
+    runs = sorted(p.parent for p in (root / "learn").glob("*/config.yaml")) if (root / "learn").is_dir() else []
+    if runs:
+        theirs = config_from_dict(yaml.safe_load((runs[-1] / "config.yaml").read_text())).to_dict()
+        ours = cfg.to_dict()
+        if {k: v for k, v in theirs.items() if k != "run"} != {k: v for k, v in ours.items() if k != "run"}:
+            raise UserError(f"the learn run of seed {seed} in {runs[-1]} was started with other settings than this "
+                            "comparison's; pass a new --out folder or the settings it was started with")
+        if (runs[-1] / "summary.json").is_file():
+            import json
+
+            return json.loads((runs[-1] / "summary.json").read_text())
+    return learn(cfg, resume=runs[-1] if runs else None, progress=False)
+
+
+def _learn_hyperparams(cfg: Config, s: dict[str, Any]) -> dict[str, Any]:
+    return {"learn": dataclasses.asdict(cfg.learn), "agent": dataclasses.asdict(cfg.agent),
+            "stage2": dataclasses.asdict(cfg.vjepa2_world_model.stage2), "learn_run": s["run_dir"],
+            "world_model": s["world_model"], "agent_checkpoint": s["agent"], "learn_timings_s": s["timings_s"],
+            "reward_head": s["heads"]}
+
+
+def _build_learn(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAgent:
+    s = learn_run(cfg, inputs, seed)
+    parts = load_world_model_parts(dataclasses.replace(inputs, world_model=Path(s["world_model"]),
+                                                       agent_checkpoint=Path(s["agent"]), model=None), seed)
+    curve = [{k: v for k, v in p.items() if k != "eval_seeds"} for p in s["curve"][:-1]]
+    for p in curve:
+        if inputs.on_point is not None:
+            inputs.on_point(p)
+    return BuiltAgent(parts.actor_critic, int(s["env_steps"]), {**_learn_hyperparams(cfg, s), "policy": "sample"},
+                      curve=curve, train_seconds=float(s["wall_clock_s"]))
+
+
+def _build_learn_cem_value(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAgent:
+    s = learn_run(cfg, inputs, seed)
+    planner = dataclasses.replace(cfg.planner, **CEM_VALUE_PLANNER)
+    parts = dataclasses.replace(inputs, world_model=Path(s["world_model"]), agent_checkpoint=Path(s["agent"]),
+                                model=None, count_env_steps=False)
+    built = _build_cem(dataclasses.replace(cfg, planner=planner), parts, seed)
+    return BuiltAgent(built.agent, int(s["env_steps"]), {**_learn_hyperparams(cfg, s), **built.hyperparams},
+                      train_seconds=float(s["wall_clock_s"]))
+
+
 REGISTRY: dict[str, AgentSpec] = {spec.name: spec for spec in (
     AgentSpec("ppo", _build_sb3("ppo"), "SB3 PPO, RL-Zoo Atari settings, the project's 64x64 pipeline",
               trains_in_env=True),
@@ -268,4 +324,8 @@ REGISTRY: dict[str, AgentSpec] = {spec.name: spec for spec in (
               "value and 16 of 32 candidates from its actor", needs=("agent_checkpoint",)),
     AgentSpec("actor-critic", _build_actor_critic, "the actor-critic trained in imagination by train-agent",
               needs=("agent_checkpoint",)),
+    AgentSpec("learn", _build_learn, "closed loop (`run.py learn`): the actor-critic that collected its own data "
+              "within the budget, world model trained on it", trains_in_env=True),
+    AgentSpec("learn-cem-value", _build_learn_cem_value, "CEM with the critic's value over the final world model "
+              "and actor-critic of `run.py learn` (the same run as 'learn')", trains_in_env=True),
 )}

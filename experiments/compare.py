@@ -261,12 +261,13 @@ def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | No
     for i, (name, seed) in enumerate(todo, 1):
         if progress:
             click.echo(f"[{i}/{len(todo)}] {name} seed {seed}")
-        spec, pair_inputs, extra = REGISTRY[name], inputs, None
+        spec, extra = REGISTRY[name], None
+        pair_inputs = dataclasses.replace(inputs, work_dir=out / "learn-runs" / f"s{seed}")
         if per_seed and spec.needs:
             from experiments.world_model_stack import world_model_stack
 
             stack = world_model_stack(cfg, seed, out, progress=progress)
-            pair_inputs = dataclasses.replace(inputs, world_model=Path(stack["world_model"]),
+            pair_inputs = dataclasses.replace(pair_inputs, world_model=Path(stack["world_model"]),
                                               agent_checkpoint=Path(stack["agent_checkpoint"]),
                                               data=Path(stack["data"]))
             extra = {"world_model_per_seed": True, "stack_wall_clock_s": stack["wall_clock_s_total"],

@@ -39,7 +39,7 @@ PRESETS = ("tiny", "quick", "full", "atari100k")
 
 __all__ = [
     "PRESETS", "AgentConfig", "BaselinesConfig", "Config", "DataConfig", "EncoderConfig", "EncoderParams",
-    "EnvironmentConfig", "EvalConfig", "ModelsConfig", "PlannerConfig", "PredictorConfig", "RunConfig",
+    "EnvironmentConfig", "EvalConfig", "LearnConfig", "ModelsConfig", "PlannerConfig", "PredictorConfig", "RunConfig",
     "Stage1Config", "Stage2Config", "VitConfig", "Vjepa2Config", "WorldModelNetConfig", "config_from_dict",
     "load_config", "save_config", "validate",
 ]
@@ -93,6 +93,40 @@ class BaselinesConfig:
 
 
 @dataclass
+class LearnConfig:
+    """`run.py learn`, the closed loop (experiments/learn.py). Its env-step budget is ``baselines.agent_steps``, the
+    budget every agent of a comparison gets; prefill and collection steps count, evaluation games do not."""
+
+    prefill_steps: int = 5000  # random-play steps before the first world model
+    prefill_min_rewards: int = 20  # ... and until the replay holds this many scoring steps
+    prefill_max_steps: int = 20000  # ... but never more than this many steps
+    collect_steps: int = 5000  # env steps the actor plays per iteration
+    stage2_train_ratio: float = 16.0  # Stage-2 replayed transitions (sequences x T) per new env step
+    stage2_lr: float = 3e-4  # constant Stage-2 learning rate in the loop (the prefill fit uses stage2's schedule)
+    agent_updates: int = 300  # actor-critic updates per iteration
+    final_stage2_updates: int = 0  # training-only phase after the budget is spent
+    final_agent_updates: int = 600
+    recent_fraction: float = 0.5  # share of imagination starts drawn from the most recent frames
+    recent_steps: int = 20000  # ... the last this many frames of the replay
+    eval_every: int = 25000  # env steps between learning-curve evaluations (the final one is always played)
+    eval_episodes: int = 3  # games per learning-curve point (the final evaluation plays evaluation.episodes)
+
+    def validate(self, path: str) -> None:
+        """Range checks of this section, whose key prefix is ``path``."""
+        for key in ("prefill_steps", "collect_steps", "eval_every", "eval_episodes", "recent_steps"):
+            check_range(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "an integer >= 1")
+        for key in ("prefill_min_rewards", "agent_updates", "final_stage2_updates", "final_agent_updates"):
+            check_range(getattr(self, key) >= 0, f"{path}.{key}", getattr(self, key), "an integer >= 0")
+        check_range(self.prefill_max_steps >= self.prefill_steps, f"{path}.prefill_max_steps", self.prefill_max_steps,
+                    f"an integer >= {path}.prefill_steps ({self.prefill_steps})")
+        check_range(self.stage2_train_ratio >= 0, f"{path}.stage2_train_ratio", self.stage2_train_ratio,
+                    "a number >= 0")
+        check_range(self.stage2_lr > 0, f"{path}.stage2_lr", self.stage2_lr, "a positive learning rate")
+        check_range(0.0 <= self.recent_fraction <= 1.0, f"{path}.recent_fraction", self.recent_fraction,
+                    "a fraction in [0, 1]")
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda" or "auto"
@@ -124,6 +158,7 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    learn: LearnConfig = field(default_factory=LearnConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -239,6 +274,7 @@ def validate(cfg: Config) -> Config:
     cfg.planner.validate("planner")
     cfg.agent.validate("agent")
     cfg.evaluation.validate("evaluation")
+    cfg.learn.validate("learn")
     cfg.run.validate("run")
     return cfg
 

@@ -8,7 +8,8 @@
   steps and a dashed level line;
 - final return distributions: box plot with every game's return per agent (seeds x episodes);
 - world-model training losses: every ``*loss*`` metric in the ``metrics.jsonl`` of the other runs
-  given (pretrain runs, demo runs), one panel per run.
+  given (pretrain runs, demo runs, the `learn` runs inside a comparison folder), one panel per run, and the
+  reward and life-loss heads' validation precision and recall over a `learn` run.
 
 Plots are matplotlib PNGs embedded as base64 ``data:`` URIs; a small inline script checks that
 every image decoded and writes the outcome to ``<body data-plots=...>`` (the headless-browser test
@@ -77,7 +78,8 @@ def collect_runs(run_dirs: list[str | Path]) -> tuple[dict[str, list[dict[str, A
                 if step is None:
                     continue
                 for k, v in row.items():
-                    if "loss" in k and isinstance(v, (int, float)) and math.isfinite(v):
+                    wanted = "loss" in k or (k.startswith("heads/") and k.endswith(("recall", "precision")))
+                    if wanted and isinstance(v, (int, float)) and math.isfinite(v):
                         series.setdefault(k, []).append((step, float(v)))
             if series:
                 rel = mpath.parent.relative_to(d) if mpath.parent != d else Path(".")
@@ -97,20 +99,53 @@ def _colors(labels: list[str]) -> dict[str, Any]:
     return {label: cmap(i % 10) for i, label in enumerate(labels)}
 
 
+HUMAN_BREAKOUT = 30.5  # the human reference score of the Atari-100k literature
+
+
+def _mean_band(runs: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Env steps evaluated by every seed, the mean over seeds there and a 95% bootstrap band of that mean."""
+    import numpy as np
+
+    from experiments.results import bootstrap_ci
+
+    per_seed = [{p["env_steps"]: p["mean"] for p in r["curve"]} for r in runs]
+    steps = sorted(set.intersection(*(set(d) for d in per_seed)))
+    mean, lo, hi = [], [], []
+    for x in steps:
+        v = np.array([d[x] for d in per_seed])
+        a, b = bootstrap_ci(v, "mean")
+        mean.append(float(v.mean()))
+        lo.append(a)
+        hi.append(b)
+    return steps, mean, lo, hi
+
+
 def plot_learning_curves(results: dict[str, list[dict[str, Any]]]):
+    """Per agent: each seed thin, the mean over seeds bold with a 95% bootstrap band (agents that learn from env
+    steps); agents evaluated once (random among them) are a point and a dashed level. Human is a reference line."""
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     colors = _colors(list(results))
     xmax = max([p["env_steps"] for runs in results.values() for r in runs for p in r["curve"]] + [1])
     for label, runs in results.items():
-        for j, r in enumerate(runs):
+        curves = [r for r in runs if len({p["env_steps"] for p in r["curve"]}) > 1]
+        for r in runs:
             points = {p["env_steps"]: p["mean"] for p in r["curve"]}  # the final evaluation wins a shared step
             xs, ys = list(points), list(points.values())
-            name = f"{label} s{r['seed']}"
             if len(xs) == 1:  # not trained on env steps: its level across the plot
-                ax.axhline(ys[0], color=colors[label], ls="--", lw=1, alpha=0.7)
-                ax.plot(xs, ys, "o", color=colors[label], label=name)
+                ax.axhline(ys[0], color=colors[label], ls="--", lw=1, alpha=0.5)
+                ax.plot(xs, ys, "o", color=colors[label], ms=4, alpha=0.8)
             else:
-                ax.plot(xs, ys, "-o", color=colors[label], ms=3, alpha=0.9 if j == 0 else 0.6, label=name)
+                ax.plot(xs, ys, "-", color=colors[label], lw=0.8, alpha=0.45)
+        if len(curves) >= 2:
+            steps, mean, lo, hi = _mean_band(curves)
+            if steps:
+                ax.fill_between(steps, lo, hi, color=colors[label], alpha=0.18, lw=0)
+                ax.plot(steps, mean, "-o", color=colors[label], lw=2.4, ms=3,
+                        label=f"{label} (mean of {len(curves)} seeds)")
+                continue
+        ax.plot([], [], "-o" if curves else "o", color=colors[label], label=f"{label} ({len(runs)} seed"
+                f"{'s' if len(runs) > 1 else ''})")
+    ax.axhline(HUMAN_BREAKOUT, color="black", ls=":", lw=1.2, label=f"human {HUMAN_BREAKOUT}")
     ax.set_xlim(0, xmax * 1.03)
     ax.set_xlabel("env steps (agent steps, frame skip 4)")
     ax.set_ylabel("evaluation return (full game, raw score)")
@@ -143,17 +178,21 @@ def plot_losses(label: str, series: dict[str, list]):
     groups: dict[str, list[str]] = {}
     two_stages = any("stage2" in k for k in series) and any("stage2" not in k for k in series)
     for key in sorted(series):
-        title = ("Stage 2" if "stage2" in key else "Stage 1") if two_stages else ""
+        if key.startswith("heads/"):
+            title = "Reward / life-loss heads (validation)"
+        else:
+            title = ("Stage 2" if "stage2" in key else "Stage 1") if two_stages else ""
         groups.setdefault(title, []).append(key)
     fig, axes = plt.subplots(1, len(groups), figsize=(8 if len(groups) == 1 else 12, 4), dpi=100, squeeze=False)
     for ax, (title, keys) in zip(axes[0], groups.items()):
         for key in keys:
             steps, values = zip(*series[key])
             ax.plot(steps, values, "-" if len(steps) > 1 else "o", label=key, lw=1.2, ms=4)
-        if all(v > 0 for key in keys for _, v in series[key]):
+        heads = title.startswith("Reward")
+        if not heads and all(v > 0 for key in keys for _, v in series[key]):
             ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel("loss")
+        ax.set_ylabel("precision / recall" if heads else "loss")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
@@ -227,6 +266,9 @@ def build_dashboard(run_dirs: list[str | Path], out_html: str | Path | None = No
         sections.append("<p class='note'>No compare-baselines results among the runs given.</p>")
     if losses:
         sections.append("<h2>World-model training losses</h2>")
+        if any(k.startswith("heads/") for series in losses.values() for k in series):
+            sections.append("<p class='note'>Closed-loop (<code>run.py learn</code>) runs also show the reward and "
+                            "life-loss heads' precision and recall on validation episodes over training.</p>")
         for i, (label, series) in enumerate(losses.items()):
             name = f"losses_{i}"
             b64 = _png(plot_losses(label, series), plot_dir / f"{name}.png")

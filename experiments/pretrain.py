@@ -283,7 +283,8 @@ class Stage2Task:
         self.num_epochs, self.patience = s2.num_epochs, s2.early_stopping_patience
 
     def epoch_order(self) -> np.ndarray:
-        return self.rng.permutation(len(self.train_seq))[:self.steps_per_epoch * self.bs]
+        return self.train_seq.order(self.rng, self.steps_per_epoch * self.bs,
+                                    self.cfg.vjepa2_world_model.stage2.reward_oversample)
 
     def train_step(self, i: int, order: np.ndarray, state: TrainState) -> tuple[dict[str, float], dict[str, float]]:
         batch = self.train_seq.batch(order[i * self.bs:(i + 1) * self.bs], self.device)

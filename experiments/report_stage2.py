@@ -8,7 +8,8 @@
   mean training latent.
 * Rewards: precision and recall of "reward > 0" (predicted reward > 0.5 points), one step ahead
   (teacher forcing) and imagined (open loop over horizons 1..8).
-* Life loss: ROC AUC of ``1 - continue_prob`` against the life-loss flag, one step and imagined.
+* Life loss: ROC AUC of ``1 - continue_prob`` against the life-loss flag, one step and imagined, and
+  precision and recall of "a life is lost" (predicted continue probability < 0.5).
 * Probe: a ridge regression from latent to paddle_x / ball_x / ball_y fitted on real training
   latents, applied to imagined latents; mean absolute error against the RAM truth per horizon,
   next to the same probe on the real latents (its floor) and on copy-last latents.
@@ -162,6 +163,9 @@ def evaluate_stage2(checkpoint: str | Path, data: str | Path | None = None, out:
         "auc_imagined": roc_auc(-cont_im.numpy().ravel(), ll_true.ravel()),
         "auc_imagined_per_horizon": [roc_auc(-cont_im[:, k].numpy(), ll_true[:, k]) for k in range(H)],
         "life_loss_steps": int(ll_true.sum()), "steps": int(ll_true.size),
+        # A step is predicted to lose a life when P(continue) < 0.5.
+        "teacher_forced": precision_recall(torch.sigmoid(tf_cont).numpy() < 0.5, ll_true[:, :T]),
+        "imagined": precision_recall(cont_im.numpy() < 0.5, ll_true),
     }
     probe = _probe_report(latents, store, train_mask, z, lat, b["labels"].numpy(), cfg.run.seed)
     steering = steering_report(wm, latents, store, val_eps)
@@ -312,7 +316,7 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"  {row['metric']:<22}{row['value']:>9.4f}  {tr:>9}  {row['grade']}")
     lines.append(f"  grades: {', '.join(GRADES)} by the seed's thresholds")
     v = r["val_losses"]
-    lines.append(f"  other heads (val): reward MSE (symlog) {v['reward']:.4f}, continuation BCE {v['continue']:.4f}")
+    lines.append(f"  other heads (val): reward loss {v['reward']:.4f}, continuation BCE {v['continue']:.4f}")
     lines += ["", "Seed success criteria"]
     lines += [f"  [{'PASS' if c['pass'] else 'FAIL'}] {c['criterion']}" for c in r["success_criteria"]]
     ol = r["open_loop"]
@@ -327,8 +331,13 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"  {k:<15} precision {_fmt(pr['precision'])}  recall {_fmt(pr['recall'])}  "
                      f"({pr['predicted_positive']} predicted, {pr['true_positive_steps']} true)")
     lines += ["", f"Life loss ({ll['life_loss_steps']} of {ll['steps']} steps)",
-              f"  AUC teacher forced {_fmt(ll['auc_teacher_forced'])}   imagined {_fmt(ll['auc_imagined'])}",
-              "  imagined AUC per horizon " + " ".join(_fmt(x) for x in ll["auc_imagined_per_horizon"])]
+              f"  AUC teacher forced {_fmt(ll['auc_teacher_forced'])}   imagined {_fmt(ll['auc_imagined'])}"]
+    for k in ("teacher_forced", "imagined"):
+        if k in ll:  # P(continue) < 0.5
+            pr = ll[k]
+            lines.append(f"  {k:<15} precision {_fmt(pr['precision'])}  recall {_fmt(pr['recall'])}  "
+                         f"({pr['predicted_positive']} predicted, {pr['true_positive_steps']} true)")
+    lines += ["  imagined AUC per horizon " + " ".join(_fmt(x) for x in ll["auc_imagined_per_horizon"])]
     p = r["probe"]
     lines += ["", f"Stage-1 linear probe on imagined latents: mean abs error vs RAM (fitted on {p['train_frames']} "
               "real train latents)", "  horizon            " + "".join(f"{h:>7}" for h in p["horizon"])]

@@ -44,9 +44,7 @@ def save_untrained_world_model(path: Path, data_dir: Path | None = None, stage1_
     cfg = load_config("tiny")
     torch.manual_seed(0)
     vit, dyn = build_encoder(cfg), build_world_model_transformer(cfg)
-    wm_kwargs = {"latent_dim": dyn.latent_dim, "num_actions": dyn.num_actions, "hidden_dim": dyn.z_in.out_features,
-                 "depth": len(dyn.blocks), "heads": dyn.heads, "mlp_dim": dyn.blocks[0].mlp[0].out_features,
-                 "dropout": 0.0, "max_len": dyn.max_len}
+    wm_kwargs = {**dyn.kwargs, "dropout": 0.0}
     extra = {"data_dir": str(data_dir)} if data_dir is not None else {}
     save_checkpoint({"kind": "stage2", "config": cfg.to_dict(), **extra, "encoder_kwargs": vit.kwargs,
                      "encoder": vit.state_dict(), "world_model_kwargs": wm_kwargs, "world_model": dyn.state_dict()},

@@ -189,3 +189,31 @@ def test_compare_cli_with_world_model_agents(tmp_path):
     agents = {a["agent"]: a for a in json.loads((out / "results.json").read_text())["agents"]}
     assert agents["cem"]["env_steps"] == [600] and agents["actor-critic"]["env_steps"] == [600]  # the collected data
     assert "World-model training losses" in (out / "dashboard.html").read_text()  # the world model's own run
+
+
+def test_compare_cli_runs_the_closed_loop_as_two_agents_sharing_one_run(tmp_path):
+    """`learn` and `learn-cem-value` of one seed share one `run.py learn` run, spend the budget, and a rerun
+    reuses it."""
+    out = tmp_path / "cmp"
+    args = ["compare-baselines", "--preset", "tiny", "--seeds", "1", "--agents", "learn,learn-cem-value,random",
+            "--out", str(out), "--wandb", "disabled", "--set", "baselines.agent_steps=400",
+            "--set", "learn.eval_every=150"]
+    res = _cli(*args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    agents = {a["agent"]: a for a in json.loads((out / "results.json").read_text())["agents"]}
+    assert agents["learn"]["env_steps"] == [400] and agents["learn-cem-value"]["env_steps"] == [400]
+    runs = list((out / "learn-runs" / "s0" / "learn").iterdir())
+    assert len(runs) == 1, "both agents of a seed use one closed-loop run"
+    learn = json.loads((out / "learn" / "s0" / "result.json").read_text())
+    assert [p["env_steps"] for p in learn["curve"]] == [300, 400]  # a learning-curve point, then the final one
+    assert learn["hyperparams"]["learn_run"] == str(runs[0])
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert learn["returns"] == summary["returns"]  # the one protocol: the same games, the same agent
+    page = (out / "dashboard.html").read_text()
+    assert "heads' precision and recall" in page and "learn-runs/s0/learn" in page
+    (out / "learn" / "s0" / "result.json").unlink()  # the pair again, over a learn run started with other settings
+    res = _cli(*args, "--set", "learn.collect_steps=50")
+    assert res.returncode == 2 and "other settings" in res.stderr and "Traceback" not in res.stderr
+    res = _cli(*args)  # with its own settings the finished learn run is reused, not run again
+    assert res.returncode == 0 and "2 already finished, 1 to run" in res.stdout
+    assert json.loads((out / "learn" / "s0" / "result.json").read_text())["returns"] == summary["returns"]

@@ -1,8 +1,8 @@
 """Fault injection: the CLI killed with SIGKILL at random moments, resumed with ``--resume``, and compared with an
 uninterrupted run of the same command: the same data, weights and logged losses, bit for bit.
 
-The default run kills one pipeline once in each phase (collection, Stage 1, Stage 2) and one actor-critic run;
-``pytest -m slow`` repeats that for more random moments.
+The default run kills one pipeline once in each phase (collection, Stage 1, Stage 2), one actor-critic run and one
+closed loop (`run.py learn`, before and inside its loop); ``pytest -m slow`` repeats that for more random moments.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ PRETRAIN = ["pretrain", "--preset", "tiny", "--wandb", "disabled", "--set", "run
             "--set", "data.collect_steps=400"]
 AGENT = ["train-agent", "--preset", "tiny", "--wandb", "disabled", "--set", "agent.updates=30",
          "--set", "agent.checkpoint_every=5", "--set", "agent.start_latents=128"]
+LEARN = ["learn", "--preset", "tiny", "--wandb", "disabled", "--set", "run.checkpoint_every_steps=5",
+         "--set", "baselines.agent_steps=600", "--set", "learn.eval_every=1000"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -97,7 +99,8 @@ def reference(tmp_path_factory) -> dict[str, Path]:
     _finish([*PRETRAIN, "--set", f"run.runs_dir={root}"])
     pre = _only_run(root / "pretrain")
     _finish([*AGENT, "--world-model", str(pre / "stage2" / "best.pt"), "--set", f"run.runs_dir={root}"])
-    return {"pretrain": pre, "agent": _only_run(root / "train-agent")}
+    _finish([*LEARN, "--set", f"run.runs_dir={root}"])
+    return {"pretrain": pre, "agent": _only_run(root / "train-agent"), "learn": _only_run(root / "learn")}
 
 
 def _check_pretrain_matches(run: Path, ref: Path) -> None:
@@ -172,6 +175,43 @@ def test_actor_critic_killed_at_a_random_moment_resumes_to_the_uninterrupted_res
     _check_agent_matches(folder, reference["agent"])
 
 
+def _learn_killed(root: Path, rng: np.random.Generator) -> tuple[Path, int]:
+    """A closed-loop run killed once before its loop (prefill or the prefill's Stage 1 / Stage 2) and once inside
+    it (after its first learn.pt), resumed after each kill."""
+    runs = root / "learn"
+
+    def has(name: str) -> Callable[[], bool]:
+        return lambda: (r := _only_run(runs)) is not None and (r / name).is_file()
+
+    kills = int(_kill_at([*LEARN, "--set", f"run.runs_dir={root}"], has("data/manifest.json"),
+                         float(rng.uniform(0.0, 3.0))))
+    folder = _only_run(runs)
+    assert folder is not None
+    assert not (folder / "learn.pt").exists() or not kills
+    kills += _kill_at(["learn", "--resume", str(folder)], has("learn.pt"), float(rng.uniform(0.0, 1.5)))
+    _finish(["learn", "--resume", str(folder)])
+    return folder, kills
+
+
+def _check_learn_matches(run: Path, ref: Path) -> None:
+    ours = [e["sha256"] for e in json.loads((run / "data" / "manifest.json").read_text())["episodes"]]
+    theirs = [e["sha256"] for e in json.loads((ref / "data" / "manifest.json").read_text())["episodes"]]
+    assert ours == theirs, "the replay differs from the uninterrupted run"
+    a, b = _load(run / "learn.pt"), _load(ref / "learn.pt")
+    assert (a["env_steps"], a["iteration"]) == (b["env_steps"], b["iteration"])
+    _same_tensors(a, b, ("world_model",), "closed-loop world model")
+    _same_tensors(a["agent"], b["agent"], ("actor", "critic", "slow_critic"), "closed-loop actor-critic")
+    assert [p["returns"] for p in a["curve"]] == [p["returns"] for p in b["curve"]]
+    assert _rows(run) == _rows(ref), "metrics.jsonl differs: rows lost or logged twice"
+    assert json.loads((run / "summary.json").read_text())["returns"] == b["curve"][-1]["returns"]
+
+
+def test_learn_killed_twice_resumes_to_the_uninterrupted_result(reference, tmp_path):
+    folder, kills = _learn_killed(tmp_path, np.random.default_rng(0))
+    assert kills == 2, "a kill did not land (the run ended before its kill moment)"
+    _check_learn_matches(folder, reference["learn"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_more_random_kills(reference, tmp_path, seed):
@@ -180,3 +220,4 @@ def test_more_random_kills(reference, tmp_path, seed):
     _check_pretrain_matches(folder, reference["pretrain"])
     folder, _ = _agent_killed(tmp_path / "agent-kills", reference["pretrain"] / "stage2" / "best.pt", rng)
     _check_agent_matches(folder, reference["agent"])
+    _check_learn_matches(_learn_killed(tmp_path / "learn-kills", rng)[0], reference["learn"])

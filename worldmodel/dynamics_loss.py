@@ -3,7 +3,12 @@
 ``WorldModelLoss`` (the seed's names and weights)::
 
     loss = teacher_forcing_weight * TF-L1 + rollout_weight * rollout-L1
-         + reward_weight * reward-MSE (symlog) + continue_weight * continuation-BCE
+         + reward_weight * reward loss + continue_weight * continuation-BCE
+
+* The reward loss is the cross-entropy of the reward head's bins against the two-hot encoding of
+  ``symlog(reward)`` (``models.world_model.reward_bins > 0``, the default), or the seed's symlog MSE
+  for a scalar head. Scoring steps weigh ``reward_pos_weight`` times a plain step, and Stage-2 training
+  can oversample sequences that hold one (``reward_oversample``).
 
 * Teacher forcing with scheduled sampling: a first, gradient-free pass predicts every ``z_{t+1}``;
   each input ``z_t`` (t >= 1) is then kept with probability ``teacher_forcing_ratio`` or replaced
@@ -28,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from envs.errors import check_range, check_schedule
-from worldmodel.transformer import WorldModelTransformer, symlog
+from worldmodel.transformer import WorldModelTransformer, symlog, twohot
 
 
 @dataclass
@@ -52,7 +57,10 @@ class Stage2Config:
     # Rare events: a life loss is ~3% of random-policy steps and a point ~2%; these weight their steps' head
     # losses (1 = plain mean).
     continue_pos_weight: float = 1.0  # weight of life-loss steps in the continuation BCE
-    reward_pos_weight: float = 1.0  # weight of rewarding steps in the reward MSE
+    reward_pos_weight: float = 1.0  # weight of rewarding steps in the reward loss
+    # Share of each training batch drawn from sequences whose steps hold a point (the rest uniformly): random
+    # play scores on ~1-2% of steps, too rare for the reward head to see in a batch otherwise.
+    reward_oversample: float = 0.25
     # Also score the heads on the rollout's imagined latents (fed back detached: the heads learn to read imagined
     # states without their gradients pulling the chain of latent predictions).
     heads_on_rollout: bool = False
@@ -67,6 +75,8 @@ class Stage2Config:
                     "(sequence_length must be >= rollout_steps)")
         check_range(self.sequences_per_epoch >= 0, f"{path}.sequences_per_epoch", self.sequences_per_epoch,
                     "an integer >= 0 (0 = every training sequence once per epoch)")
+        check_range(0.0 <= self.reward_oversample < 1.0, f"{path}.reward_oversample", self.reward_oversample,
+                    "a fraction in [0, 1)")
         check_range(0.0 <= self.teacher_forcing_ratio <= 1.0, f"{path}.teacher_forcing_ratio",
                     self.teacher_forcing_ratio, "a probability in [0, 1]")
 
@@ -90,7 +100,7 @@ class LossWeights:
     reward: float = 1.0
     continuation: float = 1.0
     continue_pos: float = 1.0  # weight of life-loss steps in the continuation BCE
-    reward_pos: float = 1.0  # weight of rewarding steps in the reward MSE
+    reward_pos: float = 1.0  # weight of rewarding steps in the reward loss
 
 
 class WorldModelLoss(nn.Module):
@@ -118,12 +128,18 @@ class WorldModelLoss(nn.Module):
                                stage2.continue_weight, stage2.continue_pos_weight, stage2.reward_pos_weight),
                    stage2.teacher_forcing_ratio, stage2.rollout_steps, stage2.heads_on_rollout)
 
-    def _head_losses(self, rew_pred: torch.Tensor, cont_logit: torch.Tensor, rewards: torch.Tensor,
-                     life_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reward MSE (symlog) and continuation BCE over ``[B, T]``, rare events weighted by their pos weights."""
+    def _head_losses(self, model: WorldModelTransformer, rew_pred: torch.Tensor, cont_logit: torch.Tensor,
+                     rewards: torch.Tensor, life_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reward loss and continuation BCE over ``[B, T]``, rare events weighted by their pos weights.
+        ``rew_pred`` is ``[B, T, K]`` logits (two-hot cross-entropy) or ``[B, T]`` symlog values (MSE)."""
         lost = life_loss.bool()
         w_r = torch.where(rewards != 0, self.w.reward_pos, 1.0)  # [B, T]
-        reward = (w_r * (rew_pred - symlog(rewards.float())) ** 2).mean()
+        target = symlog(rewards.float())  # [B, T]
+        if rew_pred.ndim == target.ndim + 1:
+            per_step = -(twohot(target, model.reward_support) * F.log_softmax(rew_pred, -1)).sum(-1)  # [B, T]
+        else:
+            per_step = (rew_pred - target) ** 2
+        reward = (w_r * per_step).mean()
         w_c = torch.where(lost, self.w.continue_pos, 1.0)  # [B, T]
         cont = F.binary_cross_entropy_with_logits(cont_logit, (~lost).float(), weight=w_c)
         return reward, cont
@@ -156,7 +172,7 @@ class WorldModelLoss(nn.Module):
             fed_pred = torch.cat([z_in[:, :1], pred_tf[:, :-1]], dim=1)  # [B, T, D]: prediction of z_t at t
             z_in = torch.where(keep[..., None], z_in, fed_pred)
             keep_frac = keep[:, 1:].float().mean() if T > 1 else keep_frac
-        pred, rew_pred, cont_logit = model(z_in, a)
+        pred, rew_pred, cont_logit = model(z_in, a, reward_logits=True)
         tf = F.l1_loss(pred, z_next)
 
         # Rollout: c true steps, then R steps fed with the model's own predictions.
@@ -174,12 +190,13 @@ class WorldModelLoss(nn.Module):
         # Heads on the scheduled-sampling pass. Scoring them on the rollout with gradients through the imagined
         # chain was tried and pulled the latent predictions off (val latent loss rose); with heads_on_rollout the
         # rollout's latents are fed back detached, a pass whose only loss is the heads'.
-        reward, cont = self._head_losses(rew_pred, cont_logit, batch["rewards"], batch["life_loss"])
+        reward, cont = self._head_losses(model, rew_pred, cont_logit, batch["rewards"], batch["life_loss"])
         e = min(c + R, T)  # rollout positions with an action: the last imagined latent may have none
         if train and self.heads_on_rollout and e > c:
             fed = torch.cat([z[:, :c], rollout_pred.detach()], dim=1)[:, :e]  # [B, e, D]: true prefix, then imagined
-            _, r_im, c_im = model(fed, a[:, :e])
-            r2, c2 = self._head_losses(r_im[:, c:], c_im[:, c:], batch["rewards"][:, c:e], batch["life_loss"][:, c:e])
+            _, r_im, c_im = model(fed, a[:, :e], reward_logits=True)
+            r2, c2 = self._head_losses(model, r_im[:, c:], c_im[:, c:], batch["rewards"][:, c:e],
+                                       batch["life_loss"][:, c:e])
             reward, cont = 0.5 * (reward + r2), 0.5 * (cont + c2)
         w = self.w
         latent_total = w.teacher_forcing * tf + w.rollout * rollout
@@ -214,6 +231,22 @@ class LatentSequences:
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    def scoring(self) -> np.ndarray:
+        """Indices of the sequences with at least one rewarding step among their ``T`` transitions."""
+        cs = np.concatenate([[0], np.cumsum(self.store.rewards != 0)])  # [G + 1]
+        return np.flatnonzero(cs[self.starts + self.T] - cs[self.starts] > 0)
+
+    def order(self, rng: np.random.Generator, n: int, oversample: float = 0.0) -> np.ndarray:
+        """``n`` sequence indices for one epoch: a random permutation (cycled when ``n`` exceeds the data), with
+        a share ``oversample`` of the slots replaced by sequences that hold a point (drawn with replacement)."""
+        reps = -(-n // max(1, len(self))) if len(self) else 0
+        order = np.concatenate([rng.permutation(len(self)) for _ in range(max(1, reps))])[:n]
+        scoring = self.scoring() if oversample > 0 else np.empty(0, np.int64)
+        k = int(round(oversample * n))
+        if k and scoring.size:
+            order[rng.choice(n, size=k, replace=False)] = rng.choice(scoring, size=k)
+        return order
 
     def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         g = torch.from_numpy(self.starts[idx][:, None] + np.arange(self.T + 1)[None, :])  # [B, T+1]

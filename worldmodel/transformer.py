@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,11 +36,37 @@ class WorldModelNetConfig:
     mlp_dim: int = 512
     dropout: float = 0.1
     hidden_dim: int = 128  # model width (latents and action embeddings are projected to it)
+    # The reward head: a categorical over this many bins of symlog(reward), trained with a two-hot loss
+    # (DreamerV3), so that rare points are a class of their own instead of being averaged away by a regression;
+    # 0 = the seed's scalar head (symlog MSE). Bins span [-reward_range, +reward_range] in symlog units.
+    reward_bins: int = 41
+    reward_range: float = 5.0  # symlog(147 points)
 
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
         check_range(self.heads >= 1 and self.hidden_dim % self.heads == 0, f"{path}.heads", self.heads,
                     f"a divisor of {path}.hidden_dim ({self.hidden_dim})")
+        check_range(self.reward_bins == 0 or (self.reward_bins >= 3 and self.reward_bins % 2 == 1),
+                    f"{path}.reward_bins", self.reward_bins,
+                    "0 (scalar MSE head) or an odd integer >= 3 (so that 0 points is a bin of its own)")
+        check_range(self.reward_range > 0, f"{path}.reward_range", self.reward_range,
+                    "a positive number (symlog units)")
+
+
+def twohot(x: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Two-hot encoding ``[..., K]`` of values ``x [...]`` over the increasing bin centres ``support [K]``: the
+    weight is split between the two nearest bins so that the expectation over the bins is ``x`` (clamped to the
+    support's range)."""
+    K = support.numel()
+    x = x.clamp(float(support[0]), float(support[-1]))
+    hi = torch.searchsorted(support, x.contiguous(), right=False).clamp(1, K - 1)  # first bin >= x
+    lo = hi - 1
+    s_lo, s_hi = support[lo], support[hi]
+    w_hi = ((x - s_lo) / (s_hi - s_lo)).clamp(0.0, 1.0)
+    out = torch.zeros(*x.shape, K, dtype=x.dtype, device=x.device)
+    out.scatter_(-1, lo[..., None], (1.0 - w_hi)[..., None])
+    out.scatter_add_(-1, hi[..., None], w_hi[..., None])
+    return out
 
 
 def symlog(x: torch.Tensor) -> torch.Tensor:
@@ -161,23 +188,33 @@ class WorldModelTransformer(nn.Module):
     """
 
     def __init__(self, latent_dim: int, num_actions: int = 4, hidden_dim: int = 128, depth: int = 4, heads: int = 4,
-                 mlp_dim: int = 512, dropout: float = 0.1, max_len: int = 8):
+                 mlp_dim: int = 512, dropout: float = 0.1, max_len: int = 8, reward_bins: int = 0,
+                 reward_range: float = 5.0):
         super().__init__()
         self.kwargs = {"latent_dim": latent_dim, "num_actions": num_actions, "hidden_dim": hidden_dim, "depth": depth,
-                       "heads": heads, "mlp_dim": mlp_dim, "dropout": dropout, "max_len": max_len}  # for checkpoints
+                       "heads": heads, "mlp_dim": mlp_dim, "dropout": dropout, "max_len": max_len,
+                       "reward_bins": reward_bins, "reward_range": reward_range}  # for checkpoints
         self.latent_dim, self.num_actions, self.max_len = latent_dim, num_actions, max_len
+        self.reward_bins = reward_bins  # 0: scalar symlog reward; K: logits over K symlog bins
         self.heads = heads
         self.z_in = nn.Linear(latent_dim, hidden_dim)
         self.a_in = nn.Embedding(num_actions, hidden_dim)
         self.time_bias = nn.Parameter(torch.zeros(depth, heads, max_len))  # [L, h, distance]
         self.blocks = nn.ModuleList([CausalBlock(hidden_dim, heads, mlp_dim, dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(hidden_dim)
-        self.head = nn.Linear(hidden_dim, latent_dim + 2)  # [delta z | reward | continue logit]
+        R = max(1, reward_bins)
+        self.head = nn.Linear(hidden_dim, latent_dim + R + 1)  # [delta z | reward (R) | continue logit]
         nn.init.normal_(self.a_in.weight, std=0.02)
         with torch.no_grad():  # start as copy-last with a confident "continue": training moves away from it
             self.head.weight.mul_(0.1)
             self.head.bias.zero_()
             self.head.bias[-1] = 3.0
+            if reward_bins:  # and as a confident "no reward": P(0 points) = 0.9 whatever the input
+                self.head.weight[latent_dim:latent_dim + R].zero_()
+                self.head.bias[latent_dim + R // 2] = float(np.log(9.0 * (R - 1)))
+        if reward_bins:
+            self.register_buffer("reward_support", torch.linspace(-reward_range, reward_range, reward_bins),
+                                 persistent=False)
         dist = torch.arange(max_len)[:, None] - torch.arange(max_len)[None, :]  # [T, T]: i - j
         self.register_buffer("_dist", dist, persistent=False)
         # Latent statistics of the training data (set by set_normalization, saved with the weights): inputs are
@@ -193,7 +230,8 @@ class WorldModelTransformer(nn.Module):
         """The network of ``net`` over latents of size ``latent_dim``, ``num_actions`` actions and a context window
         of ``max_len`` steps."""
         return cls(latent_dim=latent_dim, num_actions=num_actions, hidden_dim=net.hidden_dim, depth=net.depth,
-                   heads=net.heads, mlp_dim=net.mlp_dim, dropout=net.dropout, max_len=max_len)
+                   heads=net.heads, mlp_dim=net.mlp_dim, dropout=net.dropout, max_len=max_len,
+                   reward_bins=net.reward_bins, reward_range=net.reward_range)
 
     @torch.no_grad()
     def set_normalization(self, z: torch.Tensor, z_next: torch.Tensor) -> None:
@@ -212,14 +250,22 @@ class WorldModelTransformer(nn.Module):
         bias = self.time_bias[:, :, dist.clamp_min(0)]  # [L, h, T, T]
         return bias.masked_fill(dist < 0, float("-inf"))
 
-    def _heads(self, h: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.head(self.norm(h))  # [..., D + 2]
-        D = self.latent_dim
-        return z + out[..., :D] * self.dz_std, out[..., D], out[..., D + 1]
+    def _heads(self, h: torch.Tensor, z: torch.Tensor, reward_logits: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.head(self.norm(h))  # [..., D + R + 1]
+        D, R = self.latent_dim, max(1, self.reward_bins)
+        r = out[..., D:D + R]
+        if not self.reward_bins:
+            r = r[..., 0]
+        elif not reward_logits:  # the expected symlog reward over the bins
+            r = (torch.softmax(r, -1) * self.reward_support).sum(-1)
+        return z + out[..., :D] * self.dz_std, r, out[..., D + R]
 
-    def forward(self, z: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor, actions: torch.Tensor, reward_logits: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Teacher-forced pass: z ``[B, T, D]``, actions long ``[B, T]`` -> z_next ``[B, T, D]``, reward
-        ``[B, T]`` (symlog), continue logit ``[B, T]``; output ``t`` depends on inputs ``<= t`` only."""
+        ``[B, T]`` (symlog; with ``reward_logits`` and a binned head, its logits ``[B, T, K]``), continue logit
+        ``[B, T]``; output ``t`` depends on inputs ``<= t`` only."""
         B, T, D = z.shape
         assert D == self.latent_dim and actions.shape == (B, T), (
             f"WorldModelTransformer expects z [B, T, {self.latent_dim}] and actions [B, T]; got z {tuple(z.shape)}, "
@@ -229,7 +275,7 @@ class WorldModelTransformer(nn.Module):
         bias = self.causal_bias(T)
         for blk, b in zip(self.blocks, bias):
             x = blk(x, b)
-        return self._heads(x, z)
+        return self._heads(x, z, reward_logits)
 
     @torch.no_grad()
     def prefill(self, context: torch.Tensor, context_actions: torch.Tensor, max_steps: int) -> KVRollout:

@@ -131,7 +131,8 @@ def encoder_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> nn.Module
     return PooledEncoder(rebuild(ckpt, path, MaskedViT, "encoder_kwargs", "encoder", "encoder", stage=2))
 
 
-def _build_dynamics(ckpt: dict[str, Any], path: Path) -> WorldModelTransformer:
+def dynamics_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> WorldModelTransformer:
+    """The Stage-2 dynamics stored in a Stage-2 checkpoint dict (``world_model_kwargs`` + ``world_model`` weights)."""
     return rebuild(ckpt, path, WorldModelTransformer, "world_model_kwargs", "world_model", "world model", stage=2)
 
 
@@ -153,4 +154,4 @@ def load_world_model(path: str | Path, device: str | torch.device = "cpu") -> Wo
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} was asked for but no CUDA device is available; use device='cpu'")
-    return WorldModel(encoder_from_checkpoint(ckpt, path), _build_dynamics(ckpt, path), dev)
+    return WorldModel(encoder_from_checkpoint(ckpt, path), dynamics_from_checkpoint(ckpt, path), dev)

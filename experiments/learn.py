@@ -1,0 +1,610 @@
+"""`run.py learn`: closed-loop model-based RL within an env-step budget (SB3's ``learn(total_timesteps)`` in
+spirit). The agent collects its own data, the world model keeps learning from it, the agent keeps learning in
+imagination, and every env step counts toward ``baselines.agent_steps``, the budget every agent gets.
+
+1. **prefill**: random play, at least ``learn.prefill_steps`` and until the replay holds
+   ``learn.prefill_min_rewards`` scoring steps (at most ``learn.prefill_max_steps``);
+2. **Stage 1 and Stage 2** on the prefill (the pretrain tasks on the one training loop, resumable);
+3. **iterations** until the budget is spent: train the actor-critic in imagination for ``learn.agent_updates``
+   updates from real latents, a share ``learn.recent_fraction`` of the starts from the last
+   ``learn.recent_steps`` frames; play ``learn.collect_steps`` steps with it (sampling; one encoder pass and
+   the actor per step) and append finished games to the replay; encode the new frames; train Stage 2 on all
+   training episodes so far, ``learn.stage2_train_ratio`` replayed transitions per new env step (scoring
+   sequences oversampled, ``vjepa2_world_model.stage2.reward_oversample``);
+4. **final phase** (no env steps): ``learn.final_stage2_updates`` and ``learn.final_agent_updates`` more.
+
+The encoder stays the Stage-1 encoder of the prefill (a schedule for keeping it current is the next step;
+README, known limits). Evaluation by the one protocol (``experiments.play.evaluate``, evaluation games do not
+count) every ``learn.eval_every`` env steps and at the end.
+
+Run folder ``runs/learn/<time>-<preset>-s<seed>/``: ``data/`` (the replay), ``stage1/`` and ``stage2/`` (the
+prefill fits), ``learn.pt`` (the loop's state, written atomically at the end of every iteration: world model,
+optimizer, actor-critic, RNG states, env-step counter, replay size and the game in progress),
+``world_model.pt`` (a Stage-2 checkpoint of the current world model: ``evaluate --stage 2``, ``plan-in-env``),
+``agent.pt`` (a train-agent checkpoint), ``curve.json``, ``metrics.jsonl`` (step = env steps),
+``summary.json``. ``learn(resume=RUN)`` after a kill at any moment continues to the same result: work after the
+last ``learn.pt`` is done again (episodes written after it are dropped, the game in progress is replayed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+
+from agent.actor_critic import ActorCritic
+from agent.player import CHECKPOINT_KIND, ActorCriticAgent
+from envs.breakout import NUM_ACTIONS, make_env
+from envs.dataset import FrameStackDataset, TemporalSequenceDataset
+from envs.errors import UserError
+from envs.replay import Episode, ReplayWriter, load_episodes
+from envs.seeds import training_seed
+from experiments.builders import build_stage1_model, build_world_model_loss
+from experiments.collect import _EpisodeBuffer
+from experiments.config import Config, config_from_dict
+from experiments.data import input_frames
+from experiments.fit import TrainState, fit, optimizer_step, restore, rng_state, set_rng_state
+from experiments.play import evaluate, summarize_returns
+from experiments.results import bootstrap_ci
+from experiments.runlog import RunLogger, seed_everything, setup_torch
+from worldmodel.checkpoint import load_checkpoint, load_state, save_checkpoint
+from worldmodel.dynamics_loss import METRICS, LatentSequences
+from worldmodel.encoder import fit_input_stats
+from worldmodel.latent_cache import encoder_fingerprint
+from worldmodel.masked_prediction import load_encoder
+from worldmodel.transformer import symexp
+from worldmodel.world_model import WorldModel, dynamics_from_checkpoint
+
+STATE_FILE = "learn.pt"
+PHASE_FILE = "learn_phase.json"  # prefill -> stage1 -> stage2 -> loop (written when a phase is over)
+KIND = "learn"
+REWARD_THRESHOLD = 0.5  # predicted points above which a step counts as scoring (as evaluate --stage 2)
+
+
+def stable_split(n: int, val_fraction: float, seed: int) -> np.ndarray:
+    """Bool ``[n]``: which episodes are validation episodes. Episode ``i``'s side never changes as the replay
+    grows (a low-discrepancy sequence offset by the seed), so the loop never trains on an episode it validated on."""
+    u = (np.arange(n) * 0.6180339887498949 + (seed * 0.7548776662466927) % 1.0) % 1.0
+    val = u < val_fraction
+    if n >= 2 and not val.any():
+        val[int(np.argmin(u))] = True
+    if n >= 2 and val.all():
+        val[int(np.argmax(u))] = False
+    return val
+
+
+class Player:
+    """One env played across iterations. Game ``k`` of the run starts from ``training_seed(seed, k)``; the
+    chosen actions of the game in progress are kept so that a resumed run replays it to the same state."""
+
+    def __init__(self, cfg: Config, seed: int):
+        self.cfg, self.seed = cfg, seed
+        self.env = make_env(cfg.environment, seed=seed)
+        self.games = 0  # games started
+        self.game_seed: int | None = None
+        self.chosen: list[int] = []  # actions chosen in the game in progress (the env may execute FIRE instead)
+        self.obs: np.ndarray | None = None
+        self.buf: _EpisodeBuffer | None = None
+        self.last_reward = 0.0
+        self.finished_seed: int | None = None  # game seed of the last finished game
+
+    def start(self) -> None:
+        self.game_seed = training_seed(self.seed, self.games)
+        self.games += 1
+        self.chosen = []
+        self.obs, info = self.env.reset(seed=self.game_seed)
+        self.buf = _EpisodeBuffer(self.obs, info)
+
+    def step(self, action: int) -> Episode | None:
+        """Play one step; the finished game's episode when it ended (the next game is started)."""
+        if self.obs is None:
+            self.start()
+        self.chosen.append(int(action))
+        self.obs, reward, terminated, truncated, info = self.env.step(int(action))
+        self.last_reward = float(reward)
+        self.buf.add(self.obs, reward, terminated, truncated, info)
+        if terminated or truncated:
+            ep = self.buf.episode()
+            self.finished_seed = self.game_seed
+            self.start()
+            return ep
+        return None
+
+    def state(self) -> dict[str, Any]:
+        return {"games": self.games, "game_seed": self.game_seed, "chosen": list(self.chosen)}
+
+    def restore(self, st: dict[str, Any]) -> None:
+        """Back to a saved state: the game in progress is played again with its chosen actions."""
+        self.games, self.obs = int(st["games"]), None
+        if st["game_seed"] is None:
+            return
+        self.games -= 1  # start() counts it again
+        self.start()
+        assert self.game_seed == st["game_seed"], "game seeds of a resumed run differ"
+        for a in st["chosen"]:
+            assert self.step(a) is None, "the replayed game in progress ended early"
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class Replay:
+    """The run's episodes in memory, their latents, the replay folder, and the Stage-2 sequences over them."""
+
+    def __init__(self, cfg: Config, root: Path, encoder: torch.nn.Module | None, device: torch.device):
+        self.cfg, self.root, self.encoder, self.device = cfg, root, encoder, device
+        self.episodes: list[Episode] = []
+        self.latents: list[torch.Tensor] = []  # [L+1, D] per episode
+
+    def load(self, count: int | None = None) -> None:
+        """Read the folder's first ``count`` episodes (all when None), dropping any written after them."""
+        eps, manifest = load_episodes(self.root)
+        if count is not None and len(eps) > count:
+            truncate_replay(self.root, count)
+            eps = eps[:count]
+        self.episodes = eps
+        self.latents = []
+        if self.encoder is not None:
+            self.latents = [self.encode(e) for e in eps]
+
+    @torch.no_grad()
+    def encode(self, ep: Episode) -> torch.Tensor:
+        """Latents of one episode's frames, in fixed chunks (so a resumed run encodes bit for bit the same)."""
+        ds = FrameStackDataset([ep], self.cfg.environment.frame_stack_size)
+        out = [self.encoder(ds.batch(np.arange(i, min(len(ds), i + 256)))["obs"].to(self.device)).float().cpu()
+               for i in range(0, len(ds), 256)]
+        return torch.cat(out)
+
+    def add(self, ep: Episode, writer: ReplayWriter, policy: str, game_seed: int | None) -> None:
+        writer.add(ep, {"policy": policy, "game_seed": game_seed})
+        self.episodes.append(ep)
+        if self.encoder is not None:
+            self.latents.append(self.encode(ep))
+
+    @property
+    def steps(self) -> int:
+        return int(sum(len(e) for e in self.episodes))
+
+    def sequences(self) -> tuple[LatentSequences | None, LatentSequences | None]:
+        """Training and validation Stage-2 sequences (episodes of >= T steps; stable episode split)."""
+        T = self.cfg.vjepa2_world_model.stage2.sequence_length
+        ok = [i for i, e in enumerate(self.episodes) if len(e) >= T]
+        if not ok:
+            return None, None
+        ds = TemporalSequenceDataset([self.episodes[i] for i in ok], T, self.cfg.environment.frame_stack_size, stride=1)
+        z = torch.cat([self.latents[i] for i in ok])
+        val = stable_split(len(self.episodes), self.cfg.data.val_fraction, self.cfg.run.seed)[ok]
+        ep = ds.store.episode_of[ds.starts]
+        tr_starts, va_starts = ds.starts[~val[ep]], ds.starts[val[ep]][::max(1, T // 2)]
+        mk = (lambda s: LatentSequences(z, ds.store, s, T) if len(s) else None)
+        return mk(tr_starts), mk(va_starts)
+
+    def frame_latents(self) -> torch.Tensor:
+        """Latents ``[G, D]`` of every frame, oldest first (the actor-critic's imagination starts)."""
+        return torch.cat(self.latents)
+
+
+def truncate_replay(root: Path, count: int) -> None:
+    """Drop the episodes of a replay folder after its first ``count`` (those written after a checkpoint)."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    for e in manifest["episodes"][count:]:
+        (root / e["file"]).unlink(missing_ok=True)
+    manifest["episodes"] = manifest["episodes"][:count]
+    tmp = root / "manifest.json.trunc.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(root / "manifest.json")
+
+
+@torch.no_grad()
+def head_scores(model: torch.nn.Module, seqs: LatentSequences | None, max_sequences: int = 4096) -> dict[str, float]:
+    """Precision and recall of predicted scoring steps (> 0.5 points) and of predicted life losses
+    (P(continue) < 0.5), one step ahead (teacher forced) on ``seqs``."""
+    from experiments.report_stage2 import precision_recall
+
+    if seqs is None or len(seqs) == 0:
+        return {}
+    was = model.training
+    model.eval()
+    idx = np.linspace(0, len(seqs) - 1, min(len(seqs), max_sequences)).astype(np.int64)
+    pr, pc, tr, tl = [], [], [], []
+    for s in range(0, len(idx), 512):
+        b = seqs.batch(idx[s:s + 512])
+        _, r, c = model(b["z"][:, :-1], b["actions"])
+        pr.append(symexp(r) > REWARD_THRESHOLD)
+        pc.append(torch.sigmoid(c) < 0.5)
+        tr.append(b["rewards"] > 0)
+        tl.append(b["life_loss"])
+    model.train(was)
+    rw = precision_recall(torch.cat(pr).numpy(), torch.cat(tr).numpy())
+    ll = precision_recall(torch.cat(pc).numpy(), torch.cat(tl).numpy())
+    return {"reward_precision": rw["precision"], "reward_recall": rw["recall"],
+            "reward_true_steps": rw["true_positive_steps"], "life_loss_precision": ll["precision"],
+            "life_loss_recall": ll["recall"]}
+
+
+def _phase(run_dir: Path) -> str:
+    p = run_dir / PHASE_FILE
+    return json.loads(p.read_text())["done"] if p.is_file() else "none"
+
+
+def _set_phase(run: RunLogger, lr: Learner, done: str, prefill: dict[str, Any]) -> None:
+    lr.phase_offset = run.metrics_offset
+    run.write_json(PHASE_FILE, {"done": done, "prefill": prefill, "timings": lr.timings,
+                                "metrics_offset": lr.phase_offset})
+
+
+class Learner:
+    """The closed loop of one run folder; :func:`learn` drives it."""
+
+    def __init__(self, cfg: Config, run: RunLogger, device: torch.device, progress: bool,
+                 echo: Callable[[str], None]):
+        self.cfg, self.run, self.device, self.progress, self.echo = cfg, run, device, progress, echo
+        self.L = cfg.learn
+        self.budget = cfg.baselines.agent_steps
+        self.data = run.dir / "data"
+        self.timings: dict[str, float] = dict.fromkeys(("env", "stage1", "stage2", "agent", "encode", "eval"), 0.0)
+        self.phase_offset = 0  # metrics.jsonl size when the last finished phase ended (a restart rewinds to it)
+
+    # ------------------------------------------------------------------------------------------ prefill
+    def prefill(self) -> dict[str, Any]:
+        L, cfg = self.L, self.cfg
+        shutil.rmtree(self.data, ignore_errors=True)  # an unfinished prefill is played again, as it was
+        writer = ReplayWriter(self.data, meta={"env": dataclasses.asdict(cfg.environment), "policy": "learn",
+                                               "seed": cfg.run.seed})
+        rng = np.random.default_rng(cfg.run.seed)
+        player = Player(cfg, cfg.run.seed)
+        steps, scoring, t0 = 0, 0, time.perf_counter()
+        cap = min(L.prefill_max_steps, self.budget)
+        try:
+            while steps < cap and (steps < L.prefill_steps or scoring < L.prefill_min_rewards):
+                ep = player.step(int(rng.integers(NUM_ACTIONS)))
+                steps += 1
+                scoring += int(player.last_reward != 0)
+                if ep is not None:
+                    writer.add(ep, {"policy": "random", "game_seed": player.finished_seed})
+            if player.buf is not None and len(player.buf):  # the game in progress, cut by the prefill's end
+                writer.add(player.buf.episode(cut=True), {"policy": "random", "game_seed": player.game_seed})
+        finally:
+            player.close()
+        self.timings["env"] += time.perf_counter() - t0
+        info = {"env_steps": steps, "scoring_steps": scoring, "games": player.games}
+        self.echo(f"prefill: {steps} random-play steps, {scoring} scoring steps, {player.games} games")
+        return info
+
+    # ------------------------------------------------------------------------------------------ stage 1
+    def stage1(self) -> Path:
+        from experiments.pretrain import Stage1Task
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        eps, _ = load_episodes(self.data)
+        val = stable_split(len(eps), cfg.data.val_fraction, cfg.run.seed)
+        fs = cfg.environment.frame_stack_size
+        train_ds = FrameStackDataset([e for e, v in zip(eps, val) if not v], fs)
+        val_ds = FrameStackDataset([e for e, v in zip(eps, val) if v], fs)
+        seed_everything(cfg.run.seed)
+        model = build_stage1_model(cfg).to(self.device)
+        ckpt_dir = self.run.dir / "stage1"
+        latest = ckpt_dir / "latest.pt"
+        ckpt = load_checkpoint(latest, kind="stage1") if latest.is_file() else None
+        if ckpt is None and model.online.input_norm == "pixel":
+            frames = input_frames(train_ds, cfg.run.seed).to(self.device)
+            fit_input_stats(model.online, frames)
+            fit_input_stats(model.target, frames)
+        task = Stage1Task(cfg, model, train_ds, val_ds, self.data, self.device, np.random.default_rng(cfg.run.seed),
+                          self.echo)
+        task.log_every = 10 ** 9  # the loop's metrics are per env step; Stage 1 logs its epochs only
+        state = TrainState()
+        if ckpt is not None:
+            task.load_state_dict(ckpt, latest)
+            state = restore(ckpt, task, self.run)
+        else:
+            self.run.rewind(self.phase_offset)
+        self.echo(f"stage 1 on the prefill: {len(train_ds)} train / {len(val_ds)} val observations")
+        model.train()
+        fit(task, state, self.run, ckpt_dir, cfg.run.checkpoint_every_steps, progress=self.progress, echo=self.echo)
+        self.timings["stage1"] += time.perf_counter() - t0
+        return ckpt_dir / "best.pt"
+
+    # ------------------------------------------------------------------------------------------ stage 2
+    def stage2(self, encoder: torch.nn.Module, replay: Replay) -> None:
+        from experiments.pretrain import Stage2Task
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        train_seq, val_seq = replay.sequences()
+        if train_seq is None or val_seq is None:
+            raise UserError(f"the prefill holds too few games of >= {cfg.vjepa2_world_model.stage2.sequence_length} "
+                            "steps for Stage 2; raise learn.prefill_steps")
+        seed_everything(cfg.run.seed)
+        extra = self.stage2_extra(encoder)
+        task = Stage2Task(cfg, train_seq, val_seq, self.device, np.random.default_rng(cfg.run.seed + 2), extra)
+        task.log_every = 10 ** 9
+        ckpt_dir = self.run.dir / "stage2"
+        latest = ckpt_dir / "latest.pt"
+        state = TrainState()
+        if latest.is_file():
+            ckpt = load_checkpoint(latest, kind="stage2")
+            task.load_state_dict(ckpt, latest)
+            state = restore(ckpt, task, self.run)
+        else:
+            self.run.rewind(self.phase_offset)
+        self.echo(f"stage 2 on the prefill: {len(train_seq)} train / {len(val_seq)} val sequences")
+        task.model.train()
+        fit(task, state, self.run, ckpt_dir, cfg.run.checkpoint_every_steps, progress=self.progress, echo=self.echo)
+        self.timings["stage2"] += time.perf_counter() - t0
+
+    def stage2_extra(self, encoder: torch.nn.Module) -> dict[str, Any]:
+        return {"data_dir": str(self.data), "stage1_checkpoint": str(self.run.dir / "stage1" / "best.pt"),
+                "encoder_kwargs": encoder.vit.kwargs, "encoder_fingerprint": encoder_fingerprint(encoder),
+                "encoder": {k: v.detach().cpu() for k, v in encoder.vit.state_dict().items()}}
+
+
+def _mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for r in rows for k in r}
+    return {k: float(np.mean([r[k] for r in rows if k in r])) for k in sorted(keys)}
+
+
+def learn(cfg: Config, resume: str | Path | None = None, progress: bool = True, max_iterations: int | None = None,
+          echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
+    """Run (or resume) the closed loop; returns the summary written to ``summary.json``.
+
+    ``max_iterations`` stops after that many loop iterations in this call, with ``learn.pt`` written (tests).
+    """
+    if resume is not None:
+        rdir = Path(resume)
+        if not rdir.is_dir():
+            raise UserError(f"cannot resume: run folder {rdir} does not exist; pass a folder under runs/learn/")
+        if not (rdir / "config.yaml").is_file():
+            raise UserError(f"cannot resume: {rdir} holds no config.yaml, so it is not a `run.py learn` folder; "
+                            "pass a folder under runs/learn/ or start a new run")
+        import yaml
+
+        try:
+            cfg = config_from_dict(yaml.safe_load((rdir / "config.yaml").read_text()))
+        except (yaml.YAMLError, TypeError, AttributeError):
+            raise UserError(f"cannot resume: {rdir}/config.yaml is damaged; start a new run") from None
+    device = setup_torch(cfg)
+    if cfg.run.threads == 0:
+        torch.set_num_threads(1)
+    seed_everything(cfg.run.seed)
+    with RunLogger(cfg, "learn", run_dir=resume, resume=resume is not None) as run:
+        echo(f"run folder: {run.dir}")
+        lr = Learner(cfg, run, device, progress, echo)
+        phase = _phase(run.dir)
+        state_path = run.dir / STATE_FILE
+        saved = load_checkpoint(state_path, kind=KIND) if state_path.is_file() else None
+        if saved is not None:
+            run.rewind(saved["metrics_offset"])
+            lr.timings.update(saved["timings"])
+        elif phase == "none":
+            run.rewind(0)
+        if phase == "none":
+            info = lr.prefill()
+            run.log({f"prefill/{k}": v for k, v in info.items()}, step=info["env_steps"])
+            _set_phase(run, lr, "prefill", info)
+            phase = "prefill"
+        done = json.loads((run.dir / PHASE_FILE).read_text())
+        prefill, lr.phase_offset = done["prefill"], int(done["metrics_offset"])
+        if saved is None:
+            lr.timings.update(done["timings"])
+        if phase == "prefill":
+            lr.stage1()
+            _set_phase(run, lr, "stage1", prefill)
+            phase = "stage1"
+        encoder = load_encoder(run.dir / "stage1" / "best.pt").to(device).eval().requires_grad_(False)
+        replay = Replay(cfg, lr.data, encoder, device)
+        t0 = time.perf_counter()
+        replay.load(None if saved is None else int(saved["episodes"]))
+        lr.timings["encode"] += time.perf_counter() - t0
+        if phase == "stage1":
+            lr.stage2(encoder, replay)
+            _set_phase(run, lr, "stage2", prefill)
+            phase = "stage2"
+        if saved is None:
+            run.rewind(lr.phase_offset)  # rows of a first iteration that a kill cut short
+        return _loop(cfg, run, lr, encoder, replay, prefill, saved, max_iterations)
+
+
+def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, replay: Replay,
+          prefill: dict[str, Any], saved: dict[str, Any] | None, max_iterations: int | None) -> dict[str, Any]:
+    L, s2, device, echo = cfg.learn, cfg.vjepa2_world_model.stage2, lr.device, lr.echo
+    best = load_checkpoint(run.dir / "stage2" / "best.pt", kind="stage2")
+
+    dyn = dynamics_from_checkpoint(best, run.dir / "stage2" / "best.pt").to(device)
+    torch.manual_seed(cfg.run.seed + 4)  # the loop's draws do not depend on how the run got here (resumed or not)
+    opt = torch.optim.AdamW(dyn.parameters(), lr=L.stage2_lr, weight_decay=s2.weight_decay)
+    loss_fn = build_world_model_loss(cfg)
+    wm = WorldModel(encoder, dyn, device)
+    ac = ActorCritic(wm.latent_dim, wm.num_actions, cfg.agent, device)
+    ac.seed(cfg.run.seed)
+    np_rng = np.random.default_rng(cfg.run.seed + 3)
+    player = Player(cfg, cfg.run.seed)
+    actor = ActorCriticAgent(wm, ac.actor, ac.critic, deterministic=False, seed=cfg.run.seed + 1)
+    env_steps, iteration, curve, next_eval = prefill["env_steps"], 0, [], L.eval_every
+    done_loop = False
+    player.games = int(prefill["games"])  # the loop's games come after the prefill's
+    if saved is not None:
+        load_state(dyn, saved["world_model"], run.dir / STATE_FILE, "world_model")
+        opt.load_state_dict(saved["optimizer"])
+        ac.load_training_state(saved["agent"])
+        actor.generator.set_state(saved["player_generator"])
+        set_rng_state(saved["rng"], np_rng)
+        env_steps, iteration, curve, next_eval = (int(saved["env_steps"]), int(saved["iteration"]),
+                                                  list(saved["curve"]), int(saved["next_eval"]))
+        done_loop = bool(saved["done_loop"])
+        player.restore(saved["player"])
+        echo(f"resumed at iteration {iteration}, {env_steps} env steps")
+    writer = ReplayWriter(lr.data, append=True)
+
+    def save_all(final: dict[str, Any] | None = None) -> None:
+        t = time.perf_counter()
+        ckpt = {"kind": KIND, "config": cfg.to_dict(), "world_model": dyn.state_dict(), "optimizer": opt.state_dict(),
+                "agent": ac.training_state(), "player_generator": actor.generator.get_state(),
+                "rng": rng_state(np_rng), "env_steps": env_steps, "iteration": iteration, "curve": curve,
+                "next_eval": next_eval, "done_loop": done_loop, "player": player.state(),
+                "episodes": len(replay.episodes), "timings": lr.timings, "metrics_offset": run.metrics_offset,
+                "final": final}
+        wm_ckpt = {"kind": "stage2", "config": cfg.to_dict(), **lr.stage2_extra(encoder),
+                   "world_model_kwargs": dyn.kwargs, "world_model": dyn.state_dict(), "epoch": iteration,
+                   "step": env_steps, "history": []}
+        save_checkpoint(wm_ckpt, run.dir / "world_model.pt")
+        save_checkpoint({"kind": CHECKPOINT_KIND, "state": ac.training_state(), "config": cfg.to_dict(),
+                         "world_model": str(run.dir / "world_model.pt"), "data_dir": str(lr.data)},
+                        run.dir / "agent.pt")
+        run.write_json("curve.json", curve)
+        save_checkpoint(ckpt, run.dir / STATE_FILE)  # last: it marks everything above as done
+        lr.timings["save"] = lr.timings.get("save", 0.0) + time.perf_counter() - t
+
+    def train_world_model(updates: int) -> dict[str, float]:
+        t = time.perf_counter()
+        train_seq, _ = replay.sequences()
+        rows = []
+        if train_seq is not None and updates > 0:
+            bs = min(s2.batch_size, len(train_seq))
+            order = train_seq.order(np_rng, updates * bs, s2.reward_oversample)
+            dyn.train().requires_grad_(True)
+            for i in range(updates):
+                out = loss_fn(dyn, train_seq.batch(order[i * bs:(i + 1) * bs], device), train=True)
+                if not math.isfinite(out["loss"].item()):
+                    raise UserError(f"learn: the world model's loss became {out['loss'].item()} at iteration "
+                                    f"{iteration}; lower learn.stage2_lr (e.g. by 10x) and start again")
+                optimizer_step(out["loss"], list(dyn.parameters()), opt, None, s2.grad_clip)
+                rows.append({k: float(out[k].detach()) for k in METRICS})
+            dyn.eval().requires_grad_(False)
+        lr.timings["stage2"] += time.perf_counter() - t
+        return {f"stage2/{k}": v for k, v in _mean_rows(rows).items()}
+
+    def train_agent(updates: int) -> dict[str, float]:
+        t = time.perf_counter()
+        z = replay.frame_latents().to(device)  # [G, D]
+        G = len(z)
+        recent = min(G, L.recent_steps)
+        rows = []
+        n_recent = int(round(L.recent_fraction * cfg.agent.batch_size))
+        for _ in range(updates):
+            idx = torch.randint(G, (cfg.agent.batch_size - n_recent,), generator=ac.generator)
+            idx_r = G - recent + torch.randint(recent, (n_recent,), generator=ac.generator)
+            rows.append(ac.update(wm, z[torch.cat([idx, idx_r]).to(device)]))
+        ac.actor.eval()
+        ac.critic.eval()
+        lr.timings["agent"] += time.perf_counter() - t
+        return _mean_rows(rows)
+
+    def evaluate_now(episodes: int, desc: str) -> dict[str, Any]:
+        t = time.perf_counter()
+        agent = ActorCriticAgent(wm, ac.actor, ac.critic, deterministic=False, seed=cfg.run.seed)
+        eps = evaluate(agent, cfg, episodes=episodes, desc=desc, progress=False)
+        ac.actor.eval()
+        lr.timings["eval"] += time.perf_counter() - t
+        return {"env_steps": env_steps, "returns": [e["return"] for e in eps], "eval_seeds": [e["seed"] for e in eps],
+                **summarize_returns(eps)}
+
+    try:
+        iterations_this_call = 0
+        while not done_loop:
+            if max_iterations is not None and iterations_this_call >= max_iterations:
+                break
+            row: dict[str, Any] = {"iteration": iteration + 1}
+            # 1. the agent learns in imagination on the current world model (before the first collection too, so the
+            # loop never spends its budget on an untrained actor)
+            row.update(train_agent(L.agent_updates))
+            # 2. collect with the current actor
+            steps = min(L.collect_steps, lr.budget - env_steps)
+            t = time.perf_counter()
+            new_before = len(replay.episodes)
+            for _ in range(steps):
+                if player.obs is None:
+                    player.start()
+                ep = player.step(actor.act(player.obs))
+                if ep is not None:
+                    te = time.perf_counter()
+                    replay.add(ep, writer, "actor-critic", player.finished_seed)
+                    lr.timings["encode"] += time.perf_counter() - te
+                    t += time.perf_counter() - te  # encoding is not env time
+            env_steps += steps
+            lr.timings["env"] += time.perf_counter() - t
+            new_eps = replay.episodes[new_before:]
+            if new_eps:
+                row["collect/episode_return"] = float(np.mean([e.rewards.sum() for e in new_eps]))
+                row["collect/episode_length"] = float(np.mean([len(e) for e in new_eps]))
+            row["collect/games_finished"] = len(new_eps)
+            last = env_steps >= lr.budget
+            # 3. the world model learns from the new data (4. after the budget: the training-only phase)
+            T = s2.sequence_length
+            wm_updates = int(math.ceil(steps * L.stage2_train_ratio / (s2.batch_size * T)))
+            agent_updates = L.agent_updates
+            if last:
+                wm_updates += L.final_stage2_updates
+                row.update(train_world_model(wm_updates))
+                row.update(train_agent(L.final_agent_updates))
+                agent_updates += L.final_agent_updates
+            else:
+                row.update(train_world_model(wm_updates))
+            _, val_seq = replay.sequences()
+            row.update({f"heads/{k}": v for k, v in head_scores(dyn, val_seq).items()})
+            row.update({"replay/steps": replay.steps, "replay/episodes": len(replay.episodes),
+                        "stage2/updates": wm_updates, "agent/updates": agent_updates,
+                        **{f"perf/{k}_s": v for k, v in lr.timings.items()}})
+            iteration += 1
+            iterations_this_call += 1
+            if last or env_steps >= next_eval:
+                point = evaluate_now(cfg.evaluation.episodes if last else L.eval_episodes,
+                                     "final eval" if last else f"eval@{env_steps}")
+                curve.append(point)
+                row.update({"eval/return_mean": point["mean"], "eval/return_max": point["max"]})
+                while next_eval <= env_steps:
+                    next_eval += L.eval_every
+            run.log(row, step=env_steps)
+            echo(f"iteration {iteration}: {env_steps}/{lr.budget} env steps, replay {replay.steps} steps "
+                 f"({len(replay.episodes)} games); stage 2 {row.get('stage2/latent_total', float('nan')):.4f} "
+                 f"reward recall {row.get('heads/reward_recall', float('nan')):.2f} precision "
+                 f"{row.get('heads/reward_precision', float('nan')):.2f}; imagined return "
+                 f"{row.get('train/imagined_return', float('nan')):.3f}"
+                 + (f"; eval {curve[-1]['mean']:.2f}" if curve and curve[-1]["env_steps"] == env_steps else ""))
+            done_loop = last
+            save_all(curve[-1] if done_loop else None)
+    finally:
+        player.close()
+
+    if not done_loop:
+        return {"run_dir": str(run.dir), "finished": False, "env_steps": env_steps, "iteration": iteration}
+    final = curve[-1]
+    _, val_seq = replay.sequences()
+    summary = {"run_dir": str(run.dir), "finished": True, "env_steps": env_steps, "budget": lr.budget,
+               "iterations": iteration, "final": {k: final[k] for k in ("mean", "std", "min", "max", "median",
+                                                                         "episodes", "length_mean")},
+               "returns": final["returns"], "eval_seeds": final["eval_seeds"],
+               "ci95_mean": list(bootstrap_ci(np.array(final["returns"]), "mean")), "curve": curve,
+               "heads": head_scores(dyn, val_seq), "prefill": prefill, "timings_s": lr.timings,
+               "wall_clock_s": float(sum(v for v in lr.timings.values())),
+               "world_model": str(run.dir / "world_model.pt"), "agent": str(run.dir / "agent.pt")}
+    run.write_json("summary.json", summary)
+    return summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    if not s["finished"]:
+        return (f"learn stopped after iteration {s['iteration']} at {s['env_steps']} env steps; continue with "
+                f"`python run.py learn --resume {s['run_dir']}`")
+    f, h, t = s["final"], s["heads"], s["timings_s"]
+    return "\n".join([
+        f"run folder: {s['run_dir']}",
+        f"env steps: {s['env_steps']} of {s['budget']} ({s['prefill']['env_steps']} prefill), {s['iterations']} "
+        "iterations",
+        f"final evaluation over {f['episodes']} games: mean {f['mean']:.2f} (95% CI {s['ci95_mean'][0]:.2f}-"
+        f"{s['ci95_mean'][1]:.2f}, min {f['min']:.0f}, max {f['max']:.0f})",
+        f"reward head (validation, one step ahead): recall {h.get('reward_recall', float('nan')):.2f} at precision "
+        f"{h.get('reward_precision', float('nan')):.2f} over {h.get('reward_true_steps', 0)} scoring steps",
+        "wall-clock: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in t.items()),
+        f"world model: {s['world_model']}   agent: {s['agent']}",
+    ])

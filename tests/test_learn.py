@@ -1,0 +1,142 @@
+"""`run.py learn`: the closed loop on the tiny preset (budget, checkpoints, heads, seeds), the two-hot reward head."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from envs.seeds import in_evaluation_block
+from experiments.config import load_config
+from experiments.learn import learn, stable_split
+from worldmodel.dynamics_loss import LatentSequences, WorldModelLoss
+from worldmodel.transformer import WorldModelTransformer, symexp, twohot
+
+BUDGET = 500
+TINY = ["run.wandb=disabled", f"baselines.agent_steps={BUDGET}", "learn.eval_every=1000"]
+
+
+@pytest.fixture(scope="module")
+def learn_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("learn")
+    cfg = load_config("tiny", [*TINY, f"run.runs_dir={root}"])
+    summary = learn(cfg, progress=False, echo=lambda s: None)
+    return cfg, summary
+
+
+def test_learn_spends_exactly_the_budget_and_reports(learn_run):
+    cfg, s = learn_run
+    assert s["finished"] and s["env_steps"] == BUDGET
+    assert s["prefill"]["env_steps"] == cfg.learn.prefill_steps
+    run = s["run_dir"]
+    manifest = json.load(open(f"{run}/data/manifest.json"))
+    # Every step in the replay was an env step of the budget (the game in progress at the end is not stored).
+    assert sum(e["length"] for e in manifest["episodes"]) <= BUDGET
+    assert {e["policy"] for e in manifest["episodes"]} <= {"random", "actor-critic"}
+    assert len(s["returns"]) == cfg.evaluation.episodes and s["curve"][-1]["env_steps"] == BUDGET
+    rows = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
+    loop = [r for r in rows if "iteration" in r]
+    assert [r["step"] for r in loop] == [300, 400, 500]  # prefill 200, then 100 collected steps per iteration
+    assert all("stage2/loss" in r and "train/imagined_return" in r for r in loop)
+    assert {k for k in s["timings_s"]} >= {"env", "stage1", "stage2", "agent", "encode", "eval"}
+
+
+def test_learn_games_never_come_from_an_evaluation_block(learn_run):
+    _, s = learn_run
+    seeds = [e["game_seed"] for e in json.load(open(f"{s['run_dir']}/data/manifest.json"))["episodes"]]
+    assert seeds and all(isinstance(x, int) and in_evaluation_block(x) is None for x in seeds)
+    assert len(set(seeds)) == len(seeds), "a game was played twice"
+    assert not set(seeds) & set(s["eval_seeds"])
+
+
+def test_learn_checkpoints_load_as_world_model_and_agent(learn_run):
+    from agent.player import load_agent
+    from worldmodel import load_world_model
+
+    _, s = learn_run
+    wm = load_world_model(s["world_model"])
+    agent = load_agent(s["agent"], wm)
+    obs = np.zeros((4, 64, 64), np.uint8)
+    assert agent.act(obs) in range(4)
+    assert wm.dynamics.reward_bins == load_config("tiny").models.world_model.reward_bins
+
+
+def test_stable_split_keeps_each_episode_on_its_side():
+    a, b = stable_split(40, 0.25, 3), stable_split(400, 0.25, 3)
+    assert np.array_equal(a, b[:40])
+    assert 0.2 < b.mean() < 0.3
+    assert not np.array_equal(stable_split(400, 0.25, 4), b)
+
+
+def test_learn_refuses_bad_settings(cli, tmp_path):
+    r = cli("learn", "--preset", "tiny", "--set", "learn.recent_fraction=2", "--set", f"run.runs_dir={tmp_path}")
+    assert r.returncode == 2 and "learn.recent_fraction" in r.stderr and "Traceback" not in r.stderr
+    r = cli("learn", "--resume", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = cli("learn", "--resume", str(tmp_path), "--set", "learn.collect_steps=5")
+    assert r.returncode == 2 and "--set" in r.stderr
+    assert not (tmp_path / "learn").exists()
+
+
+# ------------------------------------------------------------------------------------------ two-hot reward head
+def test_twohot_expectation_is_the_value():
+    support = torch.linspace(-5, 5, 41)
+    x = torch.tensor([0.0, 0.69, 1.61, -2.08, 4.99, 7.0])
+    enc = twohot(x, support)
+    assert torch.allclose(enc.sum(-1), torch.ones(len(x)))
+    assert torch.allclose((enc * support).sum(-1), x.clamp(-5, 5), atol=1e-6)
+    assert (enc > 0).sum(-1).max() <= 2
+
+
+def test_binned_head_starts_at_no_reward_and_learns_a_rare_point():
+    torch.manual_seed(0)
+    m = WorldModelTransformer(latent_dim=8, num_actions=4, hidden_dim=32, depth=1, heads=2, mlp_dim=32, dropout=0.0,
+                              max_len=4, reward_bins=21, reward_range=3.0)
+    z, a = torch.randn(64, 4, 8), torch.randint(4, (64, 4))
+    _, r, _ = m(z, a)
+    assert torch.allclose(r, torch.zeros_like(r), atol=1e-5)  # expected symlog reward 0 at initialisation
+    probs = torch.softmax(m(z, a, reward_logits=True)[1], -1)
+    assert torch.allclose(probs[..., 10], torch.full_like(probs[..., 10], 0.9), atol=1e-4)
+    # A point (reward 1) on 2% of steps, signalled by latent dimension 0 > 2: the head must predict it.
+    loss_fn = WorldModelLoss.from_config(load_config("tiny").vjepa2_world_model.stage2)
+    loss_fn.teacher_forcing_ratio = 1.0
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(300):
+        z = torch.randn(128, 3, 8, generator=g)
+        rewards = (z[:, :2, 0] > 2.0).float()  # [B, T]
+        batch = {"z": z, "actions": torch.zeros(128, 2, dtype=torch.long), "rewards": rewards,
+                 "life_loss": torch.zeros(128, 2, dtype=torch.bool)}
+        out = loss_fn(m, batch, train=True, generator=g)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    z = torch.randn(4096, 1, 8, generator=g)
+    _, r, _ = m(z, torch.zeros(4096, 1, dtype=torch.long))
+    pred, true = symexp(r[:, 0]) > 0.5, z[:, 0, 0] > 2.0
+    recall = float((pred & true).sum() / true.sum())
+    precision = float((pred & true).sum() / pred.sum().clamp_min(1))
+    assert recall >= 0.5 and precision >= 0.5, (recall, precision)
+
+
+def test_scoring_sequences_are_oversampled():
+    from envs.dataset import TemporalSequenceDataset
+    from envs.replay import Episode
+
+    L = 200
+    rewards = np.zeros(L, np.float32)
+    rewards[[50, 150]] = 1.0
+    ep = Episode(frames=np.zeros((L + 1, 64, 64), np.uint8), actions=np.zeros(L, np.int64), rewards=rewards,
+                 terminated=np.eye(1, L, L - 1, dtype=bool)[0], truncated=np.zeros(L, bool),
+                 life_loss=np.zeros(L, bool), labels=np.zeros((L + 1, 5), np.int16))
+    ds = TemporalSequenceDataset([ep], 4, 4, stride=1)
+    seqs = LatentSequences(torch.zeros(ds.store.num_frames, 2), ds.store, ds.starts, 4)
+    scoring = set(seqs.scoring().tolist())
+    hold = {s for s in range(len(seqs)) if any(t in (50, 150) for t in range(ds.starts[s], ds.starts[s] + 4))}
+    assert scoring == hold
+    rng = np.random.default_rng(0)
+    plain = np.isin(seqs.order(rng, 4000, 0.0), list(scoring)).mean()
+    over = np.isin(seqs.order(rng, 4000, 0.25), list(scoring)).mean()
+    assert plain < 0.06 and 0.25 <= over < 0.32
