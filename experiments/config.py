@@ -108,6 +108,10 @@ class LearnConfig:
     final_agent_updates: int = 600
     recent_fraction: float = 0.5  # share of imagination starts drawn from the most recent frames
     recent_steps: int = 20000  # ... the last this many frames of the replay
+    encoder_every: int = 0  # env steps between Stage-1 fine-tunes on all data so far (0 = keep the prefill's encoder)
+    encoder_updates: int = 500  # masked-prediction steps per fine-tune
+    encoder_lr: float = 3e-4
+    encoder_stage2_updates: int = 200  # Stage-2 steps on the re-encoded replay right after a fine-tune
     eval_every: int = 25000  # env steps between learning-curve evaluations (the final one is always played)
     eval_episodes: int = 3  # games per learning-curve point (the final evaluation plays evaluation.episodes)
 
@@ -115,13 +119,15 @@ class LearnConfig:
         """Range checks of this section, whose key prefix is ``path``."""
         for key in ("prefill_steps", "collect_steps", "eval_every", "eval_episodes", "recent_steps"):
             check_range(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "an integer >= 1")
-        for key in ("prefill_min_rewards", "agent_updates", "final_stage2_updates", "final_agent_updates"):
+        for key in ("prefill_min_rewards", "agent_updates", "final_stage2_updates", "final_agent_updates",
+                    "encoder_every", "encoder_updates", "encoder_stage2_updates"):
             check_range(getattr(self, key) >= 0, f"{path}.{key}", getattr(self, key), "an integer >= 0")
         check_range(self.prefill_max_steps >= self.prefill_steps, f"{path}.prefill_max_steps", self.prefill_max_steps,
                     f"an integer >= {path}.prefill_steps ({self.prefill_steps})")
         check_range(self.stage2_train_ratio >= 0, f"{path}.stage2_train_ratio", self.stage2_train_ratio,
                     "a number >= 0")
         check_range(self.stage2_lr > 0, f"{path}.stage2_lr", self.stage2_lr, "a positive learning rate")
+        check_range(self.encoder_lr > 0, f"{path}.encoder_lr", self.encoder_lr, "a positive learning rate")
         check_range(0.0 <= self.recent_fraction <= 1.0, f"{path}.recent_fraction", self.recent_fraction,
                     "a fraction in [0, 1]")
 

@@ -13,8 +13,10 @@ imagination, and every env step counts toward ``baselines.agent_steps``, the bud
    sequences oversampled, ``vjepa2_world_model.stage2.reward_oversample``);
 4. **final phase** (no env steps): ``learn.final_stage2_updates`` and ``learn.final_agent_updates`` more.
 
-The encoder stays the Stage-1 encoder of the prefill (a schedule for keeping it current is the next step;
-README, known limits). Evaluation by the one protocol (``experiments.play.evaluate``, evaluation games do not
+The encoder: the prefill's Stage-1 encoder, fine-tuned every ``learn.encoder_every`` env steps (0 = never) for
+``learn.encoder_updates`` masked-prediction steps on frames of every training game so far; the replay is then
+encoded again, the dynamics' latent statistics re-fitted and Stage 2 trained ``learn.encoder_stage2_updates``
+steps on the new latents. Evaluation by the one protocol (``experiments.play.evaluate``, evaluation games do not
 count) every ``learn.eval_every`` env steps and at the end.
 
 Run folder ``runs/learn/<time>-<preset>-s<seed>/``: ``data/`` (the replay), ``stage1/`` and ``stage2/`` (the
@@ -401,7 +403,11 @@ def learn(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
             lr.stage1()
             _set_phase(run, lr, "stage1", prefill)
             phase = "stage1"
-        encoder = load_encoder(run.dir / "stage1" / "best.pt").to(device).eval().requires_grad_(False)
+        s1 = EncoderRefresh(cfg, run.dir / "stage1" / "best.pt", device)
+        if saved is not None and saved.get("encoder_refresh") is not None:
+            s1.load(saved["encoder_refresh"], run.dir / STATE_FILE)
+        encoder = s1.encoder() if s1.model is not None else \
+            load_encoder(run.dir / "stage1" / "best.pt").to(device).eval().requires_grad_(False)
         replay = Replay(cfg, lr.data, encoder, device)
         t0 = time.perf_counter()
         replay.load(None if saved is None else int(saved["episodes"]))
@@ -412,10 +418,71 @@ def learn(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
             phase = "stage2"
         if saved is None:
             run.rewind(lr.phase_offset)  # rows of a first iteration that a kill cut short
-        return _loop(cfg, run, lr, encoder, replay, prefill, saved, max_iterations)
+        return _loop(cfg, run, lr, encoder, s1, replay, prefill, saved, max_iterations)
 
 
-def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, replay: Replay,
+class EncoderRefresh:
+    """Stage-1 fine-tuning inside the loop (``learn.encoder_every``): the masked-prediction model continues from the
+    prefill's best Stage-1 checkpoint on frames of every training game so far, ``learn.encoder_updates`` steps at
+    ``learn.encoder_lr``; the EMA target is the new encoder."""
+
+    def __init__(self, cfg: Config, best: Path, device: torch.device):
+        self.cfg, self.best, self.device = cfg, best, device
+        self.model: torch.nn.Module | None = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.refreshes = 0
+
+    def _build(self) -> None:
+        self.model = build_stage1_model(self.cfg).to(self.device)
+        ckpt = load_checkpoint(self.best, kind="stage1")
+        for name in ("online", "target", "predictor"):
+            load_state(getattr(self.model, name), ckpt[name], self.best, name)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=self.cfg.learn.encoder_lr,
+                                     weight_decay=self.cfg.vjepa2_world_model.stage1.weight_decay)
+
+    def encoder(self) -> torch.nn.Module:
+        from worldmodel.encoder import PooledEncoder
+
+        assert self.model is not None
+        return PooledEncoder(self.model.target).eval()
+
+    def run(self, episodes: list[Episode], val: np.ndarray, rng: np.random.Generator, updates: int
+            ) -> dict[str, float]:
+        if self.model is None:
+            self._build()
+        s1 = self.cfg.vjepa2_world_model.stage1
+        ds = FrameStackDataset([e for e, v in zip(episodes, val) if not v], self.cfg.environment.frame_stack_size)
+        bs = min(s1.batch_size, len(ds))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        losses = []
+        self.model.train()
+        for _ in range(updates):
+            out = self.model(ds.batch(np.sort(rng.choice(len(ds), size=bs, replace=False)))["obs"].to(self.device))
+            optimizer_step(out["loss"], params, self.opt, None, s1.grad_clip)
+            self.model.update_target()
+            losses.append(float(out["loss"].detach()))
+        self.model.eval()
+        self.refreshes += 1
+        return {"stage1/loss": float(np.mean(losses)) if losses else float("nan"), "stage1/refreshes": self.refreshes}
+
+    def state(self) -> dict[str, Any] | None:
+        if self.model is None:
+            return None
+        return {"online": self.model.online.state_dict(), "target": self.model.target.state_dict(),
+                "predictor": self.model.predictor.state_dict(), "optimizer": self.opt.state_dict(),
+                "refreshes": self.refreshes}
+
+    def load(self, st: dict[str, Any], path: Path) -> None:
+        self._build()
+        for name in ("online", "target", "predictor"):
+            load_state(getattr(self.model, name), st[name], path, name)
+        self.opt.load_state_dict(st["optimizer"])
+        self.refreshes = int(st["refreshes"])
+        self.model.eval()
+
+
+def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1: EncoderRefresh, replay: Replay,
           prefill: dict[str, Any], saved: dict[str, Any] | None, max_iterations: int | None) -> dict[str, Any]:
     L, s2, device, echo = cfg.learn, cfg.vjepa2_world_model.stage2, lr.device, lr.echo
     best = load_checkpoint(run.dir / "stage2" / "best.pt", kind="stage2")
@@ -431,6 +498,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, re
     player = Player(cfg, cfg.run.seed)
     actor = ActorCriticAgent(wm, ac.actor, ac.critic, deterministic=False, seed=cfg.run.seed + 1)
     env_steps, iteration, curve, next_eval = prefill["env_steps"], 0, [], L.eval_every
+    next_refresh = L.encoder_every if L.encoder_every else None
     done_loop = False
     player.games = int(prefill["games"])  # the loop's games come after the prefill's
     if saved is not None:
@@ -441,6 +509,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, re
         set_rng_state(saved["rng"], np_rng)
         env_steps, iteration, curve, next_eval = (int(saved["env_steps"]), int(saved["iteration"]),
                                                   list(saved["curve"]), int(saved["next_eval"]))
+        next_refresh = saved["next_refresh"]
         done_loop = bool(saved["done_loop"])
         player.restore(saved["player"])
         echo(f"resumed at iteration {iteration}, {env_steps} env steps")
@@ -453,8 +522,8 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, re
                 "rng": rng_state(np_rng), "env_steps": env_steps, "iteration": iteration, "curve": curve,
                 "next_eval": next_eval, "done_loop": done_loop, "player": player.state(),
                 "episodes": len(replay.episodes), "timings": lr.timings, "metrics_offset": run.metrics_offset,
-                "final": final}
-        wm_ckpt = {"kind": "stage2", "config": cfg.to_dict(), **lr.stage2_extra(encoder),
+                "final": final, "next_refresh": next_refresh, "encoder_refresh": s1.state()}
+        wm_ckpt = {"kind": "stage2", "config": cfg.to_dict(), **lr.stage2_extra(wm.encoder),
                    "world_model_kwargs": dyn.kwargs, "world_model": dyn.state_dict(), "epoch": iteration,
                    "step": env_steps, "history": []}
         save_checkpoint(wm_ckpt, run.dir / "world_model.pt")
@@ -499,6 +568,25 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, re
         ac.critic.eval()
         lr.timings["agent"] += time.perf_counter() - t
         return _mean_rows(rows)
+
+    def refresh_encoder() -> dict[str, float]:
+        """Fine-tune Stage 1 on all training games so far, re-encode the replay with its EMA target, re-fit the
+        dynamics' latent statistics and let Stage 2 catch up (``learn.encoder_stage2_updates``)."""
+        t = time.perf_counter()
+        val = stable_split(len(replay.episodes), cfg.data.val_fraction, cfg.run.seed)
+        out = s1.run(replay.episodes, val, np_rng, L.encoder_updates)
+        lr.timings["stage1"] += time.perf_counter() - t
+        t = time.perf_counter()
+        enc = s1.encoder()
+        replay.encoder = wm.encoder = enc
+        replay.latents = [replay.encode(e) for e in replay.episodes]
+        lr.timings["encode"] += time.perf_counter() - t
+        train_seq, _ = replay.sequences()
+        if train_seq is not None:
+            g = torch.from_numpy(train_seq.starts)
+            dyn.set_normalization(train_seq.latents[g].to(device), train_seq.latents[g + 1].to(device))
+        out.update({f"{k}_after_refresh": v for k, v in train_world_model(L.encoder_stage2_updates).items()})
+        return out
 
     def evaluate_now(episodes: int, desc: str) -> dict[str, Any]:
         t = time.perf_counter()
@@ -550,6 +638,10 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, re
                 agent_updates += L.final_agent_updates
             else:
                 row.update(train_world_model(wm_updates))
+                if next_refresh is not None and env_steps >= next_refresh:
+                    row.update(refresh_encoder())
+                    while next_refresh <= env_steps:
+                        next_refresh += L.encoder_every
             _, val_seq = replay.sequences()
             row.update({f"heads/{k}": v for k, v in head_scores(dyn, val_seq).items()})
             row.update({"replay/steps": replay.steps, "replay/episodes": len(replay.episodes),

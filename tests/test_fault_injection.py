@@ -27,7 +27,8 @@ PRETRAIN = ["pretrain", "--preset", "tiny", "--wandb", "disabled", "--set", "run
 AGENT = ["train-agent", "--preset", "tiny", "--wandb", "disabled", "--set", "agent.updates=30",
          "--set", "agent.checkpoint_every=5", "--set", "agent.start_latents=128"]
 LEARN = ["learn", "--preset", "tiny", "--wandb", "disabled", "--set", "run.checkpoint_every_steps=5",
-         "--set", "baselines.agent_steps=600", "--set", "learn.eval_every=1000"]
+         "--set", "baselines.agent_steps=600", "--set", "learn.eval_every=1000", "--set", "learn.encoder_every=200",
+         "--set", "learn.encoder_updates=3", "--set", "learn.encoder_stage2_updates=2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -200,6 +201,7 @@ def _check_learn_matches(run: Path, ref: Path) -> None:
     a, b = _load(run / "learn.pt"), _load(ref / "learn.pt")
     assert (a["env_steps"], a["iteration"]) == (b["env_steps"], b["iteration"])
     _same_tensors(a, b, ("world_model",), "closed-loop world model")
+    _same_tensors(a["encoder_refresh"], b["encoder_refresh"], ("target", "online"), "closed-loop encoder")
     _same_tensors(a["agent"], b["agent"], ("actor", "critic", "slow_critic"), "closed-loop actor-critic")
     assert [p["returns"] for p in a["curve"]] == [p["returns"] for p in b["curve"]]
     assert _rows(run) == _rows(ref), "metrics.jsonl differs: rows lost or logged twice"

@@ -140,3 +140,21 @@ def test_scoring_sequences_are_oversampled():
     plain = np.isin(seqs.order(rng, 4000, 0.0), list(scoring)).mean()
     over = np.isin(seqs.order(rng, 4000, 0.25), list(scoring)).mean()
     assert plain < 0.06 and 0.25 <= over < 0.32
+
+
+def test_encoder_refresh_changes_the_encoder_the_world_model_and_the_agent_use(tmp_path):
+    from worldmodel import load_world_model
+    from worldmodel.masked_prediction import load_encoder
+
+    cfg = load_config("tiny", [*TINY, f"run.runs_dir={tmp_path}", "learn.encoder_every=100", "learn.encoder_updates=3",
+                               "learn.encoder_stage2_updates=2"])
+    s = learn(cfg, progress=False, echo=lambda m: None)
+    run = s["run_dir"]
+    rows = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
+    assert [r["stage1/refreshes"] for r in rows if "stage1/refreshes" in r] == [1, 2]  # at 300 and 400, not in the last
+    obs = torch.randint(0, 255, (8, 4, 64, 64), dtype=torch.uint8)
+    before = load_encoder(f"{run}/stage1/best.pt")(obs)
+    after = load_world_model(s["world_model"]).encode(obs)
+    assert not torch.allclose(before, after), "the world model still encodes with the prefill's encoder"
+    state = torch.load(f"{run}/learn.pt", weights_only=True)
+    assert state["encoder_refresh"]["refreshes"] == 2
