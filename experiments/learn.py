@@ -4,7 +4,9 @@ imagination, and every env step counts toward ``baselines.agent_steps``, the bud
 
 1. **prefill**: random play, at least ``learn.prefill_steps`` and until the replay holds
    ``learn.prefill_min_rewards`` scoring steps (at most ``learn.prefill_max_steps``);
-2. **Stage 1 and Stage 2** on the prefill (the pretrain tasks on the one training loop, resumable);
+2. **Stage 1 and Stage 2** on the prefill (the pretrain tasks on the one training loop, resumable), for
+   ``learn.prefill_stage1_updates`` / ``learn.prefill_stage2_updates`` optimizer steps (rounded up to whole
+   epochs; 0 = the stage's own ``num_epochs``): a 5k-step prefill is a few hundred Stage-1 batches per epoch;
 3. **iterations** until the budget is spent: train the actor-critic in imagination for ``learn.agent_updates``
    updates from real latents, a share ``learn.recent_fraction`` of the starts from the last
    ``learn.recent_steps`` frames; play ``learn.collect_steps`` steps with it (sampling; one encoder pass and
@@ -293,6 +295,11 @@ class Learner:
         fs = cfg.environment.frame_stack_size
         train_ds = FrameStackDataset([e for e, v in zip(eps, val) if not v], fs)
         val_ds = FrameStackDataset([e for e, v in zip(eps, val) if v], fs)
+        s1 = cfg.vjepa2_world_model.stage1
+        if self.L.prefill_stage1_updates:  # a small prefill: epochs enough for this many updates
+            per_epoch = max(1, len(train_ds) // min(s1.batch_size, len(train_ds)))
+            s1 = dataclasses.replace(s1, num_epochs=-(-self.L.prefill_stage1_updates // per_epoch))
+            cfg = dataclasses.replace(cfg, vjepa2_world_model=dataclasses.replace(cfg.vjepa2_world_model, stage1=s1))
         seed_everything(cfg.run.seed)
         model = build_stage1_model(cfg).to(self.device)
         ckpt_dir = self.run.dir / "stage1"
@@ -327,6 +334,12 @@ class Learner:
         if train_seq is None or val_seq is None:
             raise UserError(f"the prefill holds too few games of >= {cfg.vjepa2_world_model.stage2.sequence_length} "
                             "steps for Stage 2; raise learn.prefill_steps")
+        s2 = cfg.vjepa2_world_model.stage2
+        if self.L.prefill_stage2_updates:
+            per_seq = len(train_seq) if s2.sequences_per_epoch == 0 else min(s2.sequences_per_epoch, len(train_seq))
+            per_epoch = max(1, per_seq // min(s2.batch_size, per_seq))
+            s2 = dataclasses.replace(s2, num_epochs=-(-self.L.prefill_stage2_updates // per_epoch))
+            cfg = dataclasses.replace(cfg, vjepa2_world_model=dataclasses.replace(cfg.vjepa2_world_model, stage2=s2))
         seed_everything(cfg.run.seed)
         extra = self.stage2_extra(encoder)
         task = Stage2Task(cfg, train_seq, val_seq, self.device, np.random.default_rng(cfg.run.seed + 2), extra)
