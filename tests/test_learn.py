@@ -158,3 +158,28 @@ def test_encoder_refresh_changes_the_encoder_the_world_model_and_the_agent_use(t
     assert not torch.allclose(before, after), "the world model still encodes with the prefill's encoder"
     state = torch.load(f"{run}/learn.pt", weights_only=True)
     assert state["encoder_refresh"]["refreshes"] == 2
+
+
+def test_resume_drops_episodes_written_after_the_checkpoint_and_replays_the_game_in_progress(tmp_path):
+    """What a kill between two learn.pt writes leaves behind (an episode the next checkpoint never counted, a game
+    in progress) is undone or replayed: the resumed run ends with the uninterrupted run's replay and weights."""
+    from envs.replay import ReplayWriter, load_episodes
+
+    def cfg(name):
+        return load_config("tiny", [*TINY, f"run.runs_dir={tmp_path / name}", "baselines.agent_steps=700"])
+
+    ref = learn(cfg("ref"), progress=False, echo=lambda m: None)
+    part = learn(cfg("cut"), progress=False, echo=lambda m: None, max_iterations=2)
+    assert not part["finished"]
+    state = torch.load(f"{part['run_dir']}/learn.pt", weights_only=True)
+    assert state["player"]["chosen"], "no game in progress at the checkpoint: the replay of one is not exercised"
+    eps, _ = load_episodes(f"{part['run_dir']}/data")
+    ReplayWriter(f"{part['run_dir']}/data", append=True).add(eps[-1], {"policy": "written after the checkpoint"})
+    done = learn(cfg("cut"), resume=part["run_dir"], progress=False, echo=lambda m: None)
+    sha = [[e["sha256"] for e in json.load(open(f"{r['run_dir']}/data/manifest.json"))["episodes"]]
+           for r in (ref, done)]
+    assert sha[0] == sha[1]
+    a, b = (torch.load(f"{r['run_dir']}/learn.pt", weights_only=True) for r in (ref, done))
+    for k in b["world_model"]:
+        assert torch.equal(a["world_model"][k], b["world_model"][k]), k
+    assert done["returns"] == ref["returns"]
