@@ -279,27 +279,41 @@ def pretrain(stage, data, resume, stage1_checkpoint, preset, config_file, overri
       python run.py pretrain --stage 1 --resume runs/pretrain/20261129-103007-quick-s0
       python run.py pretrain --stage 2 --stage1-checkpoint runs/pretrain/<run>/stage1/best.pt
       python run.py pretrain --preset quick   # collect, stage 1, stage 2 in one run folder
+      torchrun --standalone --nproc_per_node=2 run.py pretrain --stage 1 --preset quick --data data/quick30k
     """
+    from experiments import distributed
+
     refuse_options_with_resume(resume)
     cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
+    try:
+        _pretrain(cfg, stage, data, resume, stage1_checkpoint)
+    finally:
+        distributed.teardown()
+
+
+def _pretrain(cfg, stage, data, resume, stage1_checkpoint):
+    from experiments import distributed
+
     if stage == "1":
         from experiments.pretrain import pretrain_stage1
 
         result = pretrain_stage1(cfg, data=data, resume=resume)
-        click.echo(f"stage 1 done: best val loss {result['best_val_loss']:.4f} (epoch {result['best_epoch']}), "
-                   f"checkpoint {result['best_checkpoint']}")
+        line = (f"stage 1 done: best val loss {result['best_val_loss']:.4f} (epoch {result['best_epoch']}), "
+                f"checkpoint {result['best_checkpoint']}")
     elif stage == "2":
         from experiments.pretrain import pretrain_stage2
 
         result = pretrain_stage2(cfg, stage1_checkpoint=stage1_checkpoint, data=data, resume=resume)
-        click.echo(f"stage 2 done: {result['epochs']} epochs, best val loss {result['best_val_loss']:.4f} (epoch "
-                   f"{result['best_epoch']}), checkpoint {result['best_checkpoint']}")
+        line = (f"stage 2 done: {result['epochs']} epochs, best val loss {result['best_val_loss']:.4f} (epoch "
+                f"{result['best_epoch']}), checkpoint {result['best_checkpoint']}") if result else ""
     else:
         from experiments.pretrain import pretrain_both
 
         result = pretrain_both(cfg, data=data, resume=resume)
-        click.echo(f"stage 2 done: {result['epochs']} epochs, best val loss {result['best_val_loss']:.4f} (epoch "
-                   f"{result['best_epoch']}), world model {result['best_checkpoint']}")
+        line = (f"stage 2 done: {result['epochs']} epochs, best val loss {result['best_val_loss']:.4f} (epoch "
+                f"{result['best_epoch']}), world model {result['best_checkpoint']}")
+    if distributed.group().main:  # under torchrun, rank 0 alone prints
+        click.echo(line)
 
 
 @cli.command()

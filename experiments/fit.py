@@ -132,11 +132,15 @@ def _check_finite(task: Task, what: str, value: float | None, step: int) -> None
 def save(task: Task, state: TrainState, path: Path, summary: dict[str, Any] | None = None,
          run: RunLogger | None = None) -> Path:
     """Write a checkpoint atomically, after checking every weight is finite (with ``run``: where its metrics
-    stand, for :func:`restore`)."""
+    stand, for :func:`restore`). In a torchrun group only rank 0 writes."""
+    from experiments import distributed
+
     for t in task.parameters_to_check():
         if not bool(torch.isfinite(t).all()):
             _check_finite(task, "weights", float("nan"), state.step)
     offset = {} if run is None else {"metrics_offset": run.metrics_offset}
+    if not distributed.group().main:
+        return path
     return save_checkpoint({**task.state_dict(), **state.to_dict(), "rng": rng_state(task.rng),
                             "summary": summary or {}, **offset}, path)
 

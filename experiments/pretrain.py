@@ -27,12 +27,13 @@ import torch
 
 from envs.breakout import NUM_ACTIONS
 from envs.errors import UserError
+from experiments import distributed
 from experiments.builders import build_stage1_model, build_world_model_loss, build_world_model_transformer
 from experiments.config import Config, config_from_dict
 from experiments.data import input_frames, load_sequences, load_split
 from experiments.fit import TrainState, finished, fit, lr_lambda, optimizer_step, restore
 from experiments.report_stage1 import random_baseline
-from experiments.runlog import RunLogger, seed_everything, setup_torch
+from experiments.runlog import RunLogger, open_run, seed_everything, setup_torch
 from worldmodel.checkpoint import RESUME_KEYS, load_checkpoint, load_state, require
 from worldmodel.diagnostics import representation_diagnostics, warn_if_collapsed
 from worldmodel.dynamics_loss import METRICS, evaluate_losses
@@ -110,18 +111,29 @@ class Stage1Task:
         self.num_epochs, self.patience = s1.num_epochs, s1.early_stopping_patience
         self.baseline: dict[str, Any] | None = None
         self.step_fn = torch.compile(model) if s1.compile else model
+        self.group = distributed.group()
+        if self.group.active:  # a torchrun group: each rank trains on its rows of the global batch
+            if self.bs % self.group.world:
+                raise UserError(f"vjepa2_world_model.stage1.batch_size={self.bs} does not split into "
+                                f"{self.group.world} equal shares; pass a batch size divisible by --nproc_per_node")
+            self.step_fn = distributed.wrap(self.step_fn, device)
 
     def epoch_order(self) -> np.ndarray:
         return self.rng.permutation(len(self.train_ds))
 
     def train_step(self, i: int, order: np.ndarray, state: TrainState) -> tuple[dict[str, float], dict[str, float]]:
         obs = self.train_ds.batch(order[i * self.bs:(i + 1) * self.bs])["obs"].to(self.device)  # [B, F, H, W] uint8
-        out = self.step_fn(obs)
+        if self.group.active:  # the global batch's masks and weights, drawn alike on every rank; this rank's rows
+            mask, weights = self.model.sample_mask(len(obs), self.device), self.model.token_weights(obs)
+            rows = distributed.shard(len(obs))
+            out = self.step_fn(obs[rows], mask[rows], None if weights is None else weights[rows])
+        else:
+            out = self.step_fn(obs)
         grad_norm = optimizer_step(out["loss"], self.params, self.opt, self.sched,
                                    self.cfg.vjepa2_world_model.stage1.grad_clip)
         self.model.update_target()
-        values = {"loss": out["loss"].item(),
-                  **{k: float(out[k]) for k in ("jepa_loss", "motion_map_loss") if k in out}}
+        values = {"loss": distributed.mean(out["loss"].item()),
+                  **{k: distributed.mean(float(out[k])) for k in ("jepa_loss", "motion_map_loss") if k in out}}
         row = {"train/loss": values["loss"], "train/lr": self.sched.get_last_lr()[0], "train/grad_norm": grad_norm,
                **{f"train/{k}": v for k, v in values.items() if k != "loss"}}
         return values, row
@@ -207,10 +219,13 @@ def pretrain_stage1(cfg: Config, data: str | Path | None = None, resume: str | P
     device = setup_torch(cfg)
     if cfg.run.threads == 0:
         torch.set_num_threads(1)  # shared machine: one core unless run.threads says otherwise
+    grp = distributed.setup(device)
+    if not grp.main:  # under torchrun rank 0 alone prints, shows progress and writes
+        echo, progress = (lambda msg: None), False
     seed_everything(cfg.run.seed)
     np_rng = np.random.default_rng(cfg.run.seed)
 
-    with RunLogger(cfg, "pretrain", run_dir=resume, resume=resume is not None) as run:
+    with open_run(cfg, "pretrain", run_dir=resume, resume=resume is not None) as run:
         echo(f"run folder: {run.dir}")
         if resume is not None and ckpt is None:
             run.rewind(0)  # the killed attempt saved no checkpoint: its rows are logged again
@@ -220,11 +235,13 @@ def pretrain_stage1(cfg: Config, data: str | Path | None = None, resume: str | P
             from experiments.collect import collect, format_summary, summarize
 
             data = run.dir / "data"
-            echo(f"collecting {cfg.data.collect_steps} random-policy steps into {data}")
-            collect(cfg, data, cfg.data.collect_steps, policy=cfg.data.policy, progress=progress)
-            summary = summarize(data, val_fraction=cfg.data.val_fraction, seed=cfg.run.seed)
-            run.write_json("dataset_summary.json", summary)
-            echo(format_summary(summary))
+            if grp.main:
+                echo(f"collecting {cfg.data.collect_steps} random-policy steps into {data}")
+                collect(cfg, data, cfg.data.collect_steps, policy=cfg.data.policy, progress=progress)
+                summary = summarize(data, val_fraction=cfg.data.val_fraction, seed=cfg.run.seed)
+                run.write_json("dataset_summary.json", summary)
+                echo(format_summary(summary))
+            distributed.barrier()  # the other ranks read the data rank 0 collected
         data = Path(data)
         seed_everything(cfg.run.seed)  # the same weights whether this run collected its data or found it
         train_ds, val_ds = load_split(cfg, data)
@@ -354,6 +371,8 @@ def pretrain_stage2(cfg: Config, stage1_checkpoint: str | Path | None = None, da
     existing run folder (``pretrain`` without ``--stage`` puts both stages in one); the other arguments are
     those of :func:`pretrain_stage1`.
     """
+    if not distributed.group().main:
+        return {}  # under torchrun, Stage 2 runs on rank 0 alone
     ckpt = latest = None
     if resume is not None:
         latest, ckpt, cfg = _resume(resume, STAGE2_DIR)
@@ -415,6 +434,8 @@ def pretrain_both(cfg: Config, data: str | Path | None = None, resume: str | Pat
     if resume is not None and (Path(resume) / STAGE2_DIR / "latest.pt").is_file():
         return pretrain_stage2(cfg, resume=resume, progress=progress, echo=echo)
     r1 = pretrain_stage1(cfg, data=data, resume=resume, progress=progress, echo=echo)
+    if not distributed.group().main:
+        return r1  # under torchrun, Stage 2 (small, and not data-parallel yet) runs on rank 0 alone
     if resume is not None:  # the stage-1 checkpoint's config is the run's config
         cfg = config_from_dict(load_checkpoint(r1["latest_checkpoint"], kind="stage1")["config"])
     echo(f"stage 1 done: best val loss {r1['best_val_loss']:.4f} (epoch {r1['best_epoch']}); starting stage 2")

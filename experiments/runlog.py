@@ -223,3 +223,60 @@ class RunLogger:
         # (an interrupt keeps it: the user may resume).
         if exc_type is not None and issubclass(exc_type, Exception) and self.created and not self.holds_results():
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class NullRun:
+    """What a data-parallel rank other than 0 logs into: the run folder's path (rank 0's, broadcast), no writes."""
+
+    created = False
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        pass
+
+    metrics_offset = 0
+
+    def rewind(self, offset: int | None) -> None:
+        pass
+
+    def write_json(self, name: str, data: Any) -> Path:
+        return self.dir / name
+
+    def close(self) -> None:
+        pass
+
+    def holds_results(self) -> bool:
+        return True
+
+    def __enter__(self) -> NullRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        pass
+
+
+def open_run(cfg: Config, command: str, run_dir: str | Path | None = None, resume: bool = False) -> RunLogger | NullRun:
+    """The run's logger: a :class:`RunLogger` in a plain run and on rank 0 of a torchrun group (which creates the
+    folder), a :class:`NullRun` on the other ranks (the same folder, nothing written)."""
+    from experiments import distributed
+
+    grp = distributed.group()
+    run: RunLogger | NullRun | None = None
+    error = None
+    if grp.main:
+        try:
+            run = RunLogger(cfg, command, run_dir=run_dir, resume=resume)
+        except UserError as err:
+            error = str(err)
+    if grp.active:  # every rank learns the folder, or rank 0's error
+        folder = distributed.broadcast((None, error) if run is None else (str(run.dir), None))
+        if folder[1] is not None and run is None and not grp.main:
+            raise UserError(folder[1])
+        if not grp.main:
+            run = NullRun(folder[0])
+    if error is not None:
+        raise UserError(error)
+    assert run is not None
+    return run

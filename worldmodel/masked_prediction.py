@@ -249,8 +249,19 @@ class MaskedPredictionModel(nn.Module):
         pooled, tok = self.target(obs)
         return pooled, F.layer_norm(tok, tok.shape[-1:])
 
-    def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Loss and latents of one batch of uint8 ``[B, F, H, W]`` observations."""
+    def token_weights(self, obs: torch.Tensor) -> torch.Tensor | None:
+        """The bottleneck target's per-token error weights ``[B, N]`` (mean 1 over the batch), or None."""
+        if self.target_kind != "bottleneck" or self.motion_weighting <= 0 or obs.shape[1] <= 1:
+            return None
+        return motion_weights(obs, self.online.patch_size, self.motion_weighting)
+
+    def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Loss and latents of one batch of uint8 ``[B, F, H, W]`` observations.
+
+        ``mask`` and ``weights`` (the bottleneck target's token weights) default to ones drawn / computed from this
+        batch; a data-parallel rank passes its rows of those of the global batch, so that the mean of the ranks'
+        losses is the loss of the global batch (experiments/distributed.py)."""
         if mask is None:
             mask = self.sample_mask(obs.shape[0], obs.device)
         t_pooled, t_tokens = self.target_outputs(obs)
@@ -259,9 +270,13 @@ class MaskedPredictionModel(nn.Module):
             pred = self.predictor(o_pooled)  # [B, D]
             loss = self.loss_fn(pred, t_pooled)
         elif self.target_kind == "bottleneck":
-            weights = (motion_weights(obs, self.online.patch_size, self.motion_weighting)
-                       if self.motion_weighting > 0 and obs.shape[1] > 1 else None)
-            loss = self.loss_fn(self.predictor(o_pooled), t_tokens, weights)  # all positions, from z alone
+            if weights is None:
+                weights = self.token_weights(obs)
+            pred = self.predictor(o_pooled)  # all positions, from z alone
+            if weights is None:
+                loss = self.loss_fn(pred, t_tokens)
+            else:  # the weights have mean 1 over the (global) batch: a plain mean keeps a rank's share additive
+                loss = ((pred - t_tokens).abs() * weights.to(pred.dtype)[..., None]).mean()
             if self.predictor.tokens is not None:
                 tw = mask if weights is None else mask * weights
                 loss = loss + self.bottleneck_token_weight * self.loss_fn(self.predictor.tokens(o_tokens), t_tokens, tw)
