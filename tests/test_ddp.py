@@ -66,6 +66,7 @@ def test_torchrun_stage1_matches_one_process_and_writes_once(tiny_data, single, 
             assert torch.allclose(a[part][k], b[part][k], atol=1e-4), f"{part}.{k}"
 
 
+@pytest.mark.slow
 def test_torchrun_resumes_after_a_kill(tiny_data, single, tmp_path):
     args = [*STAGE1, "--data", str(tiny_data), "--set", f"run.runs_dir={tmp_path}", "--set",
             "run.checkpoint_every_steps=3"]
