@@ -251,6 +251,19 @@ def split_episodes(n: int, val_fraction: float, seed: int = 0) -> tuple[np.ndarr
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def stable_split(n: int, val_fraction: float, seed: int = 0) -> np.ndarray:
+    """Bool ``[n]``: which episodes are validation episodes, for a replay that grows (`run.py learn`). Episode
+    ``i``'s side never changes as episodes are added (a low-discrepancy sequence offset by the seed), so a loop
+    never trains on an episode it validated on."""
+    u = (np.arange(n) * 0.6180339887498949 + (seed * 0.7548776662466927) % 1.0) % 1.0
+    val = u < val_fraction
+    if n >= 2 and not val.any():
+        val[int(np.argmin(u))] = True
+    if n >= 2 and val.all():
+        val[int(np.argmax(u))] = False
+    return val
+
+
 def stack_indices(lengths: np.ndarray, stack: int) -> tuple[np.ndarray, np.ndarray]:
     """Helper for stacking frames of concatenated episodes.
 

@@ -14,7 +14,7 @@ import torch
 
 from envs.dataset import FrameStackDataset, TemporalSequenceDataset
 from envs.errors import UserError
-from envs.replay import load_episodes, split_episodes
+from envs.replay import load_episodes, split_episodes, stable_split
 from experiments.config import Config
 from worldmodel.checkpoint import load_checkpoint
 from worldmodel.dynamics_loss import LatentSequences
@@ -40,8 +40,10 @@ def input_frames(train_ds: FrameStackDataset, seed: int, n: int = INPUT_STATS_FR
 
 
 def load_sequences(cfg: Config, data_dir: str | Path, encoder: torch.nn.Module, device: torch.device,
-                   progress: bool = True) -> tuple[LatentSequences, LatentSequences, dict[str, Any]]:
-    """Train and validation Stage-2 sequences over cached latents of a replay folder (episode split, ``run.seed``).
+                   progress: bool = True, split: str = "permutation"
+                   ) -> tuple[LatentSequences, LatentSequences, dict[str, Any]]:
+    """Train and validation Stage-2 sequences over cached latents of a replay folder (episode split, ``run.seed``:
+    ``"permutation"`` as pretrain splits, ``"stable"`` as `run.py learn` does).
 
     Training sequences start at every transition; validation ones every ``T // 2`` transitions.
     """
@@ -49,7 +51,11 @@ def load_sequences(cfg: Config, data_dir: str | Path, encoder: torch.nn.Module, 
     episodes, manifest = load_episodes(data_dir)
     T = cfg.vjepa2_world_model.stage2.sequence_length
     ds = TemporalSequenceDataset(episodes, T, cfg.environment.frame_stack_size, stride=1)
-    tr, va = split_episodes(len(episodes), cfg.data.val_fraction, cfg.run.seed)
+    if split == "stable":
+        is_val = stable_split(len(episodes), cfg.data.val_fraction, cfg.run.seed)
+        tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    else:
+        tr, va = split_episodes(len(episodes), cfg.data.val_fraction, cfg.run.seed)
     latents, info = cached_latents(encoder, ds.store, manifest, data_dir / "latent_cache", device=device,
                                    progress=progress)
     ep = ds.store.episode_of[ds.starts]  # [N] episode of each sequence

@@ -50,7 +50,7 @@ from agent.player import CHECKPOINT_KIND, ActorCriticAgent
 from envs.breakout import NUM_ACTIONS, make_env
 from envs.dataset import FrameStackDataset, TemporalSequenceDataset
 from envs.errors import UserError
-from envs.replay import Episode, ReplayWriter, load_episodes
+from envs.replay import Episode, ReplayWriter, load_episodes, stable_split
 from envs.seeds import training_seed
 from experiments.builders import build_stage1_model, build_world_model_loss
 from experiments.collect import _EpisodeBuffer
@@ -72,18 +72,6 @@ STATE_FILE = "learn.pt"
 PHASE_FILE = "learn_phase.json"  # prefill -> stage1 -> stage2 -> loop (written when a phase is over)
 KIND = "learn"
 REWARD_THRESHOLD = 0.5  # predicted points above which a step counts as scoring (as evaluate --stage 2)
-
-
-def stable_split(n: int, val_fraction: float, seed: int) -> np.ndarray:
-    """Bool ``[n]``: which episodes are validation episodes. Episode ``i``'s side never changes as the replay
-    grows (a low-discrepancy sequence offset by the seed), so the loop never trains on an episode it validated on."""
-    u = (np.arange(n) * 0.6180339887498949 + (seed * 0.7548776662466927) % 1.0) % 1.0
-    val = u < val_fraction
-    if n >= 2 and not val.any():
-        val[int(np.argmin(u))] = True
-    if n >= 2 and val.all():
-        val[int(np.argmax(u))] = False
-    return val
 
 
 class Player:
@@ -538,6 +526,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
                 "final": final, "next_refresh": next_refresh, "encoder_refresh": s1.state()}
         wm_ckpt = {"kind": "stage2", "config": cfg.to_dict(), **lr.stage2_extra(wm.encoder),
                    "world_model_kwargs": dyn.kwargs, "world_model": dyn.state_dict(), "epoch": iteration,
+                   "episode_split": "stable",
                    "step": env_steps, "history": []}
         save_checkpoint(wm_ckpt, run.dir / "world_model.pt")
         save_checkpoint({"kind": CHECKPOINT_KIND, "state": ac.training_state(), "config": cfg.to_dict(),

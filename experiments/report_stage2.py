@@ -118,7 +118,9 @@ def evaluate_stage2(checkpoint: str | Path, data: str | Path | None = None, out:
     torch.set_num_threads(threads)
     wm = load_world_model(checkpoint)
     model, loss_fn = wm.dynamics, build_world_model_loss(cfg)
-    train_seq, val_seq, _ = load_sequences(cfg, data, wm.encoder, wm.device, progress)
+    # A `run.py learn` world model validates on the loop's own held-out games.
+    train_seq, val_seq, _ = load_sequences(cfg, data, wm.encoder, wm.device, progress,
+                                           split=ckpt.get("episode_split", "permutation"))
 
     train = evaluate_losses(model, loss_fn, train_seq, max_sequences=TRAIN_SEQUENCES)
     val = evaluate_losses(model, loss_fn, val_seq)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from envs.replay import stable_split
 from envs.seeds import in_evaluation_block
 from experiments.config import load_config
-from experiments.learn import learn, stable_split
+from experiments.learn import learn
 from worldmodel.dynamics_loss import LatentSequences, WorldModelLoss
 from worldmodel.transformer import WorldModelTransformer, symexp, twohot
 
@@ -190,3 +191,17 @@ def test_resume_drops_episodes_written_after_the_checkpoint_and_replays_the_game
     for k in b["world_model"]:
         assert torch.equal(a["world_model"][k], b["world_model"][k]), k
     assert done["returns"] == ref["returns"]
+
+
+def test_evaluate_stage2_reports_heads_of_a_learn_world_model_on_its_validation_games(learn_run, tmp_path):
+    from experiments.report_stage2 import evaluate_stage2, format_report
+
+    _, s = learn_run
+    report = evaluate_stage2(s["world_model"], out=tmp_path / "report.json")
+    for head in ("rewards", "life_loss"):
+        assert {"precision", "recall"} <= set(report[head]["teacher_forced"])
+    assert "precision" in format_report(report).split("Life loss")[1]
+    manifest = json.load(open(f"{s['run_dir']}/data/manifest.json"))
+    n_val = int(stable_split(len(manifest["episodes"]), 0.25, 0).sum())  # tiny: data.val_fraction 0.25
+    long_val = [e for e, v in zip(manifest["episodes"], stable_split(len(manifest["episodes"]), 0.25, 0)) if v]
+    assert n_val >= 1 and report["life_loss"]["steps"] <= sum(e["length"] for e in long_val)
