@@ -324,8 +324,7 @@ REGISTRY: dict[str, AgentSpec] = {spec.name: spec for spec in (
               "value and 16 of 32 candidates from its actor", needs=("agent_checkpoint",)),
     AgentSpec("actor-critic", _build_actor_critic, "the actor-critic trained in imagination by train-agent",
               needs=("agent_checkpoint",)),
-    AgentSpec("learn", _build_learn, "closed loop (`run.py learn`): the actor-critic that collected its own data "
-              "within the budget, world model trained on it", trains_in_env=True),
-    AgentSpec("learn-cem-value", _build_learn_cem_value, "CEM with the critic's value over the final world model "
-              "and actor-critic of `run.py learn` (the same run as 'learn')", trains_in_env=True),
+    AgentSpec("learn", _build_learn, "the closed loop's actor-critic (run.py learn)", trains_in_env=True),
+    AgentSpec("learn-cem-value", _build_learn_cem_value, "cem-value over the closed loop's final world model",
+              trains_in_env=True),
 )}
