@@ -191,6 +191,7 @@ def test_compare_cli_with_world_model_agents(tmp_path):
     assert "World-model training losses" in (out / "dashboard.html").read_text()  # the world model's own run
 
 
+@pytest.mark.slow
 def test_compare_cli_runs_the_closed_loop_as_two_agents_sharing_one_run(tmp_path):
     """`learn` and `learn-cem-value` of one seed share one `run.py learn` run, spend the budget, and a rerun
     reuses it."""
