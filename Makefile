@@ -15,8 +15,11 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# The demo runs under torchrun, one process per core (NPROC): Stage 1 and Stage 2 split each batch over the
+# processes (PyTorch DDP, gloo), and the evaluation games are split between them. NPROC=1 runs one process.
+NPROC ?= 2
 demo: $(STAMP)
-	$(PY) run.py demo --preset quick
+	$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) run.py demo --preset quick
 
 test: $(STAMP)
 	@# The dashboard test renders HTML in headless Chromium: install it where apt-get runs as root (CI).

@@ -138,6 +138,17 @@ def cli():
     Example:
       python run.py collect --policy random --steps 5000 --out data/random5k
     """
+    import os
+
+    command = click.get_current_context().invoked_subcommand
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and command not in TORCHRUN_COMMANDS:
+        raise UserError(f"`run.py {command}` runs in one process; start it with `python run.py {command}`, not "
+                        f"torchrun (torchrun runs: {', '.join(TORCHRUN_COMMANDS)})")
+
+
+# Commands that run under `torchrun --nproc_per_node=N` (experiments/distributed.py): pretrain splits each batch
+# over the processes, compare-baselines (acting agents only) and demo split the evaluation games as well.
+TORCHRUN_COMMANDS = ("pretrain", "demo", "compare-baselines")
 
 
 @cli.command()
@@ -191,10 +202,14 @@ def demo(preset, config_file, overrides, seed, wandb_mode):
     Example:
       python run.py demo --preset quick
     """
+    from experiments import distributed
     from experiments.demo import run_demo
 
     cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
-    run_demo(cfg)
+    try:
+        run_demo(cfg)
+    finally:
+        distributed.teardown()
 
 
 @cli.command("compare-baselines")
@@ -238,10 +253,16 @@ def compare_baselines(agents, num_seeds, out, world_model, agent_checkpoint, dat
     cfg = build_config(preset, config_file, overrides, seed, wandb_mode)
     opts = CompareOptions(world_model=world_model, agent_checkpoint=agent_checkpoint, data=data,
                           pretrain_runs=list(pretrain_runs), references=list(references))
-    report = run_compare(cfg, agents, num_seeds, out=out, opts=opts, only_finished=only_finished)
-    click.echo(Path(report["results_md"]).read_text())
-    click.echo(f"results: {report['results_json']}")
-    click.echo(f"dashboard: {report['dashboard']}")
+    from experiments import distributed
+
+    try:
+        report = run_compare(cfg, agents, num_seeds, out=out, opts=opts, only_finished=only_finished)
+        if distributed.group().main:  # under torchrun, rank 0 alone prints
+            click.echo(Path(report["results_md"]).read_text())
+            click.echo(f"results: {report['results_json']}")
+            click.echo(f"dashboard: {report['dashboard']}")
+    finally:
+        distributed.teardown()
 
 
 @cli.command()

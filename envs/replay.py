@@ -91,7 +91,7 @@ class ReplayWriter:
 
     LOCK = ".lock"
 
-    def __init__(self, root: str | Path, meta: dict[str, Any] | None = None, append: bool = False):
+    def __init__(self, root: str | Path, meta: dict[str, Any] | None = None, append: bool = False, streams: int = 1):
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
         if self.root.exists() and not self.root.is_dir():
@@ -126,10 +126,10 @@ class ReplayWriter:
                 self.manifest = {"format_version": FORMAT_VERSION, **(meta or {}), "episodes": []}
                 self._write_manifest()
             (self.root / "episodes").mkdir(exist_ok=True)
-            # A game-seed stream of its own for this writer (collect seeds its first reset with it): writers
-            # that open the folder at the same time with the same seed still play different games.
+            # Game-seed streams of its own for this writer (collect seeds each env's first reset with one):
+            # writers that open the folder at the same time with the same seed still play different games.
             self.stream = max(self.num_episodes, int(self.manifest.get("next_stream", 0)))
-            self.manifest["next_stream"] = self.stream + 1
+            self.manifest["next_stream"] = self.stream + streams
             self._write_manifest()
         self.added = 0  # episodes this writer added
 

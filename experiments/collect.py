@@ -77,8 +77,18 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
     check_needs(spec, inputs, f"--policy {policy}", FLAGS)
     seed = cfg.run.seed if seed is None else seed
     player = spec.build(cfg, inputs, seed).agent  # before the folder is written: a bad checkpoint leaves nothing
+    num_envs = cfg.data.num_envs
+    if num_envs > 1:
+        players = [player] + [spec.build(cfg, inputs, seed + POLICY_SEED_STRIDE * i).agent for i in range(1, num_envs)]
+        try:
+            player.reset(None)
+        except ValueError:
+            raise UserError(f"--policy {policy} reads the emulator it plays, which runs in another process when "
+                            f"data.num_envs={num_envs}; collect it with --set data.num_envs=1") from None
     meta = {"env": dataclasses.asdict(cfg.environment), "policy": policy, "seed": seed}
-    writer = ReplayWriter(out, meta=meta, append=append)
+    writer = ReplayWriter(out, meta=meta, append=append, streams=num_envs)
+    if num_envs > 1:
+        return _collect_vector(cfg, writer, players, steps, policy, seed, progress)
     env = make_env(cfg.environment, seed=seed)
     # Game seeds from the training range (never an evaluation game); each writer gets a fresh stream, so
     # that appending (even several appenders at once) replays no game.
@@ -108,6 +118,67 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
     finally:
         env.close()
     return {"path": str(out), "episodes_written": writer.num_episodes, "steps": done_steps}
+
+
+POLICY_SEED_STRIDE = 100_000  # env i > 0 of a vector collection draws its policy's randomness from seed + this * i
+
+
+def _collect_vector(cfg: Config, writer: ReplayWriter, players: list, steps: int, policy: str, seed: int,
+                    progress: bool) -> dict[str, Any]:
+    """:func:`collect` with ``len(players)`` environments in their own processes (gymnasium's AsyncVectorEnv,
+    resets under our control). Env ``i`` starts from game seed ``training_seed(seed, writer.stream + i)`` and plays
+    its own games with its own copy of the policy; each finished game is written as one episode, as with one env.
+    ``steps`` counts the steps of all envs; at the budget every game in progress is written, marked truncated."""
+    import gymnasium as gym
+
+    K = len(players)
+    fns = [lambda i=i: make_env(cfg.environment, seed=seed + POLICY_SEED_STRIDE * i) for i in range(K)]
+    env = gym.vector.AsyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    extra = {"policy": policy}
+
+    def info_of(infos: dict[str, Any], i: int) -> dict[str, Any]:
+        return {k: v[i] for k, v in infos.items() if not k.startswith("_")}
+
+    bufs: list[_EpisodeBuffer | None] = [None] * K
+    done_steps = 0
+    try:
+        obs, infos = env.reset(seed=[training_seed(seed, writer.stream + i) for i in range(K)])
+        for i in range(K):
+            players[i].reset(None)
+            bufs[i] = _EpisodeBuffer(obs[i], info_of(infos, i))
+        with tqdm(total=steps, desc=f"collect ({K} envs)", unit="step", disable=not progress, leave=False) as bar:
+            while done_steps < steps:
+                # The last step may need fewer envs than K: the others are stepped and their step dropped.
+                active = min(K, steps - done_steps)
+                actions = np.array([players[i].act(obs[i]) for i in range(K)], dtype=np.int64)
+                obs, rewards, terms, truncs, infos = env.step(actions)
+                ended = np.zeros(K, dtype=bool)
+                for i in range(active):
+                    bufs[i].add(obs[i], rewards[i], terms[i], truncs[i], info_of(infos, i))
+                    if terms[i] or truncs[i]:
+                        writer.add(bufs[i].episode(), extra)
+                        ended[i] = True
+                done_steps += active
+                bar.update(active)
+                if ended.any() and done_steps < steps:
+                    obs, infos = env.reset(options={"reset_mask": ended})
+                    for i in np.flatnonzero(ended):
+                        players[i].reset(None)
+                        bufs[i] = _EpisodeBuffer(obs[i], info_of(infos, i))
+                else:
+                    for i in np.flatnonzero(ended):
+                        bufs[i] = None
+        for buf in bufs:
+            if buf is not None and len(buf):
+                writer.add(buf.episode(cut=True), extra)
+    except KeyboardInterrupt:
+        for buf in bufs:
+            if buf is not None and len(buf):
+                writer.add(buf.episode(cut=True), extra)
+        raise
+    finally:
+        env.close()
+    return {"path": str(writer.root), "episodes_written": writer.num_episodes, "steps": done_steps}
 
 
 def summarize(root: str | Path, val_fraction: float = 0.1, seed: int = 0, verify: bool = True) -> dict[str, Any]:

@@ -44,10 +44,11 @@ import click
 import torch
 
 from envs.errors import UserError
+from experiments import distributed
 from experiments.agents import REGISTRY, AgentInputs, AgentSpec, agent_names, check_needs, get_spec
 from experiments.config import Config
 from experiments.play import evaluate, summarize_returns
-from experiments.runlog import RunLogger, seed_everything, setup_torch, tqdm, write_json
+from experiments.runlog import NullRun, RunLogger, seed_everything, setup_torch, tqdm, write_json
 
 RESULT_FILE = "result.json"
 EPISODES_FILE = "episodes.json"
@@ -168,12 +169,16 @@ def run_pair(spec: AgentSpec, cfg: Config, inputs: AgentInputs, seed: int, out: 
     learning-curve callbacks. ``extra`` is recorded in the result (the seed's world-model stack).
     """
     folder = pair_dir(out, spec.name, seed)
-    if folder.exists():  # an interrupted pair: start it again
+    main = distributed.group().main
+    if folder.exists() and main:  # an interrupted pair: start it again
         shutil.rmtree(folder)
+    distributed.barrier()
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed))
     seed_everything(seed)
     t0 = time.perf_counter()
-    with RunLogger(cfg, "compare-baselines", run_dir=folder, group=group, name=f"{spec.name}-s{seed}") as run:
+    run_cm = (RunLogger(cfg, "compare-baselines", run_dir=folder, group=group, name=f"{spec.name}-s{seed}") if main
+              else NullRun(folder))  # under torchrun the other ranks only play their share of the games
+    with run_cm as run:
         budget = cfg.baselines.agent_steps
         bars: list[tqdm] = []  # made on the first training step: agents that do not train show no bar
 
@@ -193,7 +198,7 @@ def run_pair(spec: AgentSpec, cfg: Config, inputs: AgentInputs, seed: int, out: 
         for bar in bars:
             bar.close()
         build_seconds = time.perf_counter() - t0
-        if built.model is not None:
+        if built.model is not None and main:
             built.model.save(folder / "model.zip")
         t1 = time.perf_counter()
         episodes = evaluate(built.agent, cfg, desc=f"{spec.name} s{seed} eval", progress=progress)
@@ -216,8 +221,9 @@ def run_pair(spec: AgentSpec, cfg: Config, inputs: AgentInputs, seed: int, out: 
             "eval_seeds": [e["seed"] for e in episodes], "evaluation_block": cfg.evaluation.block,
             **(extra or {}),
         }
-        run.write_json(RESULT_FILE + ".partial", result)
-        os.replace(folder / (RESULT_FILE + ".partial"), folder / RESULT_FILE)  # the pair is finished only now
+        if main:
+            run.write_json(RESULT_FILE + ".partial", result)
+            os.replace(folder / (RESULT_FILE + ".partial"), folder / RESULT_FILE)  # the pair is finished only now
     return result
 
 
@@ -233,24 +239,37 @@ def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | No
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     torch.set_num_threads(cfg.run.threads or 1)
-    inputs = AgentInputs(setup_torch(cfg), world_model=opts.world_model, agent_checkpoint=opts.agent_checkpoint,
+    device = setup_torch(cfg)
+    grp = distributed.setup(device)
+    progress = progress and grp.main  # under torchrun rank 0 alone prints and writes
+    inputs = AgentInputs(device, world_model=opts.world_model, agent_checkpoint=opts.agent_checkpoint,
                          data=opts.data, count_env_steps=True)
     # Without a world model or agent checkpoint on the command line, every seed trains its own stack.
     per_seed = opts.world_model is None and opts.agent_checkpoint is None
     if not per_seed:
         for name in agents:
             check_needs(REGISTRY[name], inputs, f"agent '{name}'", FLAGS, tail=f", or drop '{name}' from --agents")
+    if grp.active:
+        for name in agents:
+            if REGISTRY[name].trains_in_env or (per_seed and REGISTRY[name].needs):
+                raise UserError(f"under torchrun compare-baselines splits evaluation games over the processes but "
+                                f"trains nothing, and '{name}' trains (in the env, or a world model per seed); run it "
+                                "with plain `python run.py compare-baselines` (or pass --world-model)")
     out = Path(out) if out is not None else default_out(cfg)
     references = {ref: load_reference(cfg, ref) for ref in opts.references}  # checked before anything is written
-    _check_out(out, cfg)
-    for ref, pairs in references.items():
-        added = import_reference(out, ref, pairs)
-        if progress:
-            click.echo(f"imported {added} finished agent/seed pairs from {ref}")
+
+    def prepare() -> list[tuple[str, int]]:
+        _check_out(out, cfg)
+        for ref, ref_pairs in references.items():
+            added = import_reference(out, ref, ref_pairs)
+            if progress:
+                click.echo(f"imported {added} finished agent/seed pairs from {ref}")
+        return [(a, s) for a, s in pairs if not (pair_dir(out, a, s) / RESULT_FILE).is_file()]
+
     group = f"compare-{cfg.preset}-{out.resolve().name}"
     seed_list = [cfg.run.seed + k for k in range(seeds)]
     pairs = [(a, s) for a in agents for s in seed_list]
-    todo = [(a, s) for a, s in pairs if not (pair_dir(out, a, s) / RESULT_FILE).is_file()]
+    todo = distributed.on_main(prepare)
     if progress:
         click.echo(f"comparison folder {out}: {len(pairs)} agent/seed pairs, {len(pairs) - len(todo)} already "
                    f"finished, {len(todo)} to run (budget {cfg.baselines.agent_steps:,} agent steps)")
@@ -278,7 +297,7 @@ def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | No
         if progress:
             click.echo(f"      {name} seed {seed}: return {res['final']['mean']:.2f} over {res['final']['episodes']} "
                        f"games, {res['env_steps']:,} env steps, {res['wall_clock_s']:.0f} s")
-        if res["env_steps"] > cfg.baselines.agent_steps:
+        if res["env_steps"] > cfg.baselines.agent_steps and grp.main:
             click.echo(f"      note: {name} used {res['env_steps']:,} env steps, more than the budget "
                        f"baselines.agent_steps={cfg.baselines.agent_steps:,}", err=True)
     if opts.world_model is not None:  # the world model's own run: its losses go on the dashboard
@@ -289,7 +308,7 @@ def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | No
         for run_dir in sorted(p.parent for p in (out / "world-models" / f"s{seed}").glob("pretrain/*/metrics.jsonl")):
             if run_dir not in opts.pretrain_runs:
                 opts = dataclasses.replace(opts, pretrain_runs=[*opts.pretrain_runs, run_dir])
-    return finish(out, agents, seed_list, cfg, opts, dashboard=dashboard)
+    return distributed.on_main(lambda: finish(out, agents, seed_list, cfg, opts, dashboard=dashboard))
 
 
 def finish(out: Path, agents: list[str], seed_list: list[int], cfg: Config, opts: CompareOptions,

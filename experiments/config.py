@@ -66,10 +66,14 @@ class DataConfig:
     collect_steps: int = 100_000  # agent steps collected when pretrain gets no --data
     val_fraction: float = 0.1  # share of episodes held out for validation (episode-level split)
     policy: Literal["random", "tracker"] = "random"  # behaviour policy of `pretrain`'s collection
+    # Environments stepped at once by `collect` and `pretrain`'s collection (gymnasium's AsyncVectorEnv, one
+    # process each, when > 1); every env plays its own games, so the replay format does not change.
+    num_envs: int = 1
 
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``."""
         check_range(self.collect_steps >= 1, f"{path}.collect_steps", self.collect_steps, "an integer >= 1")
+        check_range(1 <= self.num_envs <= 64, f"{path}.num_envs", self.num_envs, "an integer in [1, 64]")
         check_range(0.0 < self.val_fraction < 1.0, f"{path}.val_fraction", self.val_fraction, "a fraction in (0, 1)")
 
 
@@ -146,6 +150,9 @@ class RunConfig:
     wandb: Literal["offline", "online", "disabled"] = "offline"
     runs_dir: str = "runs"
     checkpoint_every_steps: int = 500  # also checkpoint inside an epoch every this many steps (0 = epoch ends only)
+    # Stage-1/2 training arithmetic: "fp32", or "bf16" autocast (GPUs with bf16 tensor cores; weights, optimizer
+    # states and losses stay fp32). Evaluation and acting always run in fp32.
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``."""

@@ -15,10 +15,11 @@ import torch
 from envs.dataset import FrameStackDataset, TemporalSequenceDataset
 from envs.errors import UserError
 from envs.replay import load_episodes, split_episodes, stable_split
+from experiments import distributed
 from experiments.config import Config
 from worldmodel.checkpoint import load_checkpoint
 from worldmodel.dynamics_loss import LatentSequences
-from worldmodel.latent_cache import cached_latents
+from worldmodel.latent_cache import cached_latents, encode_store
 
 INPUT_STATS_FRAMES = 8192  # training observations sampled to fit the encoder's per-pixel standardisation
 INPUT_STATS_SEED_OFFSET = 104729
@@ -56,8 +57,15 @@ def load_sequences(cfg: Config, data_dir: str | Path, encoder: torch.nn.Module, 
         tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     else:
         tr, va = split_episodes(len(episodes), cfg.data.val_fraction, cfg.run.seed)
-    latents, info = cached_latents(encoder, ds.store, manifest, data_dir / "latent_cache", device=device,
-                                   progress=progress)
+    grp = distributed.group()
+    if grp.active:  # under torchrun each process encodes a share of the frames; rank 0 writes the cache
+        latents, info = cached_latents(encoder, ds.store, manifest, data_dir / "latent_cache", device=device,
+                                       progress=progress and grp.main, encode=_encode_shared,
+                                       agree=lambda ok: all(distributed.gather(ok)), write=grp.main)
+        distributed.barrier()  # the cache file is complete before any process goes on
+    else:
+        latents, info = cached_latents(encoder, ds.store, manifest, data_dir / "latent_cache", device=device,
+                                       progress=progress)
     ep = ds.store.episode_of[ds.starts]  # [N] episode of each sequence
     train_starts = ds.starts[np.isin(ep, tr)]
     val_starts = ds.starts[np.isin(ep, va)][:: max(1, T // 2)]
@@ -66,6 +74,17 @@ def load_sequences(cfg: Config, data_dir: str | Path, encoder: torch.nn.Module, 
                         "split of stage-2 sequences; collect more steps")
     return (LatentSequences(latents, ds.store, train_starts, T), LatentSequences(latents, ds.store, val_starts, T),
             info)
+
+
+def _encode_shared(encoder: torch.nn.Module, store, batch_size: int, device: torch.device,
+                   progress: bool) -> torch.Tensor:
+    """:func:`encode_store` split over a torchrun group: rank ``r`` encodes the ``r``-th contiguous share of the
+    frames and every rank gets all of them, in order."""
+    grp = distributed.group()
+    G = store.num_frames
+    bounds = [G * r // grp.world for r in range(grp.world + 1)]
+    mine = encode_store(encoder, store, batch_size, device, progress, frames=(bounds[grp.rank], bounds[grp.rank + 1]))
+    return torch.cat(distributed.gather(mine))
 
 
 def world_model_data_dir(world_model: str | Path) -> Path:

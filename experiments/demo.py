@@ -13,9 +13,10 @@ from pathlib import Path
 
 import click
 
+from experiments import distributed
 from experiments.collect import format_summary, summarize
 from experiments.config import Config
-from experiments.runlog import RunLogger
+from experiments.runlog import open_run, setup_torch
 
 
 def run_demo(cfg: Config, agents: tuple[str, ...] = ("random", "cem")) -> dict:
@@ -29,16 +30,18 @@ def run_demo(cfg: Config, agents: tuple[str, ...] = ("random", "cem")) -> dict:
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    grp = distributed.setup(setup_torch(cfg))
+    echo = click.echo if grp.main else (lambda *a, **k: None)  # under torchrun rank 0 alone prints
     # The demo folder's own log holds the stage timings and final returns; each stage's run keeps its own
     # wandb run (one active wandb run per process, so the demo's own log skips wandb).
     demo_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, wandb="disabled"))
-    run = RunLogger(demo_cfg, "demo")
+    run = open_run(demo_cfg, "demo")
     demo_dir = run.dir
-    click.echo(f"demo folder: {demo_dir}")
+    echo(f"demo folder: {demo_dir}" + (f" ({grp.world} processes)" if grp.active else ""))
 
     def lap(name: str, start: float) -> None:
         timings[name] = round(time.perf_counter() - start, 1)
-        click.echo(f"[{name}: {timings[name]:.0f} s]")
+        echo(f"[{name}: {timings[name]:.0f} s]")
 
     # 1. collection + Stage 1 + Stage 2 in one pretrain run folder inside the demo folder
     t = time.perf_counter()
@@ -46,13 +49,19 @@ def run_demo(cfg: Config, agents: tuple[str, ...] = ("random", "cem")) -> dict:
     result = pretrain_both(wm_cfg)
     lap("pretrain (collect + stage 1 + stage 2)", t)
     pretrain_dir, data_dir = Path(result["run_dir"]), Path(result["data_dir"])
-    click.echo(format_summary(summarize(data_dir, cfg.data.val_fraction, cfg.run.seed, verify=False)))
+    if grp.main:
+        echo(format_summary(summarize(data_dir, cfg.data.val_fraction, cfg.run.seed, verify=False)))
 
-    # 2. both evaluations
+    # 2. both evaluations (under torchrun: Stage 1 on rank 0 while rank 1 evaluates Stage 2)
     t = time.perf_counter()
     stage1_ckpt = pretrain_dir / "stage1" / "best.pt"
-    click.echo(format_stage1(evaluate_stage1(stage1_ckpt)))
-    click.echo(format_stage2(evaluate_stage2(result["best_checkpoint"])))
+    reports = {0: lambda: format_stage1(evaluate_stage1(stage1_ckpt)),
+               1: lambda: format_stage2(evaluate_stage2(result["best_checkpoint"]))}
+    with distributed.solo():  # each report is one process's work
+        mine = [text() for rank, text in reports.items() if rank % grp.world == grp.rank]
+    for texts in distributed.gather(mine):
+        for text in texts:
+            echo(text)
     lap("evaluate stages 1 and 2", t)
 
     # 3. CEM and random in the real game, the same evaluation protocol as compare-baselines
@@ -60,12 +69,13 @@ def run_demo(cfg: Config, agents: tuple[str, ...] = ("random", "cem")) -> dict:
     opts = CompareOptions(world_model=Path(result["best_checkpoint"]), data=data_dir, pretrain_runs=[pretrain_dir])
     report = compare_baselines(wm_cfg, list(agents), seeds=1, out=demo_dir / "compare", opts=opts)
     lap("play full games (" + ", ".join(agents) + ")", t)
-    click.echo(format_table(report["summaries"]))
+    echo(format_table(report["summaries"]))
     timings["total"] = round(time.perf_counter() - t0, 1)
-    click.echo(f"demo finished in {timings['total'] / 60:.1f} min")
-    click.echo(f"dashboard: {report['dashboard']}")
+    echo(f"demo finished in {timings['total'] / 60:.1f} min")
+    echo(f"dashboard: {report['dashboard']}")
     summary = {"pretrain_run": str(pretrain_dir), "world_model": result["best_checkpoint"],
-               "results": report["results_json"], "dashboard": report["dashboard"], "timings_s": timings}
+               "results": report["results_json"], "dashboard": report["dashboard"], "timings_s": timings,
+               "processes": grp.world}
     run.log({f"perf/{k.split(' ')[0]}_s": v for k, v in timings.items()}
             | {f"eval/{r['agent']}_return_mean": r["mean"] for r in report["summaries"]}, step=0)
     run.write_json("demo_summary.json", summary)

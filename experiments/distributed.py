@@ -13,12 +13,16 @@ Rank 0 alone writes the run folder: checkpoints, ``metrics.jsonl``, wandb and su
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from envs.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,18 @@ def setup(device: torch.device) -> Group:
     return _GROUP
 
 
+@contextlib.contextmanager
+def solo() -> Iterator[None]:
+    """Inside the block this process acts as a group of one (no collectives): for work that one rank does alone
+    while the others do something else (the demo's two stage reports)."""
+    global _GROUP
+    saved, _GROUP = _GROUP, Group()
+    try:
+        yield
+    finally:
+        _GROUP = saved
+
+
 def group() -> Group:
     return _GROUP
 
@@ -69,6 +85,32 @@ def broadcast(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run by rank 0 alone (it writes), its value given to every rank; a :class:`UserError` it raises is
+    raised on every rank, so no rank is left waiting for the others."""
+    if not _GROUP.active:
+        return fn()
+    value, error = None, None
+    if _GROUP.main:
+        try:
+            value = fn()
+        except UserError as err:
+            error = str(err)
+    value, error = broadcast((value, error))
+    if error is not None:
+        raise UserError(error)
+    return value
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in a plain run)."""
+    if not _GROUP.active:
+        return [obj]
+    out: list[Any] = [None] * _GROUP.world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier() -> None:

@@ -93,22 +93,35 @@ def evaluate(agent: Agent, cfg: Config, episodes: int | None = None, seeds: list
              on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Play ``episodes`` full games (default ``evaluation.episodes``) and return one dict per game.
 
-    ``on_step`` is passed to :func:`play_episode` for every game (e.g. to record a video).
+    ``on_step`` is passed to :func:`play_episode` for every game (e.g. to record a video). Under torchrun the
+    games are split over the ranks (game ``i`` on rank ``i % world``, each rank with its own copy of the agent)
+    and every rank returns all of them, in game order; ``on_episode`` then runs on every rank once the games
+    are gathered.
     """
+    from experiments import distributed
+
+    grp = distributed.group()
     episodes = cfg.evaluation.episodes if episodes is None else episodes
     seeds = eval_seeds(cfg, episodes) if seeds is None else seeds
-    env = make_eval_env(cfg, getattr(agent, "observation_pipeline", "project"), seed=seeds[0],
-                        screen_size=getattr(agent, "observation_size", None))
+    mine = list(range(grp.rank, len(seeds), grp.world))
     results = []
-    try:
-        for i, seed in enumerate(tqdm(seeds, desc=desc, unit="game", disable=not progress, leave=False)):
-            res = play_episode(agent, env, seed, on_step=on_step, max_steps=max_steps)
-            res["episode"] = i
-            results.append(res)
-            if on_episode is not None:
+    if mine:
+        env = make_eval_env(cfg, getattr(agent, "observation_pipeline", "project"), seed=seeds[mine[0]],
+                            screen_size=getattr(agent, "observation_size", None))
+        try:
+            for i in tqdm(mine, desc=desc, unit="game", disable=not (progress and grp.main), leave=False):
+                res = play_episode(agent, env, seeds[i], on_step=on_step, max_steps=max_steps)
+                res["episode"] = i
+                results.append(res)
+                if on_episode is not None and not grp.active:
+                    on_episode(res)
+        finally:
+            env.close()
+    if grp.active:
+        results = sorted((r for part in distributed.gather(results) for r in part), key=lambda r: r["episode"])
+        if on_episode is not None:
+            for res in results:
                 on_episode(res)
-    finally:
-        env.close()
     return results
 
 

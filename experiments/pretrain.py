@@ -33,7 +33,7 @@ from experiments.config import Config, config_from_dict
 from experiments.data import input_frames, load_sequences, load_split
 from experiments.fit import TrainState, finished, fit, lr_lambda, optimizer_step, restore
 from experiments.report_stage1 import random_baseline
-from experiments.runlog import RunLogger, open_run, seed_everything, setup_torch
+from experiments.runlog import RunLogger, autocast, open_run, seed_everything, setup_torch, to_device
 from worldmodel.checkpoint import RESUME_KEYS, load_checkpoint, load_state, require
 from worldmodel.diagnostics import representation_diagnostics, warn_if_collapsed
 from worldmodel.dynamics_loss import METRICS, evaluate_losses
@@ -122,13 +122,14 @@ class Stage1Task:
         return self.rng.permutation(len(self.train_ds))
 
     def train_step(self, i: int, order: np.ndarray, state: TrainState) -> tuple[dict[str, float], dict[str, float]]:
-        obs = self.train_ds.batch(order[i * self.bs:(i + 1) * self.bs])["obs"].to(self.device)  # [B, F, H, W] uint8
-        if self.group.active:  # the global batch's masks and weights, drawn alike on every rank; this rank's rows
-            mask, weights = self.model.sample_mask(len(obs), self.device), self.model.token_weights(obs)
-            rows = distributed.shard(len(obs))
-            out = self.step_fn(obs[rows], mask[rows], None if weights is None else weights[rows])
-        else:
-            out = self.step_fn(obs)
+        obs = to_device(self.train_ds.batch(order[i * self.bs:(i + 1) * self.bs])["obs"], self.device)  # [B,F,H,W]
+        with autocast(self.cfg, self.device):
+            if self.group.active:  # the global batch's masks and weights, drawn alike on every rank; this rank's rows
+                mask, weights = self.model.sample_mask(len(obs), self.device), self.model.token_weights(obs)
+                rows = distributed.shard(len(obs))
+                out = self.step_fn(obs[rows], mask[rows], None if weights is None else weights[rows])
+            else:
+                out = self.step_fn(obs)
         grad_norm = optimizer_step(out["loss"], self.params, self.opt, self.sched,
                                    self.cfg.vjepa2_world_model.stage1.grad_clip)
         self.model.update_target()
@@ -286,8 +287,11 @@ class Stage2Task:
         s2 = cfg.vjepa2_world_model.stage2
         self.cfg, self.train_seq, self.val_seq, self.device, self.rng, self.extra = (cfg, train_seq, val_seq, device,
                                                                                      rng, extra)
+        if device.type == "cuda":  # the latents (~100 MB per 100k frames) live on the GPU: no copy per batch
+            train_seq.to(device), val_seq.to(device)
         self.model = build_world_model_transformer(cfg, NUM_ACTIONS).to(device)
-        g = torch.from_numpy(train_seq.starts)  # every training transition that starts a sequence
+        # every training transition that starts a sequence
+        g = torch.from_numpy(train_seq.starts).to(train_seq.latents.device)
         self.model.set_normalization(train_seq.latents[g].to(device), train_seq.latents[g + 1].to(device))
         self.loss_fn = build_world_model_loss(cfg)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=s2.learning_rate, weight_decay=s2.weight_decay)
@@ -298,23 +302,36 @@ class Stage2Task:
         warmup = min(100, total // 20)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_lambda(s, warmup, total))
         self.num_epochs, self.patience = s2.num_epochs, s2.early_stopping_patience
+        self.group = distributed.group()
+        self.step_fn: torch.nn.Module = _LossOf(self.model, self.loss_fn)
+        if self.group.active:  # a torchrun group: each rank trains on its rows of the global batch
+            if self.bs % self.group.world:
+                raise UserError(f"vjepa2_world_model.stage2.batch_size={self.bs} does not split into "
+                                f"{self.group.world} equal shares; pass a batch size divisible by --nproc_per_node")
+            self.step_fn = distributed.wrap(self.step_fn, device)
 
     def epoch_order(self) -> np.ndarray:
         return self.train_seq.order(self.rng, self.steps_per_epoch * self.bs,
                                     self.cfg.vjepa2_world_model.stage2.reward_oversample)
 
     def train_step(self, i: int, order: np.ndarray, state: TrainState) -> tuple[dict[str, float], dict[str, float]]:
-        batch = self.train_seq.batch(order[i * self.bs:(i + 1) * self.bs], self.device)
-        out = self.loss_fn(self.model, batch, train=True)
+        idx = order[i * self.bs:(i + 1) * self.bs]  # the global batch, alike on every rank
+        batch = self.train_seq.batch(idx[distributed.shard(len(idx))], self.device)  # this rank's rows
+        with autocast(self.cfg, self.device):
+            out = self.step_fn(batch)
         grad_norm = optimizer_step(out["loss"], list(self.model.parameters()), self.opt, self.sched,
                                    self.cfg.vjepa2_world_model.stage2.grad_clip)
-        values = {k: float(out[k].detach()) for k in METRICS}
+        values = {k: distributed.mean(float(out[k].detach())) for k in METRICS}
         row = {**{f"train/stage2/{k}": v for k, v in values.items()},
                "train/stage2/tf_keep_fraction": float(out["tf_keep_fraction"]),
                "train/stage2/lr": self.sched.get_last_lr()[0], "train/stage2/grad_norm": grad_norm}
         return values, row
 
     def end_epoch(self, state: TrainState) -> tuple[float, dict[str, Any], dict[str, Any], str]:
+        # Rank 0 validates and every rank takes its verdict, so early stopping agrees across a torchrun group.
+        return distributed.broadcast(self._validate(state) if self.group.main else None)
+
+    def _validate(self, state: TrainState) -> tuple[float, dict[str, Any], dict[str, Any], str]:
         train = {k: sum(state.values[k]) / self.steps_per_epoch for k in METRICS}
         val = evaluate_losses(self.model, self.loss_fn, self.val_seq, device=self.device)
         ratio = val["latent_total"] / max(train["latent_total"], 1e-12)
@@ -345,6 +362,18 @@ class Stage2Task:
         self.sched.load_state_dict(ckpt["scheduler"])
 
 
+class _LossOf(torch.nn.Module):
+    """The world model's training loss as one module call, so that DistributedDataParallel sees a single forward
+    (the loss runs the model several times: scheduled sampling, teacher forcing, the rollout)."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.loss_fn(self.model, batch, train=True)
+
+
 def load_stage1_encoder(path: str | Path, cfg: Config) -> torch.nn.Module:
     """The frozen Stage-1 encoder of ``path``, checked against the config's latent size."""
     path = Path(path)
@@ -371,8 +400,6 @@ def pretrain_stage2(cfg: Config, stage1_checkpoint: str | Path | None = None, da
     existing run folder (``pretrain`` without ``--stage`` puts both stages in one); the other arguments are
     those of :func:`pretrain_stage1`.
     """
-    if not distributed.group().main:
-        return {}  # under torchrun, Stage 2 runs on rank 0 alone
     ckpt = latest = None
     if resume is not None:
         latest, ckpt, cfg = _resume(resume, STAGE2_DIR)
@@ -384,6 +411,9 @@ def pretrain_stage2(cfg: Config, stage1_checkpoint: str | Path | None = None, da
     device = setup_torch(cfg)
     if cfg.run.threads == 0:
         torch.set_num_threads(1)  # shared machine: one core unless run.threads says otherwise
+    grp = distributed.setup(device)
+    if not grp.main:  # under torchrun rank 0 alone prints, shows progress and writes
+        echo, progress = (lambda msg: None), False
     seed_everything(cfg.run.seed)
     np_rng = np.random.default_rng(cfg.run.seed + 2)
 
@@ -398,10 +428,10 @@ def pretrain_stage2(cfg: Config, stage1_checkpoint: str | Path | None = None, da
     encoder = encoder.to(device)
     enc_fp = encoder_fingerprint(encoder)
 
-    with RunLogger(cfg, "pretrain", run_dir=run_dir, resume=run_dir is not None) as run:
+    with open_run(cfg, "pretrain", run_dir=run_dir, resume=run_dir is not None) as run:
         echo(f"run folder: {run.dir}")
         data = Path(data)
-        train_seq, val_seq, cache = load_sequences(cfg, data, encoder, device, progress)
+        train_seq, val_seq, cache = load_sequences(cfg, data, encoder, device, progress)  # shared under torchrun
         echo(f"stage 2: latents {'encoded' if cache['rebuilt'] else 'loaded from cache'} in {cache['seconds']:.1f}s "
              f"({cache['path']}); {len(train_seq)} train / {len(val_seq)} val sequences of {s2.sequence_length}")
         extra = {"data_dir": str(data), "stage1_checkpoint": str(stage1_checkpoint) if stage1_checkpoint else "",
@@ -434,8 +464,7 @@ def pretrain_both(cfg: Config, data: str | Path | None = None, resume: str | Pat
     if resume is not None and (Path(resume) / STAGE2_DIR / "latest.pt").is_file():
         return pretrain_stage2(cfg, resume=resume, progress=progress, echo=echo)
     r1 = pretrain_stage1(cfg, data=data, resume=resume, progress=progress, echo=echo)
-    if not distributed.group().main:
-        return r1  # under torchrun, Stage 2 (small, and not data-parallel yet) runs on rank 0 alone
+    r1 = distributed.broadcast(r1)  # the other ranks learn rank 0's paths and best checkpoint
     if resume is not None:  # the stage-1 checkpoint's config is the run's config
         cfg = config_from_dict(load_checkpoint(r1["latest_checkpoint"], kind="stage1")["config"])
     echo(f"stage 1 done: best val loss {r1['best_val_loss']:.4f} (epoch {r1['best_epoch']}); starting stage 2")

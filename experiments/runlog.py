@@ -57,7 +57,26 @@ def setup_torch(cfg: Config) -> torch.device:
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"run.device={cfg.run.device!r} but no CUDA device is available; use run.device=cpu")
-    return torch.device(dev)
+    if dev == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process on each machine
+        dev = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    device = torch.device(dev)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (Ampere and later)
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def autocast(cfg: Config, device: torch.device):
+    """The training forward's precision (``run.precision``): bf16 autocast, or a no-op context for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.run.precision == "bf16")
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a CPU batch bound for a GPU goes through pinned memory, copied asynchronously."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _jsonable(v: Any) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.config import load_config
 from tests.conftest import ROOT
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -86,3 +87,74 @@ def test_torchrun_resumes_after_a_kill(tiny_data, single, tmp_path):
     assert [s for s, _ in ours] == [s for s, _ in theirs]
     for (_, a), (_, b) in zip(ours, theirs):
         assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_torchrun_stage2_matches_one_process(tiny_data, single, tmp_path):
+    """Stage 2 under torchrun: each rank encodes half of the replay (the cache equals one process's encoding), the
+    global batch split over 2 ranks gives the single-process losses (dropout and scheduled sampling off: their
+    random draws are per row, so a rank's half draws other numbers), and rank 0 alone writes the checkpoints."""
+    import shutil
+
+    from envs.dataset import TemporalSequenceDataset
+    from envs.replay import load_episodes
+    from experiments.pretrain import load_stage1_encoder
+    from worldmodel.latent_cache import encode_store
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("latent_cache"))
+    args = ["pretrain", "--stage", "2", "--preset", "tiny", "--wandb", "disabled", "--stage1-checkpoint",
+            str(single / "stage1" / "best.pt"), "--data", str(data), "--set",
+            "vjepa2_world_model.stage2.teacher_forcing_ratio=1.0", "--set", "models.world_model.dropout=0.0"]
+    res = _run(TORCHRUN, [*args, "--set", f"run.runs_dir={tmp_path / 'two'}"])
+    [cache] = list((data / "latent_cache").glob("latents-*.pt"))
+    shared = torch.load(cache, weights_only=True)["latents"]
+    encoder = load_stage1_encoder(single / "stage1" / "best.pt", load_config("tiny"))
+    episodes, _ = load_episodes(data)
+    store = TemporalSequenceDataset(episodes, 4, 4, stride=1).store
+    assert torch.allclose(shared, encode_store(encoder, store, progress=False), atol=1e-5)
+    _run([sys.executable], [*args, "--set", f"run.runs_dir={tmp_path / 'one'}"])
+    assert res.stdout.count("stage 2 done") == 1, "only rank 0 prints"
+    one, two = _only(tmp_path / "one" / "pretrain"), _only(tmp_path / "two" / "pretrain")
+    assert sorted(p.name for p in (two / "stage2").iterdir()) == ["best.pt", "latest.pt"]
+
+    def losses(run: Path) -> list[tuple[int, float]]:
+        return [(r["step"], r["train/stage2/loss"]) for r in _rows(run) if "train/stage2/loss" in r]
+
+    ours, theirs = losses(two), losses(one)
+    assert ours and [s for s, _ in ours] == [s for s, _ in theirs]
+    for (_, a), (_, b) in zip(ours, theirs):
+        assert a == pytest.approx(b, rel=1e-5)
+    a = torch.load(two / "stage2" / "latest.pt", weights_only=True)["world_model"]
+    b = torch.load(one / "stage2" / "latest.pt", weights_only=True)["world_model"]
+    for k in b:
+        assert torch.allclose(a[k], b[k], atol=1e-4), k
+
+
+def test_demo_under_torchrun_splits_the_games_and_writes_once(tmp_path):
+    """`make demo`'s path: the tiny demo under torchrun (DDP Stage 1 and 2, the stage reports on different ranks,
+    the evaluation games split over the ranks) prints once, writes one demo folder and plays every game once, in
+    game order, on the configured evaluation seeds."""
+    res = _run(TORCHRUN, ["demo", "--preset", "tiny", "--wandb", "disabled", "--set", f"run.runs_dir={tmp_path}",
+                          "--set", "evaluation.episodes=3"], timeout=400)
+    assert res.stdout.count("demo finished") == 1 and res.stdout.count("all criteria pass") == 2
+    demo = _only(tmp_path / "demo")
+    summary = json.loads((demo / "demo_summary.json").read_text())
+    assert summary["processes"] == 2
+    for agent in ("random", "cem"):
+        result = json.loads((demo / "compare" / agent / "s0" / "result.json").read_text())
+        assert [e["episode"] for e in result["episodes"]] == [0, 1, 2]
+        assert result["eval_seeds"] == [10_000, 10_001, 10_002]
+    assert (demo / "compare" / "dashboard.html").is_file()
+
+
+def test_commands_that_run_in_one_process_refuse_torchrun(tmp_path):
+    env = {**ENV, "WORLD_SIZE": "2"}
+    res = subprocess.run([sys.executable, str(ROOT / "run.py"), "learn", "--preset", "tiny"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "start it with `python run.py learn`" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = subprocess.run([*TORCHRUN, str(ROOT / "run.py"), "compare-baselines", "--preset", "tiny", "--agents",
+                          "dqn", "--out", str(tmp_path / "c")], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode != 0 and "trains nothing" in res.stderr
+    assert not (tmp_path / "c").exists(), "nothing is written before the refusal"

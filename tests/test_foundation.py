@@ -348,3 +348,45 @@ def test_scientific_notation_is_a_float(raw, value):
 
     assert load_config("tiny", [f"vjepa2_world_model.stage1.learning_rate={raw}"]).vjepa2_world_model.stage1 \
         .learning_rate == value
+
+
+def test_vector_collection_keeps_each_envs_games_whole(tmp_path):
+    """data.num_envs=2: AsyncVectorEnv workers, each env's games written whole and replayable from its own game
+    seed (the second env's stream is the writer's stream + 1), the budget counted over both envs, the same
+    replay format, and the same folder again from the same seed."""
+    cfg = load_config("tiny", ["data.num_envs=2"])
+    out = tmp_path / "k2"
+    res = collect(cfg, out, steps=401, seed=3, progress=False)
+    assert res["steps"] == 401
+    episodes, manifest = load_episodes(out)
+    assert sum(len(e) for e in episodes) == 401 and manifest["next_stream"] == 2
+    for ep in episodes:  # one game per episode: only its last step may end it
+        ends = ep.terminated | ep.truncated
+        assert not ends[:-1].any() and ends[-1]
+        assert len(ep.frames) == len(ep) + 1 and len(ep.labels) == len(ep) + 1
+    # The first episode of each env replays from that env's game seed with the recorded actions.
+    firsts = {}
+    for ep in episodes:
+        for stream in (0, 1):
+            env = make_env(cfg.environment)
+            obs, _ = env.reset(seed=training_seed(3, stream))
+            if stream in firsts or not np.array_equal(obs[-1], ep.frames[0]):
+                continue
+            frames = [obs[-1]]
+            for a in ep.actions:
+                obs, *_ = env.step(int(a))
+                frames.append(obs[-1])
+            if np.array_equal(np.stack(frames), ep.frames):
+                firsts[stream] = True
+    assert set(firsts) == {0, 1}, "each env's first game must replay from its own training game seed"
+    again = tmp_path / "again"
+    collect(cfg, again, steps=401, seed=3, progress=False)
+    assert [e["sha256"] for e in json.loads((again / "manifest.json").read_text())["episodes"]] == \
+        [e["sha256"] for e in manifest["episodes"]]
+
+
+def test_vector_collection_refuses_a_policy_that_reads_the_emulator(tmp_path):
+    cfg = load_config("tiny", ["data.num_envs=2"])
+    with pytest.raises(UserError, match="data.num_envs=1"):
+        collect(cfg, tmp_path / "t", steps=10, policy="tracker", progress=False)
+    assert not (tmp_path / "t").exists(), "nothing is written before the refusal"

@@ -248,8 +248,17 @@ class LatentSequences:
             order[rng.choice(n, size=k, replace=False)] = rng.choice(scoring, size=k)
         return order
 
+    def to(self, device: torch.device | str) -> LatentSequences:
+        """Keep the latents and per-step tensors on ``device`` (a GPU: batches are then gathered there, with no
+        host-to-device copy per step). Returns self."""
+        self.latents = self.latents.to(device)
+        self._actions, self._rewards = self._actions.to(device), self._rewards.to(device)
+        self._life_loss, self._labels = self._life_loss.to(device), self._labels.to(device)
+        return self
+
     def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         g = torch.from_numpy(self.starts[idx][:, None] + np.arange(self.T + 1)[None, :])  # [B, T+1]
+        g = g.to(self.latents.device)
         t = g[:, :-1]  # [B, T]
         out = {"z": self.latents[g], "actions": self._actions[t], "rewards": self._rewards[t],
                "life_loss": self._life_loss[t], "labels": self._labels[g]}

@@ -18,6 +18,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +51,17 @@ def data_fingerprint(manifest: dict[str, Any], frame_stack: int) -> str:
 
 @torch.inference_mode()
 def encode_store(encoder: nn.Module, store, batch_size: int = 512, device: torch.device | str = "cpu",
-                 progress: bool = True) -> torch.Tensor:
-    """Latents ``[G, D]`` (float32, CPU) of every global frame of an :class:`envs.dataset.EpisodeStore`."""
+                 progress: bool = True, frames: tuple[int, int] | None = None) -> torch.Tensor:
+    """Latents ``[G, D]`` (float32, CPU) of every global frame of an :class:`envs.dataset.EpisodeStore` (with
+    ``frames=(start, stop)``: of those global frames only, ``[stop - start, D]``)."""
     was_training = encoder.training
     encoder.eval()
-    G = store.num_frames
-    chunks = []
-    n_batches = math.ceil(G / batch_size)
+    start, stop = frames if frames is not None else (0, store.num_frames)
+    chunks = [torch.empty(0, encoder.latent_dim)] if stop <= start else []
+    n_batches = math.ceil((stop - start) / batch_size)
     for i in tqdm(range(n_batches), desc="encode", unit="batch", disable=not progress, leave=False,
                   mininterval=0.1 if sys.stderr.isatty() else 30.0):  # a log file gets a line per 30 s
-        g = np.arange(i * batch_size, min(G, (i + 1) * batch_size))
+        g = np.arange(start + i * batch_size, min(stop, start + (i + 1) * batch_size))
         obs = torch.from_numpy(store.obs(g)).to(device)  # [b, F, H, W] uint8
         z = encoder(obs)
         assert z.ndim == 2 and z.shape[0] == len(g), f"encoder returned {tuple(z.shape)} for {len(g)} observations"
@@ -69,10 +71,15 @@ def encode_store(encoder: nn.Module, store, batch_size: int = 512, device: torch
 
 
 def cached_latents(encoder: nn.Module, store, manifest: dict[str, Any], cache_dir: str | Path,
-                   device: torch.device | str = "cpu", batch_size: int = 512, progress: bool = True
-                   ) -> tuple[torch.Tensor, dict[str, Any]]:
+                   device: torch.device | str = "cpu", batch_size: int = 512, progress: bool = True,
+                   encode: Callable[..., torch.Tensor] | None = None, agree: Callable[[bool], bool] | None = None,
+                   write: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:
     """Latents ``[G, D]`` of ``store`` (built from all of ``manifest``'s episodes, in order), from the cache
     in ``cache_dir`` when its key matches, otherwise encoded now and written there.
+
+    Several processes can share the work (``experiments/data.py`` under torchrun): ``encode`` replaces
+    :func:`encode_store` (same arguments), ``agree`` turns this process's "the cache is good" into the group's
+    verdict (so all of them encode, or none), and ``write=False`` leaves the file to one of them.
 
     Returns the latents and an info dict: ``path``, ``rebuilt`` (bool), ``seconds``, ``key``.
     """
@@ -81,6 +88,7 @@ def cached_latents(encoder: nn.Module, store, manifest: dict[str, Any], cache_di
     key = hashlib.sha256(f"v{CACHE_VERSION}:{enc_fp}:{data_fp}".encode()).hexdigest()
     path = Path(cache_dir) / f"latents-{key[:20]}.pt"
     t0 = time.perf_counter()
+    ok = False
     if path.is_file():
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -88,10 +96,14 @@ def cached_latents(encoder: nn.Module, store, manifest: dict[str, Any], cache_di
                   and isinstance(obj.get("latents"), torch.Tensor) and obj["latents"].shape[0] == store.num_frames)
         except Exception:  # an unreadable cache is rebuilt, never trusted
             ok = False
-        if ok:
-            return obj["latents"], {"path": str(path), "rebuilt": False, "seconds": time.perf_counter() - t0,
-                                    "key": key}
-    latents = encode_store(encoder, store, batch_size, device, progress)
+    if agree is not None:
+        ok = agree(ok)
+    if ok:
+        return obj["latents"], {"path": str(path), "rebuilt": False, "seconds": time.perf_counter() - t0,
+                                "key": key}
+    latents = (encode or encode_store)(encoder, store, batch_size, device, progress)
+    if not write:
+        return latents, {"path": str(path), "rebuilt": True, "seconds": time.perf_counter() - t0, "key": key}
     try:
         save_checkpoint({"kind": "latent_cache", "version": CACHE_VERSION, "encoder": enc_fp, "data": data_fp,
                          "latents": latents}, path)
