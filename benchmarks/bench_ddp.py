@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """DDP overhead on this machine: Stage-1 samples/s (and Stage-2 sequences/s) of 2 processes x 1 thread (torchrun,
 gloo) against 1 process x 2 threads, the same global batch, measured in the same run; and `collect` with 2 envs
-(``data.num_envs=2``, gymnasium's AsyncVectorEnv) against 1. Prints JSON. Run it on an otherwise idle machine.
+(``data.num_envs=2``: two collector processes) against 1. Prints JSON. Run it on an otherwise idle machine.
 
 Target (scaling-out issue): ``ddp_over_threads`` >= 0.9 on a 2-core machine.
 
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--data-steps", type=int, default=2500, help="random-play steps Stage 1 trains on (one epoch)")
     ap.add_argument("--stage2-epochs", type=int, default=2)
-    ap.add_argument("--collect-steps", type=int, default=6000)
+    ap.add_argument("--collect-steps", type=int, default=20000)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-ddp-"))
     data = tmp / "data"
@@ -90,7 +90,7 @@ def main() -> None:
         "stage2_sequences_per_s": {"1_process_x_2_threads": round(s2["threads"], 1),
                                    "2_processes_x_1_thread_ddp": round(s2["ddp"], 1)},
         "stage2_ddp_over_threads": round(s2["ddp"] / s2["threads"], 3),
-        "collect_steps_per_s": {"1_env": round(one, 1), "2_envs_async": round(two, 1)},
+        "collect_steps_per_s": {"1_env": round(one, 1), "2_envs_2_processes": round(two, 1)},
         "collect_2_over_1": round(two / one, 3),
     }, indent=1))
 

@@ -66,6 +66,7 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
     ``checkpoint`` (world model) and ``agent`` (train-agent checkpoint) are what cem and actor-critic
     need. Returns the numbers of episodes written and steps played; ``summarize(out)`` describes the folder.
 
+    With ``data.num_envs = K > 1``, K collector processes play at once (:func:`_collect_parallel`).
     A step budget that ends inside an episode writes that episode too, marked truncated. On
     Ctrl-C the episode in progress is written the same way before the interrupt propagates.
     """
@@ -77,9 +78,8 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
     check_needs(spec, inputs, f"--policy {policy}", FLAGS)
     seed = cfg.run.seed if seed is None else seed
     player = spec.build(cfg, inputs, seed).agent  # before the folder is written: a bad checkpoint leaves nothing
-    num_envs = cfg.data.num_envs
+    num_envs = min(cfg.data.num_envs, steps)
     if num_envs > 1:
-        players = [player] + [spec.build(cfg, inputs, seed + POLICY_SEED_STRIDE * i).agent for i in range(1, num_envs)]
         try:
             player.reset(None)
         except ValueError:
@@ -88,11 +88,20 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
     meta = {"env": dataclasses.asdict(cfg.environment), "policy": policy, "seed": seed}
     writer = ReplayWriter(out, meta=meta, append=append, streams=num_envs)
     if num_envs > 1:
-        return _collect_vector(cfg, writer, players, steps, policy, seed, progress)
+        return _collect_parallel(cfg, writer, inputs, steps, policy, seed, num_envs, progress)
     env = make_env(cfg.environment, seed=seed)
     # Game seeds from the training range (never an evaluation game); each writer gets a fresh stream, so
     # that appending (even several appenders at once) replays no game.
-    obs, info = env.reset(seed=training_seed(seed, writer.stream))
+    done_steps = _play(env, player, writer, steps, policy, training_seed(seed, writer.stream), progress)
+    return {"path": str(out), "episodes_written": writer.num_episodes, "steps": done_steps}
+
+
+def _play(env, player, writer: ReplayWriter, steps: int, policy: str, first_game_seed: int, progress: bool,
+          counter: Any = None) -> int:
+    """One env's collection loop: ``steps`` steps from game seed ``first_game_seed`` (later games continue the
+    env's random stream), every finished game written to ``writer``; the game in progress at the end (or at
+    Ctrl-C) is written marked truncated. ``counter``: a shared step count that a parent process reads."""
+    obs, info = env.reset(seed=first_game_seed)
     player.reset(env)
     buf = _EpisodeBuffer(obs, info)
     done_steps = 0
@@ -104,6 +113,8 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
                 buf.add(obs, reward, terminated, truncated, info)
                 done_steps += 1
                 bar.update(1)
+                if counter is not None and done_steps % 100 == 0:
+                    counter.value = done_steps
                 if terminated or truncated:
                     writer.add(buf.episode(), {"policy": policy})
                     obs, info = env.reset()
@@ -117,68 +128,97 @@ def collect(cfg: Config, out: str | Path, steps: int, policy: str = "random", ap
         raise
     finally:
         env.close()
-    return {"path": str(out), "episodes_written": writer.num_episodes, "steps": done_steps}
+        if counter is not None:
+            counter.value = done_steps
+    return done_steps
 
 
-POLICY_SEED_STRIDE = 100_000  # env i > 0 of a vector collection draws its policy's randomness from seed + this * i
+POLICY_SEED_STRIDE = 100_000  # collector i > 0 draws its policy's randomness from seed + this * i
 
 
-def _collect_vector(cfg: Config, writer: ReplayWriter, players: list, steps: int, policy: str, seed: int,
-                    progress: bool) -> dict[str, Any]:
-    """:func:`collect` with ``len(players)`` environments in their own processes (gymnasium's AsyncVectorEnv,
-    resets under our control). Env ``i`` starts from game seed ``training_seed(seed, writer.stream + i)`` and plays
-    its own games with its own copy of the policy; each finished game is written as one episode, as with one env.
-    ``steps`` counts the steps of all envs; at the budget every game in progress is written, marked truncated."""
-    import gymnasium as gym
+def _collector(cfg: Config, inputs: AgentInputs, policy: str, seed: int, index: int, stream: int, steps: int,
+               out: str, counter: Any, results: Any) -> None:
+    """One collector process of :func:`_collect_parallel`: its own env and copy of the policy, writing into a
+    private folder ``out``; puts ``(index, steps played, error or None)`` on ``results``."""
+    import torch
 
-    K = len(players)
-    fns = [lambda i=i: make_env(cfg.environment, seed=seed + POLICY_SEED_STRIDE * i) for i in range(K)]
-    env = gym.vector.AsyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
-    extra = {"policy": policy}
-
-    def info_of(infos: dict[str, Any], i: int) -> dict[str, Any]:
-        return {k: v[i] for k, v in infos.items() if not k.startswith("_")}
-
-    bufs: list[_EpisodeBuffer | None] = [None] * K
-    done_steps = 0
     try:
-        obs, infos = env.reset(seed=[training_seed(seed, writer.stream + i) for i in range(K)])
-        for i in range(K):
-            players[i].reset(None)
-            bufs[i] = _EpisodeBuffer(obs[i], info_of(infos, i))
-        with tqdm(total=steps, desc=f"collect ({K} envs)", unit="step", disable=not progress, leave=False) as bar:
-            while done_steps < steps:
-                # The last step may need fewer envs than K: the others are stepped and their step dropped.
-                active = min(K, steps - done_steps)
-                actions = np.array([players[i].act(obs[i]) for i in range(K)], dtype=np.int64)
-                obs, rewards, terms, truncs, infos = env.step(actions)
-                ended = np.zeros(K, dtype=bool)
-                for i in range(active):
-                    bufs[i].add(obs[i], rewards[i], terms[i], truncs[i], info_of(infos, i))
-                    if terms[i] or truncs[i]:
-                        writer.add(bufs[i].episode(), extra)
-                        ended[i] = True
-                done_steps += active
-                bar.update(active)
-                if ended.any() and done_steps < steps:
-                    obs, infos = env.reset(options={"reset_mask": ended})
-                    for i in np.flatnonzero(ended):
-                        players[i].reset(None)
-                        bufs[i] = _EpisodeBuffer(obs[i], info_of(infos, i))
-                else:
-                    for i in np.flatnonzero(ended):
-                        bufs[i] = None
-        for buf in bufs:
-            if buf is not None and len(buf):
-                writer.add(buf.episode(cut=True), extra)
+        setup_torch(cfg)
+        torch.set_num_threads(1)
+        player_seed = seed + POLICY_SEED_STRIDE * index
+        player = get_spec(policy, acting_only=True).build(cfg, inputs, player_seed).agent
+        writer = ReplayWriter(out, meta={"env": dataclasses.asdict(cfg.environment), "policy": policy})
+        env = make_env(cfg.environment, seed=player_seed)
+        results.put((index, _play(env, player, writer, steps, policy, training_seed(seed, stream), False, counter),
+                     None))
     except KeyboardInterrupt:
-        for buf in bufs:
-            if buf is not None and len(buf):
-                writer.add(buf.episode(cut=True), extra)
-        raise
+        results.put((index, counter.value, "interrupted"))
+    except Exception as err:  # reported by the parent, which stops the other collectors
+        results.put((index, counter.value, f"{type(err).__name__}: {err}"))
+
+
+def _collect_parallel(cfg: Config, writer: ReplayWriter, inputs: AgentInputs, steps: int, policy: str, seed: int,
+                      num_envs: int, progress: bool) -> dict[str, Any]:
+    """:func:`collect` with ``num_envs`` collector processes, each running the one-env loop on its share of the
+    steps with its own env, game-seed stream (``writer.stream + i``) and copy of the policy, into a private
+    folder. Their episodes are then added to the replay collector by collector, so the folder's content and
+    order depend on the seed alone, not on timing.
+
+    Why processes and not gymnasium's AsyncVectorEnv: with one ~1 ms env step, the vector env's lock-step round
+    trips cost more than the second core gives (2 async envs 954-1040 steps/s against 941 for one env in one
+    process, measured on a 2-core machine), while two whole loops run side by side at full speed.
+    """
+    import multiprocessing as mp
+    import queue
+    import shutil
+    import tempfile
+
+    shares = [steps // num_envs + (1 if i < steps % num_envs else 0) for i in range(num_envs)]
+    tmp = Path(tempfile.mkdtemp(prefix="collect-"))
+    ctx = mp.get_context("spawn")  # no fork of a process that holds torch (and maybe a process group) threads
+    counters = [ctx.Value("l", 0) for _ in range(num_envs)]
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_collector, args=(cfg, inputs, policy, seed, i, writer.stream + i, shares[i],
+                                                  str(tmp / f"c{i}"), counters[i], results), daemon=True)
+             for i in range(num_envs)]
+    done: dict[int, int] = {}
+    errors: list[str] = []
+    interrupted = False
+    try:
+        for p in procs:
+            p.start()
+        try:
+            with tqdm(total=steps, desc=f"collect ({num_envs} processes)", unit="step", disable=not progress,
+                      leave=False) as bar:
+                while len(done) < num_envs:
+                    try:
+                        index, played, error = results.get(timeout=0.5)
+                        done[index] = played
+                        if error:
+                            errors.append(error)
+                    except queue.Empty:
+                        if any(not p.is_alive() and p.exitcode not in (0, None) for p in procs):
+                            errors.append("a collector process died")
+                            break
+                    bar.update(sum(c.value for c in counters) - bar.n)
+        except KeyboardInterrupt:
+            interrupted = True
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+        if errors and not interrupted and "interrupted" not in errors:
+            raise RuntimeError(f"collection failed in a collector process: {errors[0]}")
+        for i in range(num_envs):  # collector by collector: the order does not depend on timing
+            if (tmp / f"c{i}" / "manifest.json").is_file():
+                episodes, _ = load_episodes(tmp / f"c{i}", verify=False)
+                for ep in episodes:
+                    writer.add(ep, {"policy": policy})
     finally:
-        env.close()
-    return {"path": str(writer.root), "episodes_written": writer.num_episodes, "steps": done_steps}
+        shutil.rmtree(tmp, ignore_errors=True)
+    if interrupted or "interrupted" in errors:
+        raise KeyboardInterrupt
+    return {"path": str(writer.root), "episodes_written": writer.num_episodes, "steps": sum(done.values())}
 
 
 def summarize(root: str | Path, val_fraction: float = 0.1, seed: int = 0, verify: bool = True) -> dict[str, Any]:

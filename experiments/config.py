@@ -66,8 +66,8 @@ class DataConfig:
     collect_steps: int = 100_000  # agent steps collected when pretrain gets no --data
     val_fraction: float = 0.1  # share of episodes held out for validation (episode-level split)
     policy: Literal["random", "tracker"] = "random"  # behaviour policy of `pretrain`'s collection
-    # Environments stepped at once by `collect` and `pretrain`'s collection (gymnasium's AsyncVectorEnv, one
-    # process each, when > 1); every env plays its own games, so the replay format does not change.
+    # Environments played at once by `collect` and `pretrain`'s collection: K > 1 runs K collector processes, each
+    # with its own env, game-seed stream and share of the steps, merged in a fixed order (experiments/collect.py).
     num_envs: int = 1
 
     def validate(self, path: str) -> None:

@@ -351,7 +351,7 @@ def test_scientific_notation_is_a_float(raw, value):
 
 
 def test_vector_collection_keeps_each_envs_games_whole(tmp_path):
-    """data.num_envs=2: AsyncVectorEnv workers, each env's games written whole and replayable from its own game
+    """data.num_envs=2: two collector processes, each env's games written whole and replayable from its own game
     seed (the second env's stream is the writer's stream + 1), the budget counted over both envs, the same
     replay format, and the same folder again from the same seed."""
     cfg = load_config("tiny", ["data.num_envs=2"])
