@@ -17,7 +17,7 @@ Resolution is ``project-64`` vs ``project-84`` and ``sb3-64`` vs ``sb3-84``; the
 ``--from-compare FOLDER`` reuses the ``dqn`` and ``dqn-sb3`` pairs of a comparison folder made with the same
 preset (the same training and evaluation code), so they are not trained twice.
 
-Example (hours on a 2-core CPU: about 15-30 min per run):
+Example (hours on a 2-core CPU: one run took 2.1-2.6 h of one core here, two runs side by side):
     python benchmarks/dqn_gap.py --preset atari100k --seeds 3 --from-compare runs/compare-baselines/atari100k
 """
 

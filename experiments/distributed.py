@@ -127,6 +127,15 @@ def mean(value: float) -> float:
     return float(t.item()) / _GROUP.world
 
 
+def means(values: dict[str, float]) -> dict[str, float]:
+    """:func:`mean` of every value, in one all-reduce."""
+    if not _GROUP.active:
+        return values
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(x) / _GROUP.world for k, x in zip(values, t.tolist())}
+
+
 def shard(n: int) -> slice:
     """This rank's rows of a global batch of ``n``: every ``world``-th row from ``rank``."""
     return slice(_GROUP.rank, n, _GROUP.world)

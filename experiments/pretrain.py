@@ -133,8 +133,8 @@ class Stage1Task:
         grad_norm = optimizer_step(out["loss"], self.params, self.opt, self.sched,
                                    self.cfg.vjepa2_world_model.stage1.grad_clip)
         self.model.update_target()
-        values = {"loss": distributed.mean(out["loss"].item()),
-                  **{k: distributed.mean(float(out[k])) for k in ("jepa_loss", "motion_map_loss") if k in out}}
+        values = distributed.means({"loss": out["loss"].item(),
+                                    **{k: float(out[k]) for k in ("jepa_loss", "motion_map_loss") if k in out}})
         row = {"train/loss": values["loss"], "train/lr": self.sched.get_last_lr()[0], "train/grad_norm": grad_norm,
                **{f"train/{k}": v for k, v in values.items() if k != "loss"}}
         return values, row
@@ -321,7 +321,7 @@ class Stage2Task:
             out = self.step_fn(batch)
         grad_norm = optimizer_step(out["loss"], list(self.model.parameters()), self.opt, self.sched,
                                    self.cfg.vjepa2_world_model.stage2.grad_clip)
-        values = {k: distributed.mean(float(out[k].detach())) for k in METRICS}
+        values = distributed.means({k: float(out[k].detach()) for k in METRICS})
         row = {**{f"train/stage2/{k}": v for k, v in values.items()},
                "train/stage2/tf_keep_fraction": float(out["tf_keep_fraction"]),
                "train/stage2/lr": self.sched.get_last_lr()[0], "train/stage2/grad_norm": grad_norm}

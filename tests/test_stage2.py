@@ -37,6 +37,25 @@ def test_transformer_is_causal():
         assert not torch.allclose(x1[:, 3:], x2[:, 3:])  # later ones do change
 
 
+@pytest.mark.parametrize("c,steps", [(1, 4), (3, 3), (2, 1)])
+def test_rollout_with_kept_keys_equals_recomputing_the_fed_back_sequence(c, steps):
+    """The rollout loss's cached rollout: the same predictions and gradients as running forward() on the growing
+    fed-back sequence and keeping its last output (what the loss did before)."""
+    m = small_model(max_len=6).train()
+    z = torch.randn(3, c, 8, requires_grad=True)
+    a = torch.randint(0, 4, (3, c + steps - 1))
+    seq = z
+    for k in range(steps):
+        nxt, _, _ = m(seq, a[:, :c + k])
+        seq = torch.cat([seq, nxt[:, -1:]], dim=1)
+    ref, new = seq[:, c:], m.rollout(z, a, steps)
+    assert new.shape == (3, steps, 8) and torch.allclose(ref, new, atol=1e-5)
+    params = [z, *m.parameters()]
+    for g_ref, g_new in zip(torch.autograd.grad(ref.square().sum(), params),
+                            torch.autograd.grad(new.square().sum(), params)):
+        assert torch.allclose(g_ref, g_new, atol=1e-4, rtol=1e-4)
+
+
 def test_imagine_matches_teacher_forced_rollout_within_window():
     m = small_model(max_len=4)
     z0, a = torch.randn(5, 8), torch.randint(0, 4, (5, 4))
@@ -61,7 +80,7 @@ def _sliding_window_reference(m: WorldModelTransformer, z0: torch.Tensor, a: tor
         bias = m.time_bias[:, :, d.clamp(0, W - 1)].masked_fill((d < 0) | (d >= W), float("-inf"))  # [L, h, T, T]
         x = m.embed(seq, a[:, :T])
         for blk, b in zip(m.blocks, bias):
-            x = blk(x, b)
+            x = blk(x, b)[0]
         nxt, _, _ = m._heads(x[:, -1:], seq[:, -1:])
         seq = torch.cat([seq, nxt], 1)
     return seq[:, 1:]
@@ -93,7 +112,7 @@ def test_imagine_with_real_context_continues_the_sequence():
             bias = m.time_bias[:, :, d.clamp(0, W - 1)].masked_fill((d < 0) | (d >= W), float("-inf"))
             x = m.embed(seq, acts[:, :T])
             for blk, b in zip(m.blocks, bias):
-                x = blk(x, b)
+                x = blk(x, b)[0]
             seq = torch.cat([seq, m._heads(x[:, -1:], seq[:, -1:])[0]], 1)
         no_ctx, _, _ = m.imagine(z0, a)
     assert torch.allclose(lat, seq[:, 6:], atol=1e-5)

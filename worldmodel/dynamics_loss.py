@@ -180,11 +180,7 @@ class WorldModelLoss(nn.Module):
             c = int(torch.randint(1, T - R + 2, (1,), generator=generator).item())
         else:
             c = 1
-        seq = z[:, :c]  # [B, c, D]
-        for k in range(R):
-            nxt, _, _ = model(seq, a[:, :c + k])  # [B, c+k, D]
-            seq = torch.cat([seq, nxt[:, -1:]], dim=1)
-        rollout_pred = seq[:, c:]  # [B, R, D]: predictions of z_c .. z_{c+R-1}
+        rollout_pred = model.rollout(z[:, :c], a[:, :c + R - 1], R)  # [B, R, D]: predictions of z_c .. z_{c+R-1}
         rollout = F.l1_loss(rollout_pred, z[:, c:c + R])
 
         # Heads on the scheduled-sampling pass. Scoring them on the rollout with gradients through the imagined

@@ -91,13 +91,19 @@ class CausalBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """x ``[B, T, C]``, bias ``[heads, T, T]`` (``-inf`` above the diagonal) -> ``[B, T, C]``."""
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x ``[B, T, C]``, bias ``[heads, T, P + T]`` (``-inf`` where a query may not look) -> ``[B, T, C]`` and
+        this block's keys and values ``[B, h, P + T, d]``. ``past``: keys and values of ``P`` earlier steps that the
+        new ones attend to (a differentiable cache: the rollout loss feeds one step at a time)."""
         B, T, C = x.shape
         qkv = self.qkv(self.norm1(x)).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3,B,h,T,d]
-        att = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)  # [B, h, T, d]
+        k, v = qkv[1], qkv[2]
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        att = F.scaled_dot_product_attention(qkv[0], k, v, attn_mask=bias)  # [B, h, T, d]
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(B, T, C)))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        return x + self.drop(self.mlp(self.norm2(x))), k, v
 
     def step(self, x: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, t: int, start: int,
              bias: torch.Tensor) -> torch.Tensor:
@@ -274,8 +280,36 @@ class WorldModelTransformer(nn.Module):
         x = self.embed(z, actions)  # [B, T, C]
         bias = self.causal_bias(T)
         for blk, b in zip(self.blocks, bias):
-            x = blk(x, b)
+            x = blk(x, b)[0]
         return self._heads(x, z, reward_logits)
+
+    def rollout(self, z: torch.Tensor, actions: torch.Tensor, steps: int) -> torch.Tensor:
+        """Differentiable open-loop rollout for the Stage-2 rollout loss: ``c`` true latents ``z [B, c, D]``, then
+        ``steps`` predictions, each fed back as the next input; ``actions [B, c + steps - 1]``. Returns the
+        predictions of ``z_c .. z_{c+steps-1}``, ``[B, steps, D]``.
+
+        The same as running :meth:`forward` on the growing fed-back sequence and keeping its last output (causal
+        attention: earlier outputs do not change), with each step's keys and values kept instead of recomputed
+        (``c + steps - 1`` token passes instead of ``steps * c + steps * (steps - 1) / 2``)."""
+        B, c, D = z.shape
+        n = c + steps - 1
+        assert actions.shape == (B, n) and n <= self.max_len, (
+            f"rollout of {steps} steps after {c} true latents needs actions [B, {n}] within max_len={self.max_len}; "
+            f"got {tuple(actions.shape)}")
+        bias = self.causal_bias(n)  # [L, h, n, n]
+        x = self.embed(z, actions[:, :c])
+        cache = []
+        for blk, b in zip(self.blocks, bias):
+            x, k, v = blk(x, b[:, :c, :c])
+            cache.append((k, v))
+        preds = [self._heads(x[:, -1:], z[:, -1:])[0]]  # [B, 1, D]: z_c
+        for t in range(c, n):  # the prediction of z_t goes in at position t
+            x = self.embed(preds[-1], actions[:, t:t + 1])
+            for i, (blk, b) in enumerate(zip(self.blocks, bias)):
+                x, k, v = blk(x, b[:, t:t + 1, :t + 1], cache[i])
+                cache[i] = (k, v)
+            preds.append(self._heads(x, preds[-1])[0])
+        return torch.cat(preds, dim=1)
 
     @torch.no_grad()
     def prefill(self, context: torch.Tensor, context_actions: torch.Tensor, max_steps: int) -> KVRollout:
