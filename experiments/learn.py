@@ -59,7 +59,7 @@ from experiments.data import input_frames
 from experiments.fit import TrainState, fit, optimizer_step, restore, rng_state, set_rng_state
 from experiments.play import evaluate, summarize_returns
 from experiments.results import bootstrap_ci
-from experiments.runlog import RunLogger, seed_everything, setup_torch
+from experiments.runlog import RunLogger, autocast, seed_everything, setup_torch
 from worldmodel.checkpoint import load_checkpoint, load_state, save_checkpoint
 from worldmodel.dynamics_loss import METRICS, LatentSequences
 from worldmodel.encoder import fit_input_stats
@@ -545,7 +545,8 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
             order = train_seq.order(np_rng, updates * bs, s2.reward_oversample)
             dyn.train().requires_grad_(True)
             for i in range(updates):
-                out = loss_fn(dyn, train_seq.batch(order[i * bs:(i + 1) * bs], device), train=True)
+                with autocast(cfg, device):
+                    out = loss_fn(dyn, train_seq.batch(order[i * bs:(i + 1) * bs], device), train=True)
                 if not math.isfinite(out["loss"].item()):
                     raise UserError(f"learn: the world model's loss became {out['loss'].item()} at iteration "
                                     f"{iteration}; lower learn.stage2_lr (e.g. by 10x) and start again")
