@@ -130,6 +130,7 @@ def test_torchrun_stage2_matches_one_process(tiny_data, single, tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-4), k
 
 
+@pytest.mark.slow
 def test_demo_under_torchrun_splits_the_games_and_writes_once(tmp_path):
     """`make demo`'s path: the tiny demo under torchrun (DDP Stage 1 and 2, the stage reports on different ranks,
     the evaluation games split over the ranks) prints once, writes one demo folder and plays every game once, in
