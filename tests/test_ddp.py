@@ -159,3 +159,15 @@ def test_commands_that_run_in_one_process_refuse_torchrun(tmp_path):
                          timeout=300)
     assert res.returncode != 0 and "trains nothing" in res.stderr
     assert not (tmp_path / "c").exists(), "nothing is written before the refusal"
+
+
+def test_compare_under_torchrun_splits_the_games_in_game_order(tmp_path):
+    """Evaluation under torchrun: 3 games over 2 processes come back once each, in game order, on the configured
+    seeds, written and printed by rank 0 alone."""
+    out = tmp_path / "c"
+    res = _run(TORCHRUN, ["compare-baselines", "--preset", "tiny", "--agents", "random", "--out", str(out),
+                          "--wandb", "disabled", "--set", "evaluation.episodes=3"])
+    assert res.stdout.count("dashboard:") == 1
+    result = json.loads((out / "random" / "s0" / "result.json").read_text())
+    assert [e["episode"] for e in result["episodes"]] == [0, 1, 2]
+    assert result["eval_seeds"] == [10_000, 10_001, 10_002] and len(result["returns"]) == 3
