@@ -169,8 +169,10 @@ def _collect_parallel(cfg: Config, writer: ReplayWriter, inputs: AgentInputs, st
     process, measured on a 2-core machine), while two whole loops run side by side at full speed.
     """
     import multiprocessing as mp
+    import os
     import queue
     import shutil
+    import signal
     import tempfile
 
     shares = [steps // num_envs + (1 if i < steps % num_envs else 0) for i in range(num_envs)]
@@ -203,6 +205,9 @@ def _collect_parallel(cfg: Config, writer: ReplayWriter, inputs: AgentInputs, st
                     bar.update(sum(c.value for c in counters) - bar.n)
         except KeyboardInterrupt:
             interrupted = True
+            for p in procs:  # a Ctrl-C in a terminal reaches them too; a signal sent to this process alone does not
+                if p.is_alive():
+                    os.kill(p.pid, signal.SIGINT)
         for p in procs:
             p.join(timeout=30)
             if p.is_alive():
