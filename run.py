@@ -34,7 +34,11 @@ class CLI(click.Group):
                        "--set run.runs_dir=DIR) or free disk space", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted: continue from the last checkpoint with --resume RUN_DIR", err=True)
+            if ctx.invoked_subcommand == "collect":
+                click.echo("interrupted: the finished episodes and the one in progress (marked truncated) are in "
+                           "the folder; add more with --append", err=True)
+            else:
+                click.echo("interrupted: continue from the last checkpoint with --resume RUN_DIR", err=True)
             sys.exit(130)
 
 
