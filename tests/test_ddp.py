@@ -171,3 +171,34 @@ def test_compare_under_torchrun_splits_the_games_in_game_order(tmp_path):
     result = json.loads((out / "random" / "s0" / "result.json").read_text())
     assert [e["episode"] for e in result["episodes"]] == [0, 1, 2]
     assert result["eval_seeds"] == [10_000, 10_001, 10_002] and len(result["returns"]) == 3
+
+
+@pytest.mark.slow
+def test_torchrun_stage2_resumes_after_a_kill(single, tmp_path):
+    """Stage 2 under torchrun killed after its first checkpoint and resumed under torchrun logs the losses of an
+    uninterrupted torchrun run (dropout and scheduled sampling on: every rank's draws are restored alike)."""
+    args = ["pretrain", "--stage", "2", "--preset", "tiny", "--wandb", "disabled", "--stage1-checkpoint",
+            str(single / "stage1" / "best.pt"), "--set", "run.checkpoint_every_steps=3"]
+    _run(TORCHRUN, [*args, "--set", f"run.runs_dir={tmp_path / 'whole'}"])
+    whole = _only(tmp_path / "whole" / "pretrain")
+    proc = subprocess.Popen([*TORCHRUN, str(ROOT / "run.py"), *args, "--set", f"run.runs_dir={tmp_path / 'cut'}"],
+                            cwd=ROOT, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("cut/pretrain/*/stage2/latest.pt")):
+        assert proc.poll() is None and time.time() < deadline, "the torchrun run ended before its first checkpoint"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    cut = _only(tmp_path / "cut" / "pretrain")
+    steps = torch.load(whole / "stage2" / "latest.pt", weights_only=True)["step"]
+    assert torch.load(cut / "stage2" / "latest.pt", weights_only=True)["step"] < steps, "killed after the end"
+    _run(TORCHRUN, ["pretrain", "--resume", str(cut)])
+
+    def losses(run: Path) -> list[tuple[int, float]]:
+        return [(r["step"], r["train/stage2/loss"]) for r in _rows(run) if "train/stage2/loss" in r]
+
+    ours, theirs = losses(cut), losses(whole)
+    assert [s for s, _ in ours] == [s for s, _ in theirs]
+    for (_, a), (_, b) in zip(ours, theirs):
+        assert a == pytest.approx(b, rel=1e-5)
