@@ -192,6 +192,9 @@ class RunLogger:
             project="jepa-worldmodels", dir=str(self.dir), mode=self.cfg.run.wandb, config=self.cfg.to_dict(),
             job_type=command, group=group, name=name or self.dir.name, id=run_id,
             resume="allow" if resume else None, settings=wandb.Settings(console="off", silent=True),
+            # A run that opens another inside it (compare-baselines' `learn` pair opens the learn run) keeps its own:
+            # without this, the second init finishes the first, and its next log raises.
+            reinit="create_new",
         )
         run_id_file.write_text(run.id)
         return run
@@ -204,7 +207,12 @@ class RunLogger:
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+            try:
+                self._wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+            except Exception as err:  # wandb mirrors metrics.jsonl, which holds the row: never lose a run over it
+                print(f"warning: wandb stopped logging for {self.dir} ({type(err).__name__}: {err}); metrics.jsonl "
+                      "keeps every row", file=sys.stderr)
+                self._wandb = None
 
     @property
     def metrics_offset(self) -> int:

@@ -390,3 +390,22 @@ def test_vector_collection_refuses_a_policy_that_reads_the_emulator(tmp_path):
     with pytest.raises(UserError, match="data.num_envs=1"):
         collect(cfg, tmp_path / "t", steps=10, policy="tracker", progress=False)
     assert not (tmp_path / "t").exists(), "nothing is written before the refusal"
+
+
+def test_a_run_opened_inside_another_keeps_both_wandb_runs(tmp_path):
+    """compare-baselines' `learn` pair opens the learn run inside the pair's run: with offline wandb the outer run
+    must still log after the inner one closed (the second init used to finish the first)."""
+    from experiments.runlog import RunLogger
+
+    cfg = load_config("tiny", [f"run.runs_dir={tmp_path}", "run.wandb=offline"])
+    outer = RunLogger(cfg, "outer", run_dir=tmp_path / "outer")
+    outer.log({"x": 1.0}, step=1)
+    inner = RunLogger(cfg, "inner", run_dir=tmp_path / "inner")
+    inner.log({"y": 2.0}, step=1)
+    inner.close()
+    outer.log({"x": 3.0}, step=2)
+    assert outer._wandb is not None, "the outer wandb run stopped logging"
+    outer.close()
+    rows = [json.loads(line) for line in (tmp_path / "outer" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["x"] for r in rows] == [1.0, 3.0]
+    assert list((tmp_path / "outer").rglob("offline-run-*")) and list((tmp_path / "inner").rglob("offline-run-*"))
