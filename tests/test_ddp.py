@@ -154,6 +154,10 @@ def test_commands_that_run_in_one_process_refuse_torchrun(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "start it with `python run.py learn`" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_compare_under_torchrun_refuses_agents_that_train(tmp_path):
     res = subprocess.run([*TORCHRUN, str(ROOT / "run.py"), "compare-baselines", "--preset", "tiny", "--agents",
                           "dqn", "--out", str(tmp_path / "c")], cwd=ROOT, env=ENV, capture_output=True, text=True,
                          timeout=300)
