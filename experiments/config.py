@@ -110,6 +110,7 @@ class LearnConfig:
     prefill_stage1_updates: int = 1000
     prefill_stage2_updates: int = 1500
     collect_steps: int = 5000  # env steps the actor plays per iteration
+    num_envs: int = 1  # envs the actor plays in lockstep (one batched encoder pass a round); the steps of all count
     stage2_train_ratio: float = 16.0  # Stage-2 replayed transitions (sequences x T) per new env step
     stage2_lr: float = 3e-4  # constant Stage-2 learning rate in the loop (the prefill fit uses stage2's schedule)
     agent_updates: int = 300  # actor-critic updates per iteration
@@ -126,7 +127,7 @@ class LearnConfig:
 
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``."""
-        for key in ("prefill_steps", "collect_steps", "eval_every", "eval_episodes", "recent_steps"):
+        for key in ("prefill_steps", "collect_steps", "num_envs", "eval_every", "eval_episodes", "recent_steps"):
             check_range(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "an integer >= 1")
         for key in ("prefill_min_rewards", "agent_updates", "final_stage2_updates", "final_agent_updates",
                     "encoder_every", "encoder_updates", "encoder_stage2_updates", "prefill_stage1_updates",

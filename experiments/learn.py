@@ -10,7 +10,8 @@ imagination, and every env step counts toward ``baselines.agent_steps``, the bud
 3. **iterations** until the budget is spent: train the actor-critic in imagination for ``learn.agent_updates``
    updates from real latents, a share ``learn.recent_fraction`` of the starts from the last
    ``learn.recent_steps`` frames; play ``learn.collect_steps`` steps with it (sampling; one encoder pass and
-   the actor per step) and append finished games to the replay; encode the new frames; train Stage 2 on all
+   the actor per step, batched over ``learn.num_envs`` envs played in lockstep) and append finished games to
+   the replay; encode the new frames; train Stage 2 on all
    training episodes so far, ``learn.stage2_train_ratio`` replayed transitions per new env step (scoring
    sequences oversampled, ``vjepa2_world_model.stage2.reward_oversample``);
 4. **final phase** (no env steps): ``learn.final_stage2_updates`` and ``learn.final_agent_updates`` more.
@@ -78,10 +79,11 @@ class Player:
     """One env played across iterations. Game ``k`` of the run starts from ``training_seed(seed, k)``; the
     chosen actions of the game in progress are kept so that a resumed run replays it to the same state."""
 
-    def __init__(self, cfg: Config, seed: int):
+    def __init__(self, cfg: Config, seed: int, env_seed: int | None = None):
         self.cfg, self.seed = cfg, seed
-        self.env = make_env(cfg.environment, seed=seed)
-        self.games = 0  # games started
+        self.env = make_env(cfg.environment, seed=seed if env_seed is None else env_seed)
+        self.games = 0  # games started (the run's game counter: Players shares it between its envs)
+        self.index: int | None = None  # the run's number of the game in progress
         self.game_seed: int | None = None
         self.chosen: list[int] = []  # actions chosen in the game in progress (the env may execute FIRE instead)
         self.obs: np.ndarray | None = None
@@ -90,7 +92,8 @@ class Player:
         self.finished_seed: int | None = None  # game seed of the last finished game
 
     def start(self) -> None:
-        self.game_seed = training_seed(self.seed, self.games)
+        self.index = self.games
+        self.game_seed = training_seed(self.seed, self.index)
         self.games += 1
         self.chosen = []
         self.obs, info = self.env.reset(seed=self.game_seed)
@@ -112,21 +115,68 @@ class Player:
         return None
 
     def state(self) -> dict[str, Any]:
-        return {"games": self.games, "game_seed": self.game_seed, "chosen": list(self.chosen)}
+        return {"games": self.games, "index": self.index, "game_seed": self.game_seed, "chosen": list(self.chosen)}
 
     def restore(self, st: dict[str, Any]) -> None:
         """Back to a saved state: the game in progress is played again with its chosen actions."""
         self.games, self.obs = int(st["games"]), None
         if st["game_seed"] is None:
             return
-        self.games -= 1  # start() counts it again
+        games = self.games
+        # the game in progress is number ``index`` (states written before num_envs existed: the last one started)
+        self.games = int(st["index"]) if st.get("index") is not None else games - 1
         self.start()
+        self.games = games
         assert self.game_seed == st["game_seed"], "game seeds of a resumed run differ"
         for a in st["chosen"]:
             assert self.step(a) is None, "the replayed game in progress ended early"
 
     def close(self) -> None:
         self.env.close()
+
+
+class Players:
+    """``learn.num_envs`` envs played in lockstep by one actor (one batched encoder pass per round). Games are
+    numbered across the envs in the order they start, so the run's game seeds do not depend on which env plays
+    them; with one env this is exactly :class:`Player`."""
+
+    def __init__(self, cfg: Config, seed: int, num_envs: int):
+        self.players = [Player(cfg, seed, env_seed=seed + i) for i in range(num_envs)]
+        self.games = 0
+
+    def step(self, i: int, action: int) -> Episode | None:
+        p = self.players[i]
+        p.games = self.games
+        if p.obs is None:
+            p.start()
+        ep = p.step(action)
+        self.games = p.games
+        return ep
+
+    def observations(self, n: int) -> np.ndarray:
+        """``uint8 [n, 4, H, W]``: the current frames of the first ``n`` envs (games started where needed)."""
+        for p in self.players[:n]:
+            if p.obs is None:
+                p.games = self.games
+                p.start()
+                self.games = p.games
+        return np.stack([p.obs for p in self.players[:n]])
+
+    def state(self) -> dict[str, Any]:
+        return {"games": self.games, "envs": [p.state() for p in self.players]}
+
+    def restore(self, st: dict[str, Any]) -> None:
+        envs = st["envs"] if "envs" in st else [st]  # one env's state (runs from before num_envs)
+        if len(envs) != len(self.players):
+            raise UserError(f"cannot resume: the run played {len(envs)} envs but learn.num_envs is "
+                            f"{len(self.players)}; resume with --set learn.num_envs={len(envs)}")
+        for p, e in zip(self.players, envs):
+            p.restore(e)
+        self.games = int(st["games"])
+
+    def close(self) -> None:
+        for p in self.players:
+            p.close()
 
 
 class Replay:
@@ -496,12 +546,12 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
     ac = ActorCritic(wm.latent_dim, wm.num_actions, cfg.agent, device)
     ac.seed(cfg.run.seed)
     np_rng = np.random.default_rng(cfg.run.seed + 3)
-    player = Player(cfg, cfg.run.seed)
+    players = Players(cfg, cfg.run.seed, L.num_envs)
     actor = ActorCriticAgent(wm, ac.actor, ac.critic, deterministic=False, seed=cfg.run.seed + 1)
     env_steps, iteration, curve, next_eval = prefill["env_steps"], 0, [], L.eval_every
     next_refresh = L.encoder_every if L.encoder_every else None
     done_loop = False
-    player.games = int(prefill["games"])  # the loop's games come after the prefill's
+    players.games = int(prefill["games"])  # the loop's games come after the prefill's
     if saved is not None:
         load_state(dyn, saved["world_model"], run.dir / STATE_FILE, "world_model")
         opt.load_state_dict(saved["optimizer"])
@@ -512,7 +562,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
                                                   list(saved["curve"]), int(saved["next_eval"]))
         next_refresh = saved["next_refresh"]
         done_loop = bool(saved["done_loop"])
-        player.restore(saved["player"])
+        players.restore(saved["player"])
         echo(f"resumed at iteration {iteration}, {env_steps} env steps")
     writer = ReplayWriter(lr.data, append=True)
 
@@ -521,7 +571,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
         ckpt = {"kind": KIND, "config": cfg.to_dict(), "world_model": dyn.state_dict(), "optimizer": opt.state_dict(),
                 "agent": ac.training_state(), "player_generator": actor.generator.get_state(),
                 "rng": rng_state(np_rng), "env_steps": env_steps, "iteration": iteration, "curve": curve,
-                "next_eval": next_eval, "done_loop": done_loop, "player": player.state(),
+                "next_eval": next_eval, "done_loop": done_loop, "player": players.state(),
                 "episodes": len(replay.episodes), "timings": lr.timings, "metrics_offset": run.metrics_offset,
                 "final": final, "next_refresh": next_refresh, "encoder_refresh": s1.state()}
         wm_ckpt = {"kind": "stage2", "config": cfg.to_dict(), **lr.stage2_extra(wm.encoder),
@@ -613,15 +663,18 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
             steps = min(L.collect_steps, lr.budget - env_steps)
             t = time.perf_counter()
             new_before = len(replay.episodes)
-            for _ in range(steps):
-                if player.obs is None:
-                    player.start()
-                ep = player.step(actor.act(player.obs))
-                if ep is not None:
-                    te = time.perf_counter()
-                    replay.add(ep, writer, "actor-critic", player.finished_seed)
-                    lr.timings["encode"] += time.perf_counter() - te
-                    t += time.perf_counter() - te  # encoding is not env time
+            left = steps
+            while left > 0:  # rounds of one step in each env (the last round may use fewer)
+                n = min(L.num_envs, left)
+                actions, _ = actor.predict(players.observations(n), deterministic=False)
+                for i in range(n):
+                    ep = players.step(i, int(actions[i]))
+                    if ep is not None:
+                        te = time.perf_counter()
+                        replay.add(ep, writer, "actor-critic", players.players[i].finished_seed)
+                        lr.timings["encode"] += time.perf_counter() - te
+                        t += time.perf_counter() - te  # encoding is not env time
+                left -= n
             env_steps += steps
             lr.timings["env"] += time.perf_counter() - t
             new_eps = replay.episodes[new_before:]
@@ -669,7 +722,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
             done_loop = last
             save_all(curve[-1] if done_loop else None)
     finally:
-        player.close()
+        players.close()
 
     if not done_loop:
         return {"run_dir": str(run.dir), "finished": False, "env_steps": env_steps, "iteration": iteration}

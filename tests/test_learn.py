@@ -181,7 +181,7 @@ def test_resume_drops_episodes_written_after_the_checkpoint_and_replays_the_game
     part = learn(cfg, progress=False, echo=lambda m: None, max_iterations=2)
     assert not part["finished"]
     state = torch.load(f"{part['run_dir']}/learn.pt", weights_only=True)
-    assert state["player"]["chosen"], "no game in progress at the checkpoint: the replay of one is not exercised"
+    assert state["player"]["envs"][0]["chosen"], "no game in progress at the checkpoint: the replay of one is not exercised"
     eps, _ = load_episodes(f"{part['run_dir']}/data")
     ReplayWriter(f"{part['run_dir']}/data", append=True).add(eps[-1], {"policy": "written after the checkpoint"})
     done = learn(cfg, resume=part["run_dir"], progress=False, echo=lambda m: None)
@@ -189,6 +189,29 @@ def test_resume_drops_episodes_written_after_the_checkpoint_and_replays_the_game
            for r in (ref, done)]
     assert sha[0] == sha[1]
     a, b = (torch.load(f"{r['run_dir']}/learn.pt", weights_only=True) for r in (ref, done))
+    for k in b["world_model"]:
+        assert torch.equal(a["world_model"][k], b["world_model"][k]), k
+    assert done["returns"] == ref["returns"]
+
+
+def test_two_envs_play_distinct_games_and_resume_to_the_uninterrupted_result(tmp_path):
+    """``learn.num_envs=2``: both envs' games land in the replay (game seeds numbered across envs, none twice), the
+    budget is spent exactly, and a run stopped after an iteration and resumed ends with the same replay and weights."""
+    two = [*TINY, "learn.num_envs=2"]
+    ref = learn(load_config("tiny", [*two, f"run.runs_dir={tmp_path / 'ref'}"]), progress=False, echo=lambda m: None)
+    cfg = load_config("tiny", [*two, f"run.runs_dir={tmp_path / 'part'}"])
+    part = learn(cfg, progress=False, echo=lambda m: None, max_iterations=1)
+    state = torch.load(f"{part['run_dir']}/learn.pt", weights_only=True)
+    assert len(state["player"]["envs"]) == 2 and all(e["chosen"] for e in state["player"]["envs"])
+    done = learn(cfg, resume=part["run_dir"], progress=False, echo=lambda m: None)
+    assert done["env_steps"] == ref["env_steps"] == BUDGET
+    eps = [json.load(open(f"{r['run_dir']}/data/manifest.json"))["episodes"] for r in (ref, done)]
+    assert [e["sha256"] for e in eps[0]] == [e["sha256"] for e in eps[1]]
+    a, b = (torch.load(f"{r['run_dir']}/learn.pt", weights_only=True) for r in (ref, done))
+    # the actor's finished games and the two games in progress: all different games
+    seeds = [e["game_seed"] for e in eps[0] if e["policy"] == "actor-critic"] + [
+        e["game_seed"] for e in b["player"]["envs"]]
+    assert len(seeds) >= 3 and len(set(seeds)) == len(seeds)
     for k in b["world_model"]:
         assert torch.equal(a["world_model"][k], b["world_model"][k]), k
     assert done["returns"] == ref["returns"]
