@@ -51,7 +51,8 @@ def main() -> None:
 
     cfg = load_config(args.preset, ["run.wandb=disabled"])
     torch.manual_seed(0)
-    wm = WorldModel(PooledEncoder(build_encoder(cfg)).eval().requires_grad_(False), build_world_model_transformer(cfg).eval(), "cpu")
+    encoder = PooledEncoder(build_encoder(cfg)).eval().requires_grad_(False)
+    wm = WorldModel(encoder, build_world_model_transformer(cfg).eval(), "cpu")
     ac = ActorCritic(wm.latent_dim, wm.num_actions, cfg.agent, "cpu")
     actor = ActorCriticAgent(wm, ac.actor, ac.critic, deterministic=False, seed=0)
 

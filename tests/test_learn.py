@@ -181,7 +181,8 @@ def test_resume_drops_episodes_written_after_the_checkpoint_and_replays_the_game
     part = learn(cfg, progress=False, echo=lambda m: None, max_iterations=2)
     assert not part["finished"]
     state = torch.load(f"{part['run_dir']}/learn.pt", weights_only=True)
-    assert state["player"]["envs"][0]["chosen"], "no game in progress at the checkpoint: the replay of one is not exercised"
+    in_progress = state["player"]["envs"][0]["chosen"]
+    assert in_progress, "no game in progress at the checkpoint: the replay of one is not exercised"
     eps, _ = load_episodes(f"{part['run_dir']}/data")
     ReplayWriter(f"{part['run_dir']}/data", append=True).add(eps[-1], {"policy": "written after the checkpoint"})
     done = learn(cfg, resume=part["run_dir"], progress=False, echo=lambda m: None)
