@@ -118,7 +118,8 @@ class LearnConfig:
     final_agent_updates: int = 600
     recent_fraction: float = 0.5  # share of imagination starts drawn from the most recent frames
     recent_steps: int = 20000  # ... the last this many frames of the replay
-    encoder_every: int = 0  # env steps between Stage-1 fine-tunes on all data so far (0 = keep the prefill's encoder)
+    encoder_every: int = 0  # env steps between Stage-1 fine-tunes on all data so far (0 = keep the prefill's encoder;
+    # every 10k at quick, 3 tuning seeds: -0.30 points, CI -1.53..+1.03, docs/results.md)
     encoder_updates: int = 500  # masked-prediction steps per fine-tune
     encoder_lr: float = 3e-4
     encoder_stage2_updates: int = 200  # Stage-2 steps on the re-encoded replay right after a fine-tune
