@@ -59,13 +59,7 @@ def main() -> None:
     def actor_play(k: int, steps: int) -> float:
         players = Players(cfg, 0, k)
         t0 = time.perf_counter()
-        left = steps
-        while left > 0:
-            n = min(k, left)
-            acts, _ = actor.predict(players.observations(n), deterministic=False)
-            for i in range(n):
-                players.step(i, int(acts[i]))
-            left -= n
+        players.play(actor, steps, lambda ep, seed: None)
         dt = time.perf_counter() - t0
         players.close()
         return dt

@@ -162,6 +162,19 @@ class Players:
                 self.games = p.games
         return np.stack([p.obs for p in self.players[:n]])
 
+    def play(self, actor: ActorCriticAgent, steps: int, on_episode: Callable[[Episode, int], None]) -> None:
+        """Play ``steps`` env steps with ``actor`` (sampling), in rounds of one step in each env (the last round
+        may use fewer); ``on_episode(episode, game_seed)`` receives each finished game."""
+        left = steps
+        while left > 0:
+            n = min(len(self.players), left)
+            actions, _ = actor.predict(self.observations(n), deterministic=False)
+            for i in range(n):
+                ep = self.step(i, int(actions[i]))
+                if ep is not None:
+                    on_episode(ep, self.players[i].finished_seed)
+            left -= n
+
     def state(self) -> dict[str, Any]:
         return {"games": self.games, "envs": [p.state() for p in self.players]}
 
@@ -663,18 +676,17 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
             steps = min(L.collect_steps, lr.budget - env_steps)
             t = time.perf_counter()
             new_before = len(replay.episodes)
-            left = steps
-            while left > 0:  # rounds of one step in each env (the last round may use fewer)
-                n = min(L.num_envs, left)
-                actions, _ = actor.predict(players.observations(n), deterministic=False)
-                for i in range(n):
-                    ep = players.step(i, int(actions[i]))
-                    if ep is not None:
-                        te = time.perf_counter()
-                        replay.add(ep, writer, "actor-critic", players.players[i].finished_seed)
-                        lr.timings["encode"] += time.perf_counter() - te
-                        t += time.perf_counter() - te  # encoding is not env time
-                left -= n
+            encode_s = 0.0
+
+            def store(ep: Episode, game_seed: int) -> None:
+                nonlocal encode_s
+                te = time.perf_counter()
+                replay.add(ep, writer, "actor-critic", game_seed)
+                encode_s += time.perf_counter() - te
+
+            players.play(actor, steps, store)
+            lr.timings["encode"] += encode_s
+            t += encode_s  # encoding is not env time
             env_steps += steps
             lr.timings["env"] += time.perf_counter() - t
             new_eps = replay.episodes[new_before:]
