@@ -127,6 +127,15 @@ def mean(value: float) -> float:
     return float(t.item()) / _GROUP.world
 
 
+def sums(values: dict[str, float]) -> dict[str, float]:
+    """Every value summed over the ranks, in one all-reduce (itself in a plain run)."""
+    if not _GROUP.active:
+        return values
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(x) for k, x in zip(values, t.tolist())}
+
+
 def means(values: dict[str, float]) -> dict[str, float]:
     """:func:`mean` of every value, in one all-reduce."""
     if not _GROUP.active:

@@ -328,12 +328,14 @@ class Stage2Task:
         return values, row
 
     def end_epoch(self, state: TrainState) -> tuple[float, dict[str, Any], dict[str, Any], str]:
-        # Rank 0 validates and every rank takes its verdict, so early stopping agrees across a torchrun group.
-        return distributed.broadcast(self._validate(state) if self.group.main else None)
+        # Every rank validates its share of the batches (an all-reduce sums them); rank 0's verdict is broadcast,
+        # so early stopping agrees across a torchrun group.
+        val = evaluate_losses(self.model, self.loss_fn, self.val_seq, device=self.device, reduce=distributed.sums,
+                              share=(self.group.rank, self.group.world))
+        return distributed.broadcast(self._validate(state, val) if self.group.main else None)
 
-    def _validate(self, state: TrainState) -> tuple[float, dict[str, Any], dict[str, Any], str]:
+    def _validate(self, state: TrainState, val: dict[str, float]) -> tuple[float, dict[str, Any], dict[str, Any], str]:
         train = {k: sum(state.values[k]) / self.steps_per_epoch for k in METRICS}
-        val = evaluate_losses(self.model, self.loss_fn, self.val_seq, device=self.device)
         ratio = val["latent_total"] / max(train["latent_total"], 1e-12)
         rate = self.steps_per_epoch * self.bs / max(state.epoch_seconds, 1e-9)
         row = {"epoch": state.epoch, "train": train, "val": val, "val_train_ratio": ratio}

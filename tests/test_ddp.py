@@ -124,6 +124,9 @@ def test_torchrun_stage2_matches_one_process(tiny_data, single, tmp_path):
     assert ours and [s for s, _ in ours] == [s for s, _ in theirs]
     for (_, a), (_, b) in zip(ours, theirs):
         assert a == pytest.approx(b, rel=1e-5)
+    # validation: each rank scores its share of the batches, an all-reduce adds them up
+    val_two, val_one = ([r["val/stage2/loss"] for r in _rows(run) if "val/stage2/loss" in r] for run in (two, one))
+    assert val_two and val_two == pytest.approx(val_one, rel=1e-5)
     a = torch.load(two / "stage2" / "latest.pt", weights_only=True)["world_model"]
     b = torch.load(one / "stage2" / "latest.pt", weights_only=True)["world_model"]
     for k in b:

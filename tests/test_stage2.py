@@ -381,6 +381,24 @@ def test_encoder_gets_no_gradient_in_a_training_step(stage1_ckpt, tiny_data):
     assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())
 
 
+def test_validation_shares_add_up_to_the_whole(tiny_data):
+    """Under torchrun each rank validates every world-th batch and an all-reduce sums them: the shares' parts
+    add up to the one-process validation (each part is its share's loss sums over all the sequences)."""
+    from envs.dataset import TemporalSequenceDataset
+    from envs.replay import load_episodes
+    from worldmodel.dynamics_loss import LatentSequences, evaluate_losses
+
+    ds = TemporalSequenceDataset(load_episodes(tiny_data)[0], 4)
+    torch.manual_seed(0)
+    seqs = LatentSequences(torch.randn(ds.store.num_frames, 8), ds.store, ds.starts[:23], 4)
+    m, loss_fn = small_model(), WorldModelLoss(LossWeights(), 0.8, rollout_steps=2)
+    whole = evaluate_losses(m, loss_fn, seqs, batch_size=5)
+    parts = [evaluate_losses(m, loss_fn, seqs, batch_size=5, share=(r, 3)) for r in range(3)]
+    assert all(p["teacher_forcing"] > 0 for p in parts), "every share got batches"
+    for k, v in whole.items():
+        assert sum(p[k] for p in parts) == pytest.approx(v, rel=1e-6), k
+
+
 def test_latent_cache_rebuilt_for_a_new_checkpoint(stage1_ckpt, tiny_data, tmp_path):
     from envs.dataset import EpisodeStore
     from envs.replay import load_episodes

@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -264,17 +265,26 @@ class LatentSequences:
 @torch.no_grad()
 def evaluate_losses(model: WorldModelTransformer, loss_fn: WorldModelLoss, seqs: LatentSequences,
                     batch_size: int = 256, device: torch.device | str = "cpu",
-                    max_sequences: int | None = None) -> dict[str, float]:
-    """Mean losses in eval mode with the evaluation protocol (pure teacher forcing, rollout from z_0)."""
+                    max_sequences: int | None = None,
+                    reduce: Callable[[dict[str, float]], dict[str, float]] | None = None,
+                    share: tuple[int, int] = (0, 1)) -> dict[str, float]:
+    """Mean losses in eval mode with the evaluation protocol (pure teacher forcing, rollout from z_0).
+
+    Several processes can split the work: ``share=(rank, world)`` evaluates every ``world``-th batch from
+    ``rank``, and ``reduce`` sums a dict of floats over the processes (an all-reduce); every process then returns
+    the losses of all the sequences."""
     was_training = model.training
     model.eval()
     n = len(seqs) if max_sequences is None else min(len(seqs), max_sequences)
     idx = np.arange(n) if n == len(seqs) else np.linspace(0, len(seqs) - 1, n).astype(np.int64)
     sums = dict.fromkeys(METRICS, 0.0)
-    for s in range(0, n, batch_size):
+    rank, world = share
+    for s in range(rank * batch_size, n, world * batch_size):
         b = seqs.batch(idx[s:s + batch_size], device)
         out = loss_fn(model, b, train=False)
         for k in METRICS:
             sums[k] += float(out[k].detach()) * len(b["actions"])
     model.train(was_training)
+    if reduce is not None:
+        sums = reduce(sums)
     return {k: v / max(1, n) for k, v in sums.items()}

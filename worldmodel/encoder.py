@@ -113,8 +113,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # [3, B, h, N, d]
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, h, N, d]
+        # [3, B, h, N, d] unbound (its backward stacks the gradients; indexing fills a zero tensor per part)
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, h, N, d]
         out = out.transpose(1, 2).reshape(B, N, D)  # [B, N, D]
         return self.drop(self.proj(out))
 

@@ -97,11 +97,11 @@ class CausalBlock(nn.Module):
         this block's keys and values ``[B, h, P + T, d]``. ``past``: keys and values of ``P`` earlier steps that the
         new ones attend to (a differentiable cache: the rollout loss feeds one step at a time)."""
         B, T, C = x.shape
-        qkv = self.qkv(self.norm1(x)).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3,B,h,T,d]
-        k, v = qkv[1], qkv[2]
+        # unbind, not indexing: its backward stacks the three gradients instead of filling a zero tensor per part
+        q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        att = F.scaled_dot_product_attention(qkv[0], k, v, attn_mask=bias)  # [B, h, T, d]
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B, h, T, d]
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(B, T, C)))
         return x + self.drop(self.mlp(self.norm2(x))), k, v
 
