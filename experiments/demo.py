@@ -22,7 +22,7 @@ from experiments.runlog import open_run, setup_torch
 def run_demo(cfg: Config, agents: tuple[str, ...] = ("random", "cem")) -> dict:
     from experiments.compare import CompareOptions, compare_baselines
     from experiments.pretrain import pretrain_both
-    from experiments.report_stage1 import evaluate_stage1
+    from experiments.report_stage1 import evaluate_stage1, measure_stage1
     from experiments.report_stage1 import format_report as format_stage1
     from experiments.report_stage2 import evaluate_stage2
     from experiments.report_stage2 import format_report as format_stage2
@@ -52,16 +52,21 @@ def run_demo(cfg: Config, agents: tuple[str, ...] = ("random", "cem")) -> dict:
     if grp.main:
         echo(format_summary(summarize(data_dir, cfg.data.val_fraction, cfg.run.seed, verify=False)))
 
-    # 2. both evaluations (under torchrun: Stage 1 on rank 0 while rank 1 evaluates Stage 2)
+    # 2. both evaluations. Under torchrun rank 0 measures Stage 1's losses while rank 1 measures its encoder's
+    # diagnostics and then evaluates Stage 2 (the two halves take about as long); rank 0 writes both reports.
     t = time.perf_counter()
     stage1_ckpt = pretrain_dir / "stage1" / "best.pt"
-    reports = {0: lambda: format_stage1(evaluate_stage1(stage1_ckpt)),
-               1: lambda: format_stage2(evaluate_stage2(result["best_checkpoint"]))}
-    with distributed.solo():  # each report is one process's work
-        mine = [text() for rank, text in reports.items() if rank % grp.world == grp.rank]
-    for texts in distributed.gather(mine):
-        for text in texts:
-            echo(text)
+    jobs = {0: lambda: ("stage1", measure_stage1(stage1_ckpt, parts=("losses",))),
+            1: lambda: ("stage1", measure_stage1(stage1_ckpt, parts=("diagnostics",))),
+            2: lambda: ("stage2", format_stage2(evaluate_stage2(result["best_checkpoint"])))}
+    owner = {0: 0, 1: 1 % grp.world, 2: 1 % grp.world}
+    with distributed.solo():  # each job is one process's work
+        mine = [jobs[j]() for j in sorted(jobs) if owner[j] == grp.rank]
+    done = [item for items in distributed.gather(mine) for item in items]
+    if grp.main:
+        measured = {k: v for kind, part in done if kind == "stage1" for k, v in part.items()}
+        echo(format_stage1(evaluate_stage1(stage1_ckpt, measured=measured)))
+        echo(next(text for kind, text in done if kind == "stage2"))
     lap("evaluate stages 1 and 2", t)
 
     # 3. CEM and random in the real game, the same evaluation protocol as compare-baselines

@@ -58,11 +58,17 @@ def random_baseline(cfg: Config, train_ds, val_ds) -> dict[str, Any]:
     return representation_diagnostics(enc, train_ds, val_ds, seed=cfg.run.seed)
 
 
-def evaluate_stage1(checkpoint: str | Path, data: str | Path | None = None, out: str | Path | None = None,
-                    threads: int = 1) -> dict[str, Any]:
-    """Evaluate a stage-1 checkpoint; writes and returns the report."""
+MEASUREMENTS = ("losses", "diagnostics")  # the two costly parts of the report, computable apart (make demo)
+
+
+def measure_stage1(checkpoint: str | Path, data: str | Path | None = None, parts: tuple[str, ...] = MEASUREMENTS,
+                   threads: int = 1) -> dict[str, Any]:
+    """The report's measurements of a stage-1 checkpoint: ``"losses"`` (train sample and validation, eval mode,
+    fixed masks) and/or ``"diagnostics"`` (the target encoder's std, rank and probes). Each part is
+    deterministic, so two processes can compute one part each and :func:`evaluate_stage1` joins them."""
+    unknown = set(parts) - set(MEASUREMENTS)
+    assert not unknown, f"unknown stage-1 measurements {sorted(unknown)}; choose from {MEASUREMENTS}"
     checkpoint = Path(checkpoint)
-    dest, note = report_destination(out, checkpoint.with_name(checkpoint.stem + "_eval_stage1.json"))
     ckpt, cfg, data = checkpoint_and_data(checkpoint, "stage1", data)
     torch.set_num_threads(threads)
     train_ds, val_ds = load_split(cfg, data)
@@ -74,10 +80,32 @@ def evaluate_stage1(checkpoint: str | Path, data: str | Path | None = None, out:
     for name in ("online", "target", "predictor"):
         load_state(getattr(model, name), ckpt[name], checkpoint, name)
     model.eval()
+    out: dict[str, Any] = {}
+    if "losses" in parts:  # the seed's table grades the masked-prediction L1; an auxiliary loss is reported apart
+        out["losses"] = {"train": validation_losses(model, train_ds, seed=cfg.run.seed + 2, max_samples=TRAIN_SAMPLES),
+                         "val": validation_losses(model, val_ds, seed=cfg.run.seed + 1)}
+    if "diagnostics" in parts:
+        out["diagnostics"] = representation_diagnostics(PooledEncoder(model.target), train_ds, val_ds,
+                                                        seed=cfg.run.seed)
+        if not ckpt.get("random_baseline"):
+            out["random_baseline"] = random_baseline(cfg, train_ds, val_ds)
+    return out
 
-    # The seed's table grades the masked-prediction L1 (MaskedPredictionLoss); an auxiliary loss is reported apart.
-    train = validation_losses(model, train_ds, seed=cfg.run.seed + 2, max_samples=TRAIN_SAMPLES)
-    val = validation_losses(model, val_ds, seed=cfg.run.seed + 1)
+
+def evaluate_stage1(checkpoint: str | Path, data: str | Path | None = None, out: str | Path | None = None,
+                    threads: int = 1, measured: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate a stage-1 checkpoint; writes and returns the report. ``measured``: parts of
+    :func:`measure_stage1` already computed (by another process); the rest is computed here."""
+    checkpoint = Path(checkpoint)
+    dest, note = report_destination(out, checkpoint.with_name(checkpoint.stem + "_eval_stage1.json"))
+    ckpt, cfg, data = checkpoint_and_data(checkpoint, "stage1", data)
+    measured = dict(measured or {})
+    missing = tuple(p for p in MEASUREMENTS if p not in measured)
+    if missing:
+        measured.update(measure_stage1(checkpoint, data, missing, threads))
+    train, val = measured["losses"]["train"], measured["losses"]["val"]
+    diag = measured["diagnostics"]
+    baseline = ckpt.get("random_baseline") or measured["random_baseline"]
     train_loss, val_loss = train["jepa_loss"], val["jepa_loss"]
     ratio = val_loss / max(train_loss, 1e-12)
     values = {"train_loss": train_loss, "val_loss": val_loss, "val_train_ratio": ratio}
@@ -85,8 +113,6 @@ def evaluate_stage1(checkpoint: str | Path, data: str | Path | None = None, out:
     table = [{"metric": label, "key": key, "value": values[key], "grade": grade(values[key], bounds)}
              for key, (label, bounds) in BENCHMARKS.items()]
 
-    diag = representation_diagnostics(PooledEncoder(model.target), train_ds, val_ds, seed=cfg.run.seed)
-    baseline = ckpt.get("random_baseline") or random_baseline(cfg, train_ds, val_ds)
     history = ckpt.get("history") or []
     val_hist = [float(h.get("val_jepa_loss", h["val_loss"])) for h in history]
     stable = bool(val_hist) and val_hist[-1] <= min(val_hist) * (1 + STABLE_VAL_TOLERANCE)

@@ -308,6 +308,14 @@ def test_bottleneck_variant_trains_and_loads(tiny_data, tmp_path):
     assert enc(x).shape == (2, 32) and torch.allclose(enc(x), vit(x)[0])
     report = evaluate_stage1(res["best_checkpoint"], out=tmp_path / "r.json")
     assert report["target"] == "bottleneck" and np.isfinite(report["diagnostics"]["probe_r2/ball_x"])
+    # `make demo` measures the losses and the diagnostics in two processes: the joined report is the same
+    from experiments.report_stage1 import measure_stage1
+
+    parts = {**measure_stage1(res["best_checkpoint"], parts=("losses",)),
+             **measure_stage1(res["best_checkpoint"], parts=("diagnostics",))}
+    joined = evaluate_stage1(res["best_checkpoint"], out=tmp_path / "j.json", measured=parts)
+    for key in ("benchmarks", "losses", "diagnostics", "success_criteria"):
+        assert joined[key] == report[key], key
 
 
 def test_motion_map_is_a_distribution_on_the_moving_patch():
