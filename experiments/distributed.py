@@ -138,11 +138,7 @@ def sums(values: dict[str, float]) -> dict[str, float]:
 
 def means(values: dict[str, float]) -> dict[str, float]:
     """:func:`mean` of every value, in one all-reduce."""
-    if not _GROUP.active:
-        return values
-    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: float(x) / _GROUP.world for k, x in zip(values, t.tolist())}
+    return {k: v / _GROUP.world for k, v in sums(values).items()}
 
 
 def shard(n: int) -> slice:
