@@ -289,7 +289,11 @@ def validate(cfg: Config) -> Config:
     check_range(m.predictor.heads >= 1 and m.shared_latent_dim % m.predictor.heads == 0, "models.predictor.heads",
                 m.predictor.heads, f"a divisor of models.shared_latent_dim ({m.shared_latent_dim})")
     m.world_model.validate("models.world_model")
-    cfg.vjepa2_world_model.stage1.validate("vjepa2_world_model.stage1")
+    s1 = cfg.vjepa2_world_model.stage1
+    s1.validate("vjepa2_world_model.stage1")
+    check_range(s1.motion_map_cells == 0 or e.image_height % s1.motion_map_cells == 0,
+                "vjepa2_world_model.stage1.motion_map_cells", s1.motion_map_cells,
+                f"0 or a divisor of the image size {e.image_height}")
     cfg.vjepa2_world_model.stage2.validate("vjepa2_world_model.stage2")
     cfg.data.validate("data")
     cfg.planner.validate("planner")

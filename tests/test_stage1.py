@@ -346,6 +346,20 @@ def test_motion_map_head_is_trained_and_saved_with_the_predictor():
     assert "motion_map_loss" not in out and torch.equal(out["loss"].detach(), out["jepa_loss"])
 
 
+def test_finer_motion_map_cells_locate_the_ball_within_a_patch():
+    from worldmodel.masked_prediction import motion_map
+
+    obs = torch.zeros(1, 4, 64, 64, dtype=torch.uint8)
+    obs[0, 3, 10, 50] = 200
+    m = motion_map(obs, patch_size=2)  # 32x32 cells of 2 pixels
+    assert m.shape == (1, 1024) and int(m[0].argmax()) == 5 * 32 + 25
+    model = build_stage1_model(load_config("tiny", ["vjepa2_world_model.stage1.motion_map_cells=8"]))
+    assert model.predictor.motion_head.out_features == 64 and model.motion_cell == 8
+    assert model(torch.randint(0, 255, (2, 4, 64, 64), dtype=torch.uint8))["motion_map_loss"] > 0
+    with pytest.raises(UserError, match="motion_map_cells"):
+        load_config("tiny", ["vjepa2_world_model.stage1.motion_map_cells=7"])
+
+
 def test_pixel_input_norm_standardises_each_pixel_and_travels_in_the_checkpoint():
     vit = MaskedViT(image_size=32, in_channels=4, patch_size=16, dim=8, depth=1, heads=2, mlp_dim=16, dropout=0.0,
                     input_norm="pixel", input_std_floor=0.05)

@@ -62,6 +62,9 @@ class Stage1Config:
     bottleneck_token_weight: float = 0.0  # bottleneck target: weight of the added masked-token loss (0 = none)
     motion_weighting: float = 1.0  # bottleneck target: token error weight 1 + this * patch motion / mean motion
     motion_map_weight: float = 1.0  # auxiliary: cross-entropy of where the newest frame moved (8x8 map) from z
+    # cells per side of that map: 0 = the patch grid (8x8 at 64 px, 8-pixel cells); 32 = 2-pixel cells, which asks
+    # z for the ball's position within a patch
+    motion_map_cells: int = 0
     batch_size: int = 128
     grad_clip: float = 1.0  # max global grad norm
     warmup_epochs: float = 0.5  # linear LR warm-up before cosine decay
@@ -77,6 +80,8 @@ class Stage1Config:
         check_range(self.motion_weighting >= 0.0, f"{path}.motion_weighting", self.motion_weighting, "a value >= 0")
         check_range(self.motion_map_weight >= 0.0, f"{path}.motion_map_weight", self.motion_map_weight,
                     "a number >= 0 (0 = off)")
+        check_range(self.motion_map_cells >= 0, f"{path}.motion_map_cells", self.motion_map_cells,
+                    "an integer >= 0 (0 = one cell per patch)")
         check_range(0.0 <= self.ema_decay <= 1.0, f"{path}.ema_decay", self.ema_decay, "a value in [0, 1]")
         check_schedule(self, path)
         check_range(self.warmup_epochs >= 0, f"{path}.warmup_epochs", self.warmup_epochs, "a number of epochs >= 0")
@@ -155,9 +160,9 @@ def motion_weights(obs: torch.Tensor, patch_size: int, strength: float) -> torch
 
 
 def motion_map(obs: torch.Tensor, patch_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """Where the newest frame changed: ``|f_t - f_{t-1}|`` max-pooled per patch and normalised to a distribution
-    ``[B, N]`` over patches (uniform for a still frame). Self-supervised: it needs no labels, and it is
-    concentrated on the moving ball and paddle."""
+    """Where the newest frame changed: ``|f_t - f_{t-1}|`` max-pooled over ``patch_size``-pixel cells and
+    normalised to a distribution ``[B, cells]`` (uniform for a still frame). Self-supervised: it needs no labels,
+    and it is concentrated on the moving ball and paddle."""
     x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
     # max, not mean, per patch: a one-pixel ball counts as much as the wide paddle
     m = F.max_pool2d((x[:, -1:] - x[:, -2:-1]).abs(), patch_size).flatten(1) + eps  # [B, N]
@@ -194,7 +199,7 @@ class MaskedPredictionModel(nn.Module):
     def __init__(self, encoder: MaskedViT, target: str = "tokens", masking_ratio: float = 0.4,
                  ema_decay: float = 0.996, predictor_depth: int = 2, predictor_heads: int = 4,
                  predictor_mlp_dim: int = 256, predictor_dropout: float = 0.0, bottleneck_token_weight: float = 1.0,
-                 motion_weighting: float = 0.0, motion_map_weight: float = 0.0):
+                 motion_weighting: float = 0.0, motion_map_weight: float = 0.0, motion_map_cells: int = 0):
         super().__init__()
         if target not in ("pooled", "tokens", "bottleneck"):
             raise ValueError(f"target must be 'pooled', 'tokens' or 'bottleneck', got {target!r}")
@@ -219,9 +224,15 @@ class MaskedPredictionModel(nn.Module):
                                             predictor_mlp_dim, predictor_dropout)
         self.loss_fn = MaskedPredictionLoss()
         self.motion_map_weight = float(motion_map_weight)
+        # the motion map's cell size in pixels (one patch per cell unless motion_map_cells says otherwise)
+        side = encoder.image_size
+        cells = motion_map_cells or side // encoder.patch_size
+        if side % cells:
+            raise ValueError(f"motion_map_cells={motion_map_cells} must divide the {side}-pixel frame")
+        self.motion_cell = side // cells
         if self.motion_map_weight > 0:
             # Lives in the predictor so that checkpoints (which save online, target, predictor) carry it.
-            self.predictor.add_module("motion_head", nn.Linear(D, encoder.num_patches))
+            self.predictor.add_module("motion_head", nn.Linear(D, cells * cells))
 
     @classmethod
     def from_config(cls, encoder: MaskedViT, stage1: Stage1Config, predictor: PredictorConfig
@@ -232,7 +243,7 @@ class MaskedPredictionModel(nn.Module):
                    predictor_depth=predictor.depth, predictor_heads=predictor.heads,
                    predictor_mlp_dim=predictor.mlp_dim, predictor_dropout=predictor.dropout,
                    bottleneck_token_weight=stage1.bottleneck_token_weight, motion_weighting=stage1.motion_weighting,
-                   motion_map_weight=stage1.motion_map_weight)
+                   motion_map_weight=stage1.motion_map_weight, motion_map_cells=stage1.motion_map_cells)
 
     def train(self, mode: bool = True) -> MaskedPredictionModel:
         super().train(mode)
@@ -285,8 +296,8 @@ class MaskedPredictionModel(nn.Module):
             loss = self.loss_fn(pred, t_tokens, mask)
         out = {"jepa_loss": loss.detach(), "target_pooled": t_pooled, "online_pooled": o_pooled.detach()}
         if self.motion_map_weight > 0 and obs.shape[1] > 1:
-            target_map = motion_map(obs, self.online.patch_size)  # [B, N], sums to 1
-            logp = F.log_softmax(self.predictor.motion_head(o_pooled), dim=-1)  # [B, N]
+            target_map = motion_map(obs, self.motion_cell)  # [B, cells], sums to 1
+            logp = F.log_softmax(self.predictor.motion_head(o_pooled), dim=-1)  # [B, cells]
             aux = -(target_map * logp).sum(-1).mean()  # cross-entropy
             out["motion_map_loss"] = aux.detach()
             loss = loss + self.motion_map_weight * aux
