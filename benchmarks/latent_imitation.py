@@ -176,9 +176,9 @@ def main() -> None:
         if not torch.allclose(check, saved["check_latents"], atol=1e-4):
             sys.exit(f"{args.world_model}'s encoder is not the one of {args.load}; pass a world model over it")
         net.load_state_dict(saved["net"])
+        plays = saved["plays"] if "plays" in saved else {"dagger": (saved["latents"], saved["traj"])}
         out = {"world_model": args.world_model, "load": args.load, **check_imagination(
-            cfg, model, net, saved["agent"], saved["latents"], saved["traj"], args.horizons, args.seed,
-            saved["real"])}
+            cfg, model, net, saved["agent"], plays, args.horizons, args.seed, saved["real"])}
         out["seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(out))
         return
@@ -212,17 +212,19 @@ def main() -> None:
         from agent.player import load_agent
         from planners.reference import RandomPolicy
 
+        actor = load_agent(args.agent, model, seed=args.seed)
         real = {"imitation": out["sampled"],
-                "agent": summarize_returns(evaluate(load_agent(args.agent, model, seed=args.seed), cfg,
-                                                    episodes=args.episodes, progress=False)),
+                "agent": summarize_returns(evaluate(actor, cfg, episodes=args.episodes, progress=False)),
                 "random": summarize_returns(evaluate(RandomPolicy(seed=args.seed), cfg, episodes=args.episodes,
                                                      progress=False))}
-        traj = {k: np.concatenate([t[k] for t in trajs]) for k in trajs[0]}
-        out.update(check_imagination(cfg, model, net, args.agent, x, traj, args.horizons, args.seed, real))
+        a_obs, _, _, _, a_traj = collect(env_cfg, actor, args.steps, args.seed, stream)  # the actor's own play
+        plays = {"dagger": (x, {k: np.concatenate([t[k] for t in trajs]) for k in trajs[0]}),
+                 "agent": (featurize(a_obs), a_traj)}
+        out.update(check_imagination(cfg, model, net, args.agent, plays, args.horizons, args.seed, real))
         if args.save:
             Path(args.save).mkdir(parents=True, exist_ok=True)
             check_obs = obs[:64]
-            torch.save({"net": net.state_dict(), "latents": x, "traj": traj, "agent": args.agent, "real": real,
+            torch.save({"net": net.state_dict(), "plays": plays, "agent": args.agent, "real": real,
                         "check_obs": check_obs, "check_latents": featurize(check_obs)},
                        Path(args.save) / "imitation.pt")
     out["seconds"] = round(time.perf_counter() - t0, 1)
@@ -230,15 +232,18 @@ def main() -> None:
 
 
 @torch.no_grad()
-def check_imagination(cfg, model, net: nn.Module, agent_path: str, latents: torch.Tensor, traj: dict[str, np.ndarray],
-                      horizons: str, seed: int, real: dict[str, dict]) -> dict:
-    """Does the world model tell good play from bad? Two checks on the DAgger states (tracker and imitation play):
+def check_imagination(cfg, model, net: nn.Module, agent_path: str,
+                      plays: dict[str, tuple[torch.Tensor, dict[str, np.ndarray]]], horizons: str, seed: int,
+                      real: dict[str, dict]) -> dict:
+    """Does the world model tell good play from bad? Two checks:
 
     - ``ranking``: real vs imagined points and life losses per step of the imitating policy, the ``agent_path``
-      actor and uniform random play, imagined from the same 2048 real start latents;
-    - ``open_loop``: from real latents, imagine the real next H actions and compare P(a life is lost within H
-      steps) with what happened (AUC, Brier score, means), and the imagined with the real points.
+      actor and uniform random play, imagined from the same 2048 real start latents (the DAgger states);
+    - ``open_loop``: for each play in ``plays`` (``dagger``: tracker and imitation play; ``agent``: the actor's
+      own), imagine the real next H actions from real latents and compare P(a life is lost within H steps) with
+      what happened (AUC, Brier score, means), and the imagined with the real points.
     """
+    latents = plays["dagger"][0]
     from agent.actor_critic import imagine_with_policy
     from agent.player import load_agent
 
@@ -263,7 +268,8 @@ def check_imagination(cfg, model, net: nn.Module, agent_path: str, latents: torc
             row[f"imagined_points_per_step_h{h}"] = float((before * roll["rewards"]).sum(1).mean() / h)
             row[f"imagined_life_loss_by_h{h}"] = float(1.0 - alive[:, -1].mean())
         out[name] = row
-    return {"ranking": out, "open_loop": {f"h{h}": open_loop(model, latents, traj, h, gen) for h in hs}}
+    return {"ranking": out, "open_loop": {name: {f"h{h}": open_loop(model, z, traj, h, gen) for h in hs}
+                                          for name, (z, traj) in plays.items()}}
 
 
 def open_loop(model, latents: torch.Tensor, traj: dict[str, np.ndarray], h: int, gen: torch.Generator,
@@ -291,9 +297,9 @@ def auc(score: np.ndarray, label: np.ndarray) -> float:
     pos, neg = score[label > 0], score[label == 0]
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    ranks[order] = np.arange(1, len(order) + 1)
+    both = np.concatenate([pos, neg])
+    values, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # 1-based ranks, ties get their average rank
     return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
