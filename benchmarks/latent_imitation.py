@@ -140,6 +140,11 @@ def main() -> None:
     ap.add_argument("--save", help="folder to keep the imitating net, the DAgger latents and trajectories in")
     ap.add_argument("--load", help="a --save folder: skip DAgger and the games, and check --world-model (a Stage 2 "
                     "over the same encoder) with its latents, imitating net and real figures")
+    ap.add_argument("--imagine-updates", type=int, default=0,
+                    help="with --load: start an actor-critic from the imitating policy and train it this many updates "
+                    "in imagination (the agent section's settings), playing the games before and every "
+                    "--imagine-eval-every updates: does imagination keep a good policy?")
+    ap.add_argument("--imagine-eval-every", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     args = ap.parse_args()
@@ -177,6 +182,13 @@ def main() -> None:
             sys.exit(f"{args.world_model}'s encoder is not the one of {args.load}; pass a world model over it")
         net.load_state_dict(saved["net"])
         plays = saved["plays"] if "plays" in saved else {"dagger": (saved["latents"], saved["traj"])}
+        if args.imagine_updates:
+            out = {"world_model": args.world_model, "load": args.load, "imagination_from_imitation": imagine_from(
+                cfg, model, net, torch.cat([z for z, _ in plays.values()]), args.imagine_updates,
+                args.imagine_eval_every, args.episodes, args.seed)}
+            out["seconds"] = round(time.perf_counter() - t0, 1)
+            print(json.dumps(out))
+            return
         out = {"world_model": args.world_model, "load": args.load, **check_imagination(
             cfg, model, net, saved["agent"], plays, args.horizons, args.seed, saved["real"])}
         out["seconds"] = round(time.perf_counter() - t0, 1)
@@ -229,6 +241,35 @@ def main() -> None:
                        Path(args.save) / "imitation.pt")
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out))
+
+
+def imagine_from(cfg, model, net: nn.Module, starts: torch.Tensor, updates: int, every: int, episodes: int,
+                 seed: int) -> list[dict]:
+    """Train an actor-critic whose actor starts as the imitating policy (same layout: ``mlp`` logits) in imagination
+    from the real ``starts`` latents; the real score before training and every ``every`` updates."""
+    from agent.actor_critic import ActorCritic
+    from agent.player import ActorCriticAgent
+
+    ac = ActorCritic(model.latent_dim, model.num_actions, cfg.agent)
+    ac.actor.net.load_state_dict(net.state_dict())
+    ac.seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    points, rows = [], []
+    for u in range(updates + 1):
+        if u % every == 0 or u == updates:
+            ac.actor.eval()
+            res = evaluate(ActorCriticAgent(model, ac.actor, deterministic=False, seed=seed), cfg, episodes=episodes,
+                           progress=False)
+            last = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]} if rows else {}
+            points.append({"updates": u, **summarize_returns(res), "returns": [r["return"] for r in res],
+                           "train": last})
+            print(json.dumps(points[-1]), file=sys.stderr, flush=True)
+            rows = []
+        if u == updates:
+            break
+        ac.actor.train()
+        rows.append(ac.update(model, starts[torch.randint(len(starts), (cfg.agent.batch_size,), generator=gen)]))
+    return points
 
 
 @torch.no_grad()
