@@ -145,6 +145,11 @@ def main() -> None:
                     "in imagination (the agent section's settings), playing the games before and every "
                     "--imagine-eval-every updates: does imagination keep a good policy?")
     ap.add_argument("--imagine-eval-every", type=int, default=600)
+    ap.add_argument("--imagine-finetune", type=int, default=0,
+                    help="with --imagine-updates: first train the world model's dynamics this many Stage-2 steps on "
+                    "the saved plays (tracker, imitation and actor play): does a model that saw good play keep it?")
+    ap.add_argument("--imagine-finetune-plays", default="dagger,agent",
+                    help="the saved plays --imagine-finetune trains on (agent alone: the control without good play)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     args = ap.parse_args()
@@ -183,9 +188,13 @@ def main() -> None:
         net.load_state_dict(saved["net"])
         plays = saved["plays"] if "plays" in saved else {"dagger": (saved["latents"], saved["traj"])}
         if args.imagine_updates:
-            out = {"world_model": args.world_model, "load": args.load, "imagination_from_imitation": imagine_from(
+            out = {"world_model": args.world_model, "load": args.load}
+            if args.imagine_finetune:
+                chosen = {k: plays[k] for k in args.imagine_finetune_plays.split(",")}
+                out["finetune"] = finetune_on_plays(cfg, model, chosen, args.imagine_finetune, args.seed)
+            out["imagination_from_imitation"] = imagine_from(
                 cfg, model, net, torch.cat([z for z, _ in plays.values()]), args.imagine_updates,
-                args.imagine_eval_every, args.episodes, args.seed)}
+                args.imagine_eval_every, args.episodes, args.seed)
             out["seconds"] = round(time.perf_counter() - t0, 1)
             print(json.dumps(out))
             return
@@ -241,6 +250,47 @@ def main() -> None:
                        Path(args.save) / "imitation.pt")
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out))
+
+
+def finetune_on_plays(cfg, model, plays: dict[str, tuple[torch.Tensor, dict[str, np.ndarray]]], updates: int,
+                      seed: int) -> dict[str, float]:
+    """Train the dynamics ``updates`` Stage-2 steps (the loop's optimiser and loss) on windows of the saved plays
+    that lie inside one game; returns the mean losses of the first and last 100 steps."""
+    from experiments.builders import build_world_model_loss
+    from experiments.fit import optimizer_step
+    from worldmodel.dynamics_loss import METRICS
+
+    s2 = cfg.vjepa2_world_model.stage2
+    T, bs = s2.sequence_length, s2.batch_size
+    zs, trajs, starts, offset = [], [], [], 0
+    for z, traj in plays.values():
+        game = np.cumsum(traj["start"])
+        n = len(z)
+        ok = [t for t in range(n - T) if game[t] == game[t + T]]  # z_t .. z_{t+T} and T transitions in one game
+        starts.append(np.array(ok) + offset)
+        zs.append(z)
+        trajs.append(traj)
+        offset += n
+    z = torch.cat(zs)
+    tr = {k: np.concatenate([t[k] for t in trajs]) for k in ("action", "reward", "life_loss")}
+    starts = np.concatenate(starts)
+    dyn, loss_fn = model.dynamics, build_world_model_loss(cfg)
+    opt = torch.optim.AdamW(dyn.parameters(), lr=cfg.learn.stage2_lr, weight_decay=s2.weight_decay)
+    rng = np.random.default_rng(seed)
+    rows = []
+    dyn.train().requires_grad_(True)
+    for _ in range(updates):
+        t = rng.choice(starts, bs)[:, None] + np.arange(T + 1)[None]  # [B, T+1]
+        batch = {"z": z[t], "actions": torch.as_tensor(tr["action"][t[:, :-1]]),
+                 "rewards": torch.as_tensor(tr["reward"][t[:, :-1]]),
+                 "life_loss": torch.as_tensor(tr["life_loss"][t[:, :-1]])}
+        out = loss_fn(dyn, batch, train=True)
+        optimizer_step(out["loss"], list(dyn.parameters()), opt, None, s2.grad_clip)
+        rows.append({k: float(out[k].detach()) for k in METRICS})
+    dyn.eval().requires_grad_(False)
+    mean = (lambda part: {k: round(float(np.mean([r[k] for r in part])), 4) for k in part[0]})
+    return {"updates": updates, "windows": int(len(starts)), "first_100": mean(rows[:100]),
+            "last_100": mean(rows[-100:])}
 
 
 def imagine_from(cfg, model, net: nn.Module, starts: torch.Tensor, updates: int, every: int, episodes: int,
