@@ -323,7 +323,7 @@ def test_motion_map_is_a_distribution_on_the_moving_patch():
 
     obs = torch.zeros(2, 4, 64, 64, dtype=torch.uint8)
     obs[0, 3, 10, 50] = 200  # a "ball" appears in the newest frame, patch row 1, column 6
-    m = motion_map(obs, patch_size=8)
+    m = motion_map(obs, cell=8)
     assert m.shape == (2, 64)
     assert torch.allclose(m.sum(1), torch.ones(2))
     assert int(m[0].argmax()) == 1 * 8 + 6 and m[0].max() > 0.99
@@ -351,7 +351,7 @@ def test_finer_motion_map_cells_locate_the_ball_within_a_patch():
 
     obs = torch.zeros(1, 4, 64, 64, dtype=torch.uint8)
     obs[0, 3, 10, 50] = 200
-    m = motion_map(obs, patch_size=2)  # 32x32 cells of 2 pixels
+    m = motion_map(obs, cell=2)  # 32x32 cells of 2 pixels
     assert m.shape == (1, 1024) and int(m[0].argmax()) == 5 * 32 + 25
     model = build_stage1_model(load_config("tiny", ["vjepa2_world_model.stage1.motion_map_cells=8"]))
     assert model.predictor.motion_head.out_features == 64 and model.motion_cell == 8

@@ -159,13 +159,13 @@ def motion_weights(obs: torch.Tensor, patch_size: int, strength: float) -> torch
     return w / w.mean()
 
 
-def motion_map(obs: torch.Tensor, patch_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """Where the newest frame changed: ``|f_t - f_{t-1}|`` max-pooled over ``patch_size``-pixel cells and
+def motion_map(obs: torch.Tensor, cell: int, eps: float = 1e-6) -> torch.Tensor:
+    """Where the newest frame changed: ``|f_t - f_{t-1}|`` max-pooled over ``cell``-pixel cells (a patch by default) and
     normalised to a distribution ``[B, cells]`` (uniform for a still frame). Self-supervised: it needs no labels,
     and it is concentrated on the moving ball and paddle."""
     x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
-    # max, not mean, per patch: a one-pixel ball counts as much as the wide paddle
-    m = F.max_pool2d((x[:, -1:] - x[:, -2:-1]).abs(), patch_size).flatten(1) + eps  # [B, N]
+    # max, not mean, per cell: a one-pixel ball counts as much as the wide paddle
+    m = F.max_pool2d((x[:, -1:] - x[:, -2:-1]).abs(), cell).flatten(1) + eps  # [B, cells]
     return m / m.sum(dim=1, keepdim=True)
 
 
