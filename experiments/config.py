@@ -110,6 +110,10 @@ class LearnConfig:
     prefill_stage1_updates: int = 1000
     prefill_stage2_updates: int = 1500
     collect_steps: int = 5000  # env steps the actor plays per iteration
+    # Share of collection steps played by uniform-random actions, in segments of explore_hold steps of one action
+    # (0 = the actor plays every step): the world model sees other actions than the actor's in the actor's states.
+    explore_fraction: float = 0.0
+    explore_hold: int = 4
     num_envs: int = 1  # envs the actor plays in lockstep (one batched encoder pass a round); the steps of all count
     stage2_train_ratio: float = 16.0  # Stage-2 replayed transitions (sequences x T) per new env step
     stage2_lr: float = 3e-4  # constant Stage-2 learning rate in the loop (the prefill fit uses stage2's schedule)
@@ -140,6 +144,9 @@ class LearnConfig:
                     "a number >= 0")
         check_range(self.stage2_lr > 0, f"{path}.stage2_lr", self.stage2_lr, "a positive learning rate")
         check_range(self.encoder_lr > 0, f"{path}.encoder_lr", self.encoder_lr, "a positive learning rate")
+        check_range(0.0 <= self.explore_fraction < 1.0, f"{path}.explore_fraction", self.explore_fraction,
+                    "a fraction in [0, 1)")
+        check_range(self.explore_hold >= 1, f"{path}.explore_hold", self.explore_hold, "an integer >= 1")
         check_range(0.0 <= self.recent_fraction <= 1.0, f"{path}.recent_fraction", self.recent_fraction,
                     "a fraction in [0, 1]")
 

@@ -143,6 +143,15 @@ class Players:
     def __init__(self, cfg: Config, seed: int, num_envs: int):
         self.players = [Player(cfg, seed, env_seed=seed + i) for i in range(num_envs)]
         self.games = 0
+        # Exploration segments (learn.explore_fraction): in each env, before an actor step, a segment of
+        # learn.explore_hold steps of one uniform-random action starts with probability p, so that a share f of the
+        # steps is random: f = hold * p / (hold * p + 1 - p).
+        f, self.hold = cfg.learn.explore_fraction, cfg.learn.explore_hold
+        self.start_prob = f / (self.hold * (1.0 - f) + f) if f > 0 else 0.0
+        self.rng = np.random.default_rng([seed, 7])
+        self.left = [0] * num_envs  # steps left in each env's random segment
+        self.action = [0] * num_envs  # ... and its action
+        self.random_steps = 0  # steps played by random segments (a counter for the logs)
 
     def step(self, i: int, action: int) -> Episode | None:
         p = self.players[i]
@@ -170,13 +179,23 @@ class Players:
             n = min(len(self.players), left)
             actions, _ = actor.predict(self.observations(n), deterministic=False)
             for i in range(n):
-                ep = self.step(i, int(actions[i]))
+                if self.start_prob > 0 and self.left[i] == 0 and self.rng.random() < self.start_prob:
+                    self.left[i], self.action[i] = self.hold, int(self.rng.integers(NUM_ACTIONS))
+                a = int(actions[i])
+                if self.left[i] > 0:
+                    a = self.action[i]
+                    self.left[i] -= 1
+                    self.random_steps += 1
+                ep = self.step(i, a)
                 if ep is not None:
+                    self.left[i] = 0  # a segment does not run into the next game
                     on_episode(ep, self.players[i].finished_seed)
             left -= n
 
     def state(self) -> dict[str, Any]:
-        return {"games": self.games, "envs": [p.state() for p in self.players]}
+        return {"games": self.games, "envs": [p.state() for p in self.players],
+                "explore": {"rng": self.rng.bit_generator.state, "left": list(self.left), "action": list(self.action),
+                            "random_steps": self.random_steps}}
 
     def restore(self, st: dict[str, Any]) -> None:
         envs = st["envs"] if "envs" in st else [st]  # one env's state (runs from before num_envs)
@@ -186,6 +205,11 @@ class Players:
         for p, e in zip(self.players, envs):
             p.restore(e)
         self.games = int(st["games"])
+        if "explore" in st:  # states written before exploration segments existed had none in progress
+            ex = st["explore"]
+            self.rng.bit_generator.state = ex["rng"]
+            self.left, self.action = [int(v) for v in ex["left"]], [int(v) for v in ex["action"]]
+            self.random_steps = int(ex["random_steps"])
 
     def close(self) -> None:
         for p in self.players:
@@ -694,6 +718,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
                 row["collect/episode_return"] = float(np.mean([e.rewards.sum() for e in new_eps]))
                 row["collect/episode_length"] = float(np.mean([len(e) for e in new_eps]))
             row["collect/games_finished"] = len(new_eps)
+            row["collect/random_steps"] = players.random_steps
             last = env_steps >= lr.budget
             # 3. the world model learns from the new data (4. after the budget: the training-only phase)
             T = s2.sequence_length

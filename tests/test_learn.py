@@ -81,6 +81,8 @@ def test_learn_refuses_bad_settings(tmp_path):
 
     r = invoke("learn", "--preset", "tiny", "--set", "learn.recent_fraction=2", "--set", f"run.runs_dir={tmp_path}")
     assert r.exit_code == 2 and "learn.recent_fraction" in r.stderr and "Traceback" not in r.output
+    r = invoke("learn", "--preset", "tiny", "--set", "learn.explore_fraction=1", "--set", f"run.runs_dir={tmp_path}")
+    assert r.exit_code == 2 and "learn.explore_fraction" in r.stderr and "Traceback" not in r.output
     r = invoke("learn", "--resume", str(tmp_path / "nope"))
     assert r.exit_code == 2 and "does not exist" in r.stderr
     r = invoke("learn", "--resume", str(tmp_path), "--set", "learn.collect_steps=5")
@@ -198,12 +200,13 @@ def test_resume_drops_episodes_written_after_the_checkpoint_and_replays_the_game
 def test_two_envs_play_distinct_games_and_resume_to_the_uninterrupted_result(tmp_path):
     """``learn.num_envs=2``: both envs' games land in the replay (game seeds numbered across envs, none twice), the
     budget is spent exactly, and a run stopped after an iteration and resumed ends with the same replay and weights."""
-    two = [*TINY, "learn.num_envs=2"]
+    two = [*TINY, "learn.num_envs=2", "learn.explore_fraction=0.5", "learn.explore_hold=7"]
     ref = learn(load_config("tiny", [*two, f"run.runs_dir={tmp_path / 'ref'}"]), progress=False, echo=lambda m: None)
     cfg = load_config("tiny", [*two, f"run.runs_dir={tmp_path / 'part'}"])
     part = learn(cfg, progress=False, echo=lambda m: None, max_iterations=1)
     state = torch.load(f"{part['run_dir']}/learn.pt", weights_only=True)
     assert len(state["player"]["envs"]) == 2 and all(e["chosen"] for e in state["player"]["envs"])
+    assert state["player"]["explore"]["random_steps"] > 0
     done = learn(cfg, resume=part["run_dir"], progress=False, echo=lambda m: None)
     assert done["env_steps"] == ref["env_steps"] == BUDGET
     eps = [json.load(open(f"{r['run_dir']}/data/manifest.json"))["episodes"] for r in (ref, done)]
@@ -230,3 +233,33 @@ def test_evaluate_stage2_reports_heads_of_a_learn_world_model_on_its_validation_
     n_val = int(stable_split(len(manifest["episodes"]), 0.25, 0).sum())  # tiny: data.val_fraction 0.25
     long_val = [e for e, v in zip(manifest["episodes"], stable_split(len(manifest["episodes"]), 0.25, 0)) if v]
     assert n_val >= 1 and report["life_loss"]["steps"] <= sum(e["length"] for e in long_val)
+
+
+def test_exploration_segments_play_the_configured_share_of_steps_with_held_random_actions():
+    """``learn.explore_fraction``: that share of the collection steps is played by uniform-random actions held for
+    ``learn.explore_hold`` steps; the actor plays the rest."""
+    from experiments.learn import Players
+
+    class Noop:  # an actor that always chooses NOOP (0)
+        def predict(self, obs, deterministic=False):
+            return np.zeros(len(obs), dtype=np.int64), None
+
+    cfg = load_config("tiny", ["learn.explore_fraction=0.3", "learn.explore_hold=5"])
+    players = Players(cfg, seed=0, num_envs=1)
+    players.play(Noop(), 3000, lambda ep, seed: None)
+    chosen = players.players[0].chosen
+    players.close()
+    assert 0.22 < players.random_steps / 3000 < 0.38
+    # random segments are runs of one action: every non-NOOP run in the game in progress is a multiple of 5 long
+    # (two segments may follow each other), unless it is still running at the end
+    runs, cur, length = [], None, 0
+    for a in chosen + [-1]:
+        if a == cur:
+            length += 1
+            continue
+        if cur not in (None, 0):
+            runs.append(length)
+        cur, length = a, 1
+    assert runs and all(r % 5 == 0 for r in runs[:-1])
+    off = load_config("tiny", [])
+    assert off.learn.explore_fraction == 0.0
