@@ -246,10 +246,10 @@ def test_exploration_segments_play_the_configured_share_of_steps_with_held_rando
 
     cfg = load_config("tiny", ["learn.explore_fraction=0.3", "learn.explore_hold=5"])
     players = Players(cfg, seed=0, num_envs=1)
-    players.play(Noop(), 3000, lambda ep, seed: None)
+    players.play(Noop(), 1500, lambda ep, seed: None)
     chosen = players.players[0].chosen
     players.close()
-    assert 0.22 < players.random_steps / 3000 < 0.38
+    assert 0.22 < players.random_steps / 1500 < 0.38
     # random segments are runs of one action: every non-NOOP run in the game in progress is a multiple of 5 long
     # (two segments may follow each other), unless it is still running at the end
     runs, cur, length = [], None, 0
