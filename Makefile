@@ -21,12 +21,15 @@ NPROC ?= 2
 demo: $(STAMP)
 	$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) run.py demo --preset quick
 
+# The suite runs in TEST_WORKERS pytest-xdist processes (one per core of the 2-core CI machine; each test's torch
+# uses one thread); --dist loadscope keeps a module's tests, and so its shared fixtures, in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	@# The dashboard test renders HTML in headless Chromium: install it where apt-get runs as root (CI).
 	@if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_collect.py
