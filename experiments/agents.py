@@ -306,6 +306,9 @@ def _build_learn_cem_value(cfg: Config, inputs: AgentInputs, seed: int) -> Built
                       train_seconds=float(s["wall_clock_s"]))
 
 
+# The agents that run the closed loop (`run.py learn`) for their seed: its settings decide their results.
+LEARN_AGENTS = ("learn", "learn-cem-value")
+
 REGISTRY: dict[str, AgentSpec] = {spec.name: spec for spec in (
     AgentSpec("ppo", _build_sb3("ppo"), "SB3 PPO, RL-Zoo Atari settings, the project's 64x64 pipeline",
               trains_in_env=True),

@@ -17,7 +17,9 @@ The comparison folder (``--out``, default ``runs/compare-baselines/<preset>``) h
 
 A pair whose ``result.json`` exists is finished and skipped on a rerun; an unfinished pair folder
 (interrupted run) is started again from scratch. ``--reference FILE`` imports the finished pairs of an
-``episodes.json`` made with the same settings, so only new agents or seeds are run.
+``episodes.json`` made with the same settings, so only new agents or seeds are run. Each pair records the settings
+that decide it (:func:`pair_settings`): a reference pair made with other ones is not imported, and a finished pair
+of the folder made with other ones is refused, never reused as this comparison's.
 
 Every agent is scored by :func:`experiments.play.evaluate` (full games, raw score,
 evaluation seeds disjoint from training seeds, ``evaluation.episodes`` games per training seed).
@@ -45,7 +47,7 @@ import torch
 
 from envs.errors import UserError
 from experiments import distributed
-from experiments.agents import REGISTRY, AgentInputs, AgentSpec, agent_names, check_needs, get_spec
+from experiments.agents import LEARN_AGENTS, REGISTRY, AgentInputs, AgentSpec, agent_names, check_needs, get_spec
 from experiments.config import Config
 from experiments.play import evaluate, summarize_returns
 from experiments.runlog import NullRun, RunLogger, seed_everything, setup_torch, tqdm, write_json
@@ -92,6 +94,55 @@ def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
     return {k: tree.get(k) for k in COMPARABLE_SECTIONS}
 
 
+# The further sections that decide the result of an agent that trains a world model of its own: the per-seed stack
+# of the world-model agents (without --world-model / --agent-checkpoint) and the closed loop.
+STACK_PAIR_SECTIONS = ("data", "models", "vjepa2_world_model", "agent")
+LEARN_PAIR_SECTIONS = (*STACK_PAIR_SECTIONS, "learn")
+
+
+def pair_settings(cfg: Config, name: str, opts: CompareOptions) -> dict[str, Any]:
+    """What decides one agent/seed pair's result besides its seed: the comparison's sections, then the agent's own
+    (its world model's and actor-critic's sections when it trains them, else the checkpoints it was given)."""
+    tree = cfg.to_dict()
+    spec = REGISTRY[name]
+    own: dict[str, Any] = {}
+    if name in LEARN_AGENTS:
+        own = {k: tree.get(k) for k in LEARN_PAIR_SECTIONS}
+    elif spec.needs and opts.world_model is None and opts.agent_checkpoint is None:
+        own = {k: tree.get(k) for k in STACK_PAIR_SECTIONS}
+    elif spec.needs:
+        own = {"world_model": str(opts.world_model or ""), "agent_checkpoint": str(opts.agent_checkpoint or "")}
+    return json.loads(json.dumps({**_comparable(tree), **own}))
+
+
+def _first_difference(theirs: Any, ours: Any, path: str = "") -> str:
+    """``key: theirs -> ours`` for the first setting that differs (dotted key)."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        for k in [*theirs, *(k for k in ours if k not in theirs)]:
+            if theirs.get(k) != ours.get(k):
+                return _first_difference(theirs.get(k), ours.get(k), f"{path}.{k}" if path else k)
+    return f"{path or 'settings'}: {theirs!r} there, {ours!r} here"
+
+
+# Pairs written before result.json recorded its settings: what their hyperparams show of the agent's own sections.
+LEGACY_HYPERPARAM_SECTIONS = ("learn", "agent")
+
+
+def pair_mismatch(res: dict[str, Any], settings: dict[str, Any]) -> str | None:
+    """Why a finished pair was made with other settings than ``settings`` (None when it was not, or when it does
+    not record them: a pair from before settings were recorded is checked on what its hyperparams show)."""
+    if "settings" in res:
+        return None if res["settings"] == settings else _first_difference(res["settings"], settings)
+    hp = res.get("hyperparams") or {}
+    for section in LEGACY_HYPERPARAM_SECTIONS:
+        theirs, ours = hp.get(section), settings.get(section)
+        if isinstance(theirs, dict) and isinstance(ours, dict):
+            common = {k: theirs[k] for k in theirs if k in ours}
+            if common != {k: ours[k] for k in common}:
+                return _first_difference(common, {k: ours[k] for k in common}, section)
+    return None
+
+
 def _check_out(out: Path, cfg: Config) -> None:
     marker = out / "compare.json"
     mine = {"preset": cfg.preset, "config": _comparable(cfg.to_dict())}
@@ -132,17 +183,35 @@ def load_reference(cfg: Config, reference: Path) -> list[dict[str, Any]]:
     return pairs
 
 
-def import_reference(out: Path, reference: Path, pairs: list[dict[str, Any]]) -> int:
-    """Copy the ``pairs`` of ``reference`` that ``out`` lacks; returns how many."""
-    added = 0
+def import_reference(out: Path, reference: Path, pairs: list[dict[str, Any]], cfg: Config,
+                     opts: CompareOptions) -> tuple[int, list[str]]:
+    """Copy the ``pairs`` of ``reference`` that ``out`` lacks and that were made with this comparison's settings;
+    returns how many, and why each of the others was left out."""
+    added, skipped = 0, []
     for res in pairs:
         folder = pair_dir(out, res["agent"], int(res["seed"]))
         if (folder / RESULT_FILE).is_file():
             continue
+        why = pair_mismatch(res, pair_settings(cfg, res["agent"], opts)) if res["agent"] in REGISTRY else None
+        if why is not None:
+            skipped.append(f"{res['agent']} seed {res['seed']} ({why})")
+            continue
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / RESULT_FILE, {**res, "imported_from": str(reference)})
         added += 1
-    return added
+    return added, skipped
+
+
+def check_finished_pairs(out: Path, pairs: list[tuple[str, int]], cfg: Config, opts: CompareOptions) -> None:
+    """Refuse a comparison folder whose finished pairs (of this run's agents and seeds) were made with other
+    settings: they would be reused as this comparison's."""
+    for name, seed in pairs:
+        path = pair_dir(out, name, seed) / RESULT_FILE
+        if path.is_file():
+            why = pair_mismatch(json.loads(path.read_text()), pair_settings(cfg, name, opts))
+            if why is not None:
+                raise UserError(f"--out {out} holds a finished '{name}' seed {seed} made with other settings ({why}); "
+                                "pass a new --out folder or the settings it was made with")
 
 
 def pair_dir(out: Path, agent: str, seed: int) -> Path:
@@ -162,11 +231,13 @@ def load_pair_results(out: Path) -> dict[str, list[dict[str, Any]]]:
 
 # --------------------------------------------------------------------------------------- one pair
 def run_pair(spec: AgentSpec, cfg: Config, inputs: AgentInputs, seed: int, out: Path, group: str,
-             progress: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+             progress: bool = True, extra: dict[str, Any] | None = None,
+             settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build/train one agent for one seed, evaluate it, write ``result.json``.
 
     ``inputs`` are the comparison's (device, world model, agent checkpoint, data); the pair adds its
-    learning-curve callbacks. ``extra`` is recorded in the result (the seed's world-model stack).
+    learning-curve callbacks. ``extra`` is recorded in the result (the seed's world-model stack), and ``settings``
+    (:func:`pair_settings`) decide whether a rerun or another comparison may reuse it.
     """
     folder = pair_dir(out, spec.name, seed)
     main = distributed.group().main
@@ -219,7 +290,7 @@ def run_pair(spec: AgentSpec, cfg: Config, inputs: AgentInputs, seed: int, out: 
             "hyperparams": ({k: v for k, v in built.hyperparams.items() if k != "wall_clock_excludes"}
                             if (extra or {}).get("world_model_per_seed") else built.hyperparams), "curve": curve,
             "eval_seeds": [e["seed"] for e in episodes], "evaluation_block": cfg.evaluation.block,
-            **(extra or {}),
+            **({"settings": settings} if settings is not None else {}), **(extra or {}),
         }
         if main:
             run.write_json(RESULT_FILE + ".partial", result)
@@ -260,10 +331,13 @@ def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | No
 
     def prepare() -> list[tuple[str, int]]:
         _check_out(out, cfg)
+        check_finished_pairs(out, pairs, cfg, opts)
         for ref, ref_pairs in references.items():
-            added = import_reference(out, ref, ref_pairs)
+            added, skipped = import_reference(out, ref, ref_pairs, cfg, opts)
             if progress:
                 click.echo(f"imported {added} finished agent/seed pairs from {ref}")
+                if skipped:
+                    click.echo(f"not imported (made with other settings): {'; '.join(skipped)}")
         return [(a, s) for a, s in pairs if not (pair_dir(out, a, s) / RESULT_FILE).is_file()]
 
     group = f"compare-{cfg.preset}-{out.resolve().name}"
@@ -293,7 +367,8 @@ def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | No
                      "world_model_stack": {k: v for k, v in stack.items() if k != "settings"}}
         elif spec.needs:
             extra = {"world_model_per_seed": False}
-        res = run_pair(spec, cfg, pair_inputs, seed, out, group, progress=progress, extra=extra)
+        res = run_pair(spec, cfg, pair_inputs, seed, out, group, progress=progress, extra=extra,
+                       settings=pair_settings(cfg, name, opts))
         if progress:
             click.echo(f"      {name} seed {seed}: return {res['final']['mean']:.2f} over {res['final']['episodes']} "
                        f"games, {res['env_steps']:,} env steps, {res['wall_clock_s']:.0f} s")

@@ -192,6 +192,40 @@ def test_a_world_model_per_seed_and_tables_that_extend(tmp_path):
                *common, "--set", "evaluation.episodes=3")
     assert res.returncode == 2 and "other settings" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "c3").exists()  # refused before anything was written
+    # ... and so is a pair whose own settings differ: the actor-critics trained their world model and agent with
+    # other agent settings, so they are left out of the import (and run, unless --only-finished) ...
+    other_agent = ["--set", "agent.entropy_coef=0.5"]
+    res = _cli("compare-baselines", "--seeds", "2", "--agents", "random,actor-critic", "--reference", str(ref),
+               "--only-finished", "--out", str(tmp_path / "c4"), *common, *other_agent)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "imported 2 finished agent/seed pairs" in res.stdout
+    assert "actor-critic seed 0 (agent.entropy_coef: " in res.stdout and "0.5 here" in res.stdout
+    assert not (tmp_path / "c4" / "actor-critic").exists()
+    # ... and a rerun into the folder that holds them is refused rather than reusing them as this comparison's
+    res = _cli("compare-baselines", "--seeds", "2", "--agents", "actor-critic", "--only-finished", "--out", str(out),
+               *common, *other_agent)
+    assert res.returncode == 2 and "made with other settings (agent.entropy_coef" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_pairs_from_before_recorded_settings_are_checked_on_their_hyperparams():
+    """An episodes.json from before result.json recorded its settings: a closed-loop pair is matched on the learn and
+    agent sections its hyperparams show (keys added since are not held against it)."""
+    from experiments.compare import CompareOptions, pair_mismatch, pair_settings
+
+    cfg = load_config("tiny", ["learn.prefill_steps=300", "learn.prefill_max_steps=300"])
+    settings = pair_settings(cfg, "learn", CompareOptions())
+    assert settings["learn"]["prefill_steps"] == 300 and "agent" in settings and "environment" in settings
+    legacy_learn = {k: v for k, v in settings["learn"].items() if k != "explore_fraction"}  # an older learn section
+    legacy = {"agent": "learn", "seed": 0, "hyperparams": {"learn": legacy_learn, "agent": settings["agent"]}}
+    assert pair_mismatch(legacy, settings) is None
+    other = {**legacy, "hyperparams": {**legacy["hyperparams"], "learn": {**legacy_learn, "prefill_steps": 200}}}
+    assert pair_mismatch(other, settings) == "learn.prefill_steps: 200 there, 300 here"
+    assert pair_mismatch({**legacy, "settings": settings}, settings) is None
+    assert pair_mismatch({**legacy, "settings": {**settings, "learn": {**settings["learn"], "collect_steps": 1}}},
+                         settings).startswith("learn.collect_steps: 1 there")
+    # an SB3 baseline is decided by the shared sections alone: the closed loop's settings do not touch it
+    assert "learn" not in pair_settings(cfg, "dqn", CompareOptions())
 
 
 def test_world_model_stack_resumes_an_interrupted_pretraining_and_refuses_other_settings(tmp_path):
