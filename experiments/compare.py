@@ -51,6 +51,7 @@ from experiments.agents import LEARN_AGENTS, REGISTRY, AgentInputs, AgentSpec, a
 from experiments.config import Config
 from experiments.play import evaluate, summarize_returns
 from experiments.runlog import NullRun, RunLogger, seed_everything, setup_torch, tqdm, write_json
+from experiments.world_model_stack import STACK_SECTIONS
 
 RESULT_FILE = "result.json"
 EPISODES_FILE = "episodes.json"
@@ -95,9 +96,8 @@ def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
 
 
 # The further sections that decide the result of an agent that trains a world model of its own: the per-seed stack
-# of the world-model agents (without --world-model / --agent-checkpoint) and the closed loop.
-STACK_PAIR_SECTIONS = ("data", "models", "vjepa2_world_model", "agent")
-LEARN_PAIR_SECTIONS = (*STACK_PAIR_SECTIONS, "learn")
+# of the world-model agents (without --world-model / --agent-checkpoint; the stack's own settings) and the closed loop.
+LEARN_PAIR_SECTIONS = (*STACK_SECTIONS, "learn")
 
 
 def pair_settings(cfg: Config, name: str, opts: CompareOptions) -> dict[str, Any]:
@@ -109,7 +109,7 @@ def pair_settings(cfg: Config, name: str, opts: CompareOptions) -> dict[str, Any
     if name in LEARN_AGENTS:
         own = {k: tree.get(k) for k in LEARN_PAIR_SECTIONS}
     elif spec.needs and opts.world_model is None and opts.agent_checkpoint is None:
-        own = {k: tree.get(k) for k in STACK_PAIR_SECTIONS}
+        own = {k: tree.get(k) for k in STACK_SECTIONS}
     elif spec.needs:
         own = {"world_model": str(opts.world_model or ""), "agent_checkpoint": str(opts.agent_checkpoint or "")}
     return json.loads(json.dumps({**_comparable(tree), **own}))
