@@ -120,6 +120,9 @@ class LearnConfig:
     agent_updates: int = 300  # actor-critic updates per iteration
     final_stage2_updates: int = 0  # training-only phase after the budget is spent
     final_agent_updates: int = 600
+    # Train a new actor-critic in the final phase (final_agent_updates, imagination starts uniform over the whole
+    # replay, as train-agent does) instead of continuing the loop's, which has followed a moving world model.
+    final_agent_reset: bool = False
     recent_fraction: float = 0.5  # share of imagination starts drawn from the most recent frames
     recent_steps: int = 20000  # ... the last this many frames of the replay
     encoder_every: int = 0  # env steps between Stage-1 fine-tunes on all data so far (0 = keep the prefill's encoder;
@@ -146,6 +149,8 @@ class LearnConfig:
         check_range(self.encoder_lr > 0, f"{path}.encoder_lr", self.encoder_lr, "a positive learning rate")
         check_range(0.0 <= self.explore_fraction < 1.0, f"{path}.explore_fraction", self.explore_fraction,
                     "a fraction in [0, 1)")
+        check_range(not self.final_agent_reset or self.final_agent_updates >= 1, f"{path}.final_agent_updates",
+                    self.final_agent_updates, f"an integer >= 1 when {path}.final_agent_reset is true")
         check_range(self.explore_hold >= 1, f"{path}.explore_hold", self.explore_hold, "an integer >= 1")
         check_range(0.0 <= self.recent_fraction <= 1.0, f"{path}.recent_fraction", self.recent_fraction,
                     "a fraction in [0, 1]")

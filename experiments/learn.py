@@ -14,7 +14,8 @@ imagination, and every env step counts toward ``baselines.agent_steps``, the bud
    the replay; encode the new frames; train Stage 2 on all
    training episodes so far, ``learn.stage2_train_ratio`` replayed transitions per new env step (scoring
    sequences oversampled, ``vjepa2_world_model.stage2.reward_oversample``);
-4. **final phase** (no env steps): ``learn.final_stage2_updates`` and ``learn.final_agent_updates`` more.
+4. **final phase** (no env steps): ``learn.final_stage2_updates`` and ``learn.final_agent_updates`` more; with
+   ``learn.final_agent_reset`` the last updates train a new actor-critic (starts uniform over the replay).
 
 The encoder: the prefill's Stage-1 encoder, fine-tuned every ``learn.encoder_every`` env steps (0 = never) for
 ``learn.encoder_updates`` masked-prediction steps on frames of every training game so far; the replay is then
@@ -643,13 +644,13 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
         lr.timings["stage2"] += time.perf_counter() - t
         return {f"stage2/{k}": v for k, v in _mean_rows(rows).items()}
 
-    def train_agent(updates: int) -> dict[str, float]:
+    def train_agent(updates: int, recent_fraction: float = L.recent_fraction) -> dict[str, float]:
         t = time.perf_counter()
         z = replay.frame_latents().to(device)  # [G, D]
         G = len(z)
         recent = min(G, L.recent_steps)
         rows = []
-        n_recent = int(round(L.recent_fraction * cfg.agent.batch_size))
+        n_recent = int(round(recent_fraction * cfg.agent.batch_size))
         for _ in range(updates):
             idx = torch.randint(G, (cfg.agent.batch_size - n_recent,), generator=ac.generator)
             idx_r = G - recent + torch.randint(recent, (n_recent,), generator=ac.generator)
@@ -727,7 +728,12 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
             if last:
                 wm_updates += L.final_stage2_updates
                 row.update(train_world_model(wm_updates))
-                row.update(train_agent(L.final_agent_updates))
+                if L.final_agent_reset:  # a new actor-critic on the final world model, starts from all the replay
+                    ac = ActorCritic(wm.latent_dim, wm.num_actions, cfg.agent, device)
+                    ac.seed(cfg.run.seed + 5)
+                    row.update(train_agent(L.final_agent_updates, recent_fraction=0.0))
+                else:
+                    row.update(train_agent(L.final_agent_updates))
                 agent_updates += L.final_agent_updates
             else:
                 row.update(train_world_model(wm_updates))

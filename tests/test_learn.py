@@ -64,6 +64,24 @@ def test_learn_checkpoints_load_as_world_model_and_agent(learn_run):
     assert wm.dynamics.reward_bins == load_config("tiny").models.world_model.reward_bins
 
 
+def test_final_agent_reset_trains_a_new_agent_on_the_same_world_model(learn_run, tmp_path):
+    """``learn.final_agent_reset``: the final phase trains a new actor-critic for ``final_agent_updates`` updates;
+    the world model and the replay are the run without it's."""
+    cfg0, ref = learn_run
+    cfg = load_config("tiny", [*TINY, f"run.runs_dir={tmp_path}", "learn.final_agent_reset=true"])
+    s = learn(cfg, progress=False, echo=lambda m: None)
+    a, b = (torch.load(f"{r['run_dir']}/learn.pt", weights_only=True) for r in (ref, s))
+    for k in b["world_model"]:
+        assert torch.equal(a["world_model"][k], b["world_model"][k]), k
+    iterations = ref["iterations"]
+    assert a["agent"]["updates"] == iterations * cfg0.learn.agent_updates + cfg0.learn.final_agent_updates
+    assert b["agent"]["updates"] == cfg.learn.final_agent_updates
+    assert any(not torch.equal(a["agent"]["actor"][k], b["agent"]["actor"][k]) for k in b["agent"]["actor"])
+    saved = torch.load(s["agent"], weights_only=True)
+    assert saved["state"]["updates"] == cfg.learn.final_agent_updates
+    assert s["final"]["episodes"] == cfg.evaluation.episodes
+
+
 def test_stable_split_keeps_each_episode_on_its_side():
     a, b = stable_split(40, 0.25, 3), stable_split(400, 0.25, 3)
     assert np.array_equal(a, b[:40])
@@ -83,6 +101,9 @@ def test_learn_refuses_bad_settings(tmp_path):
     assert r.exit_code == 2 and "learn.recent_fraction" in r.stderr and "Traceback" not in r.output
     r = invoke("learn", "--preset", "tiny", "--set", "learn.explore_fraction=1", "--set", f"run.runs_dir={tmp_path}")
     assert r.exit_code == 2 and "learn.explore_fraction" in r.stderr and "Traceback" not in r.output
+    r = invoke("learn", "--preset", "tiny", "--set", "learn.final_agent_reset=true", "--set",
+               "learn.final_agent_updates=0", "--set", f"run.runs_dir={tmp_path}")
+    assert r.exit_code == 2 and "learn.final_agent_updates" in r.stderr and "Traceback" not in r.output
     r = invoke("learn", "--resume", str(tmp_path / "nope"))
     assert r.exit_code == 2 and "does not exist" in r.stderr
     r = invoke("learn", "--resume", str(tmp_path), "--set", "learn.collect_steps=5")
