@@ -14,6 +14,7 @@ this one (a build function plus a :data:`REGISTRY` entry); the command-line choi
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,9 @@ class BuiltAgent:
     curve: list[dict[str, Any]] = field(default_factory=list)  # learning-curve points (agents that train)
     model: Any = None  # an SB3 model, saved as model.zip by compare-baselines
     train_seconds: float = 0.0  # wall-clock of training, without learning-curve evaluations
+    # Wall-clock of the build over every call that worked on it (a `learn` run resumed after a kill spans several),
+    # without work another pair is charged with; None = this call's build time.
+    build_wall_clock_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -293,17 +297,19 @@ def _build_learn(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAgent:
         if inputs.on_point is not None:
             inputs.on_point(p)
     return BuiltAgent(parts.actor_critic, int(s["env_steps"]), {**_learn_hyperparams(cfg, s), "policy": "sample"},
-                      curve=curve, train_seconds=float(s["wall_clock_s"]))
+                      curve=curve, train_seconds=float(s["wall_clock_s"]),
+                      build_wall_clock_s=float(s["wall_clock_s"]))  # the learn run's every call
 
 
 def _build_learn_cem_value(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAgent:
     s = learn_run(cfg, inputs, seed)
+    t1 = time.perf_counter()  # the learn run is the `learn` pair's wall-clock, not this one's
     planner = dataclasses.replace(cfg.planner, **CEM_VALUE_PLANNER)
     parts = dataclasses.replace(inputs, world_model=Path(s["world_model"]), agent_checkpoint=Path(s["agent"]),
                                 model=None, count_env_steps=False)
     built = _build_cem(dataclasses.replace(cfg, planner=planner), parts, seed)
     return BuiltAgent(built.agent, int(s["env_steps"]), {**_learn_hyperparams(cfg, s), **built.hyperparams},
-                      train_seconds=float(s["wall_clock_s"]))
+                      train_seconds=float(s["wall_clock_s"]), build_wall_clock_s=time.perf_counter() - t1)
 
 
 # The agents that run the closed loop (`run.py learn`) for their seed: its settings decide their results.

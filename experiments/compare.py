@@ -285,7 +285,9 @@ def run_pair(spec: AgentSpec, cfg: Config, inputs: AgentInputs, seed: int, out: 
         result = {
             "agent": spec.name, "seed": seed, "preset": cfg.preset, "returns": [e["return"] for e in episodes],
             "episodes": episodes, "final": final, "env_steps": env_steps, "budget": budget,
-            "wall_clock_s": time.perf_counter() - t0, "build_seconds": build_seconds,
+            "wall_clock_s": (time.perf_counter() - t0 if built.build_wall_clock_s is None
+                             else built.build_wall_clock_s + eval_seconds),
+            "build_seconds": build_seconds,
             "train_seconds": built.train_seconds, "eval_seconds": eval_seconds,
             "hyperparams": ({k: v for k, v in built.hyperparams.items() if k != "wall_clock_excludes"}
                             if (extra or {}).get("world_model_per_seed") else built.hyperparams), "curve": curve,

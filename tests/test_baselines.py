@@ -217,4 +217,7 @@ def test_compare_cli_runs_the_closed_loop_as_two_agents_sharing_one_run(tmp_path
     assert res.returncode == 2 and "other settings" in res.stderr and "Traceback" not in res.stderr
     res = _cli(*args)  # with its own settings the finished learn run is reused, not run again
     assert res.returncode == 0 and "2 already finished, 1 to run" in res.stdout
-    assert json.loads((out / "learn" / "s0" / "result.json").read_text())["returns"] == summary["returns"]
+    again = json.loads((out / "learn" / "s0" / "result.json").read_text())
+    assert again["returns"] == summary["returns"]
+    # the reused run's wall-clock is the learn run's over every call plus this pair's games, not this call's
+    assert again["wall_clock_s"] >= summary["wall_clock_s"] == pytest.approx(sum(summary["timings_s"].values()))
