@@ -293,7 +293,8 @@ def dashboard(run_dirs, out):
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder to continue from its latest checkpoint (its saved config is used).")
 @click.option("--stage1-checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Stage-1 checkpoint whose encoder Stage 2 uses.")
+              help="Stage-1 checkpoint whose encoder Stage 2 uses (or a Stage-2 checkpoint, e.g. a learn run's "
+                   "world_model.pt: Stage 2 is refit from scratch over its encoder).")
 @config_options
 def pretrain(stage, data, resume, stage1_checkpoint, preset, config_file, overrides, seed, wandb_mode):
     """Pretrain the world model: Stage 1 (masked-latent encoder) or Stage 2.

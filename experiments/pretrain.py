@@ -34,7 +34,7 @@ from experiments.data import input_frames, load_sequences, load_split
 from experiments.fit import TrainState, finished, fit, lr_lambda, optimizer_step, restore
 from experiments.report_stage1 import random_baseline
 from experiments.runlog import RunLogger, autocast, open_run, seed_everything, setup_torch, to_device
-from worldmodel.checkpoint import RESUME_KEYS, load_checkpoint, load_state, require
+from worldmodel.checkpoint import REQUIRED, RESUME_KEYS, load_checkpoint, load_state, require
 from worldmodel.diagnostics import representation_diagnostics, warn_if_collapsed
 from worldmodel.dynamics_loss import METRICS, evaluate_losses
 from worldmodel.encoder import PooledEncoder, fit_input_stats
@@ -377,13 +377,21 @@ class _LossOf(torch.nn.Module):
 
 
 def load_stage1_encoder(path: str | Path, cfg: Config) -> torch.nn.Module:
-    """The frozen Stage-1 encoder of ``path``, checked against the config's latent size."""
+    """The frozen encoder of ``path``, checked against the config's latent size: a Stage-1 checkpoint's EMA target
+    encoder, or the encoder a Stage-2 checkpoint carries (a `learn` run's ``world_model.pt`` holds the loop's last
+    fine-tuned encoder, so Stage 2 can be refit over it from scratch)."""
     path = Path(path)
-    kind = load_checkpoint(path)["kind"]
-    if kind != "stage1":
+    ckpt = load_checkpoint(path)
+    kind = ckpt["kind"]
+    if kind == "stage1":
+        enc = load_encoder(path)
+    elif kind == "stage2":
+        require(ckpt, path, REQUIRED["stage2"])
+        enc = encoder_from_checkpoint(ckpt, path).eval().requires_grad_(False)
+    else:
         raise UserError(f"--stage1-checkpoint {path} is a {kind!r} checkpoint; Stage 2 needs the 'stage1' checkpoint "
-                        "of `run.py pretrain --stage 1` (e.g. runs/pretrain/<run>/stage1/best.pt)")
-    enc = load_encoder(path)
+                        "of `run.py pretrain --stage 1` (e.g. runs/pretrain/<run>/stage1/best.pt) or a 'stage2' "
+                        "checkpoint whose encoder it reuses (e.g. a learn run's world_model.pt)")
     D = cfg.models.shared_latent_dim
     if enc.latent_dim != D:
         raise UserError(f"stage-1 checkpoint {path} has latent size {enc.latent_dim} but models.shared_latent_dim is "
@@ -424,7 +432,7 @@ def pretrain_stage2(cfg: Config, stage1_checkpoint: str | Path | None = None, da
     else:
         encoder = load_stage1_encoder(stage1_checkpoint, cfg)
         if data is None:
-            data = load_checkpoint(stage1_checkpoint, kind="stage1").get("data_dir")
+            data = load_checkpoint(stage1_checkpoint).get("data_dir")
             if not data:
                 raise UserError(f"stage-1 checkpoint {stage1_checkpoint} does not record its data folder; pass --data")
     encoder = encoder.to(device)

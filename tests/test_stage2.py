@@ -449,9 +449,11 @@ def test_bad_checkpoint_kinds(stage1_ckpt, stage2_run, tiny_data, tmp_path):
 
     with pytest.raises(UserError, match="'stage2' checkpoint"):
         load_world_model(stage1_ckpt)
-    with pytest.raises(UserError, match="needs the 'stage1' checkpoint"):
-        pretrain_stage2(tiny_cfg(tmp_path), stage1_checkpoint=stage2_run[1]["best_checkpoint"], data=tiny_data,
-                        progress=False, echo=lambda s: None)
+    fake = tmp_path / "agent.pt"
+    torch.save({"kind": "agent", "config": {}, "state": {}, "world_model": ""}, fake)
+    with pytest.raises(UserError, match="is a 'agent' checkpoint; Stage 2 needs the 'stage1' checkpoint"):
+        pretrain_stage2(tiny_cfg(tmp_path), stage1_checkpoint=fake, data=tiny_data, progress=False,
+                        echo=lambda s: None)
     with pytest.raises(UserError, match="latent size 32 but models.shared_latent_dim is 16"):
         pretrain_stage2(tiny_cfg(tmp_path, "models.shared_latent_dim=16"), stage1_checkpoint=stage1_ckpt,
                         data=tiny_data, progress=False, echo=lambda s: None)
@@ -461,6 +463,21 @@ def test_bad_checkpoint_kinds(stage1_ckpt, stage2_run, tiny_data, tmp_path):
     bad.write_bytes(open(stage2_run[1]["best_checkpoint"], "rb").read()[:1000])
     with pytest.raises(UserError, match="truncated or corrupt"):
         load_world_model(bad)
+
+
+def test_stage2_refit_over_a_world_models_encoder(stage2_run, tmp_path):
+    """A Stage-2 checkpoint as --stage1-checkpoint: new dynamics over its encoder, its data folder by default."""
+    from experiments.pretrain import pretrain_stage2
+    from worldmodel import load_world_model
+    from worldmodel.latent_cache import encoder_fingerprint
+
+    old = stage2_run[1]["best_checkpoint"]
+    out = pretrain_stage2(tiny_cfg(tmp_path), stage1_checkpoint=old, max_epochs=1, progress=False,
+                          echo=lambda s: None)
+    a, b = load_world_model(old), load_world_model(out["latest_checkpoint"])
+    assert encoder_fingerprint(a.encoder) == encoder_fingerprint(b.encoder)
+    assert out["latent_cache"]["rebuilt"] is False  # the same encoder over the same data: its cache is reused
+    assert out["epochs"] == 1 and out["steps"] > 0
 
 
 def test_cli_stage2_pretrain_and_evaluate(cli, stage1_ckpt, tiny_data, tmp_path):
