@@ -123,6 +123,10 @@ class LearnConfig:
     # Train a new actor-critic in the final phase (final_agent_updates, imagination starts uniform over the whole
     # replay, as train-agent does) instead of continuing the loop's, which has followed a moving world model.
     final_agent_reset: bool = False
+    # Fit Stage 2 anew in the final phase: new dynamics trained by vjepa2_world_model.stage2's own epochs, schedule and
+    # early stopping on the whole replay over the final encoder (what `pretrain --stage 2 --stage1-checkpoint
+    # RUN/world_model.pt` does), before the final agent updates; resumable (stage2_final/ in the run folder).
+    final_stage2_refit: bool = False
     recent_fraction: float = 0.5  # share of imagination starts drawn from the most recent frames
     recent_steps: int = 20000  # ... the last this many frames of the replay
     encoder_every: int = 0  # env steps between Stage-1 fine-tunes on all data so far (0 = keep the prefill's encoder;

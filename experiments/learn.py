@@ -15,7 +15,9 @@ imagination, and every env step counts toward ``baselines.agent_steps``, the bud
    training episodes so far, ``learn.stage2_train_ratio`` replayed transitions per new env step (scoring
    sequences oversampled, ``vjepa2_world_model.stage2.reward_oversample``);
 4. **final phase** (no env steps): ``learn.final_stage2_updates`` and ``learn.final_agent_updates`` more; with
-   ``learn.final_agent_reset`` the last updates train a new actor-critic (starts uniform over the replay).
+   ``learn.final_stage2_refit`` new dynamics are fitted on the whole replay by Stage 2's own epochs (into
+   ``stage2_final/``); with ``learn.final_agent_reset`` the last updates train a new actor-critic (starts uniform
+   over the replay).
 
 The encoder: the prefill's Stage-1 encoder, fine-tuned every ``learn.encoder_every`` env steps (0 = never) for
 ``learn.encoder_updates`` masked-prediction steps on frames of every training game so far; the replay is then
@@ -401,17 +403,22 @@ class Learner:
         return ckpt_dir / "best.pt"
 
     # ------------------------------------------------------------------------------------------ stage 2
-    def stage2(self, encoder: torch.nn.Module, replay: Replay) -> None:
+    def stage2(self, encoder: torch.nn.Module, replay: Replay, name: str = "stage2", env_steps: int = 0) -> Path:
+        """A Stage-2 fit from scratch on the replay, checkpoints in ``name/`` (resumable); returns its best.pt.
+        ``stage2``: the prefill's fit (``learn.prefill_stage2_updates``); ``stage2_final``: the final phase's refit
+        (``learn.final_stage2_refit``, the stage's own epochs), its epoch rows logged at ``env_steps`` as
+        ``stage2_final/*`` so the loop's env-step axis stays monotonic."""
         from experiments.pretrain import Stage2Task
 
         cfg = self.cfg
+        prefill = name == "stage2"
         t0 = time.perf_counter()
         train_seq, val_seq = replay.sequences()
         if train_seq is None or val_seq is None:
             raise UserError(f"the prefill holds too few games of >= {cfg.vjepa2_world_model.stage2.sequence_length} "
                             "steps for Stage 2; raise learn.prefill_steps")
         s2 = cfg.vjepa2_world_model.stage2
-        if self.L.prefill_stage2_updates:
+        if prefill and self.L.prefill_stage2_updates:
             per_seq = len(train_seq) if s2.sequences_per_epoch == 0 else min(s2.sequences_per_epoch, len(train_seq))
             per_epoch = max(1, per_seq // min(s2.batch_size, per_seq))
             s2 = dataclasses.replace(s2, num_epochs=-(-self.L.prefill_stage2_updates // per_epoch))
@@ -420,24 +427,46 @@ class Learner:
         extra = self.stage2_extra(encoder)
         task = Stage2Task(cfg, train_seq, val_seq, self.device, np.random.default_rng(cfg.run.seed + 2), extra)
         task.log_every = 10 ** 9
-        ckpt_dir = self.run.dir / "stage2"
+        ckpt_dir = self.run.dir / name
         latest = ckpt_dir / "latest.pt"
         state = TrainState()
         if latest.is_file():
             ckpt = load_checkpoint(latest, kind="stage2")
             task.load_state_dict(ckpt, latest)
             state = restore(ckpt, task, self.run)
-        else:
+        elif prefill:
             self.run.rewind(self.phase_offset)
-        self.echo(f"stage 2 on the prefill: {len(train_seq)} train / {len(val_seq)} val sequences")
+        self.echo(f"stage 2 {'on the prefill' if prefill else 'refit on the whole replay'}: {len(train_seq)} train / "
+                  f"{len(val_seq)} val sequences")
         task.model.train()
-        fit(task, state, self.run, ckpt_dir, cfg.run.checkpoint_every_steps, progress=self.progress, echo=self.echo)
+        log = self.run if prefill else _LogAt(self.run, env_steps, "stage2/", f"{name}/")
+        fit(task, state, log, ckpt_dir, cfg.run.checkpoint_every_steps, progress=self.progress, echo=self.echo)
         self.timings["stage2"] += time.perf_counter() - t0
+        return ckpt_dir / "best.pt"
 
     def stage2_extra(self, encoder: torch.nn.Module) -> dict[str, Any]:
         return {"data_dir": str(self.data), "stage1_checkpoint": str(self.run.dir / "stage1" / "best.pt"),
                 "encoder_kwargs": encoder.vit.kwargs, "encoder_fingerprint": encoder_fingerprint(encoder),
                 "encoder": {k: v.detach().cpu() for k, v in encoder.vit.state_dict().items()}}
+
+
+class _LogAt:
+    """The run logger seen by a fit inside the loop: its rows go to the loop's env step ``step``, their keys'
+    prefix ``old`` renamed ``new`` (a fit counts its own optimizer steps; the loop's axis is env steps)."""
+
+    def __init__(self, run: RunLogger, step: int, old: str, new: str):
+        self.run, self.step, self.old, self.new = run, step, old, new
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        rename = {k: (self.new + k[len(self.old):] if k.startswith(self.old) else k) for k in metrics}
+        self.run.log({rename[k]: v for k, v in metrics.items()} | {f"{self.new}step": step}, step=self.step)
+
+    @property
+    def metrics_offset(self) -> int:
+        return self.run.metrics_offset
+
+    def rewind(self, offset: int | None) -> None:
+        self.run.rewind(offset)
 
 
 def _mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -728,6 +757,10 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
             if last:
                 wm_updates += L.final_stage2_updates
                 row.update(train_world_model(wm_updates))
+                if L.final_stage2_refit:  # new dynamics fitted on the whole replay by Stage 2's own schedule
+                    refit = lr.stage2(wm.encoder, replay, "stage2_final", env_steps)
+                    load_state(dyn, load_checkpoint(refit, kind="stage2")["world_model"], refit, "world_model")
+                    dyn.eval().requires_grad_(False)
                 if L.final_agent_reset:  # a new actor-critic on the final world model, starts from all the replay
                     ac = ActorCritic(wm.latent_dim, wm.num_actions, cfg.agent, device)
                     ac.seed(cfg.run.seed + 5)

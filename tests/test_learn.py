@@ -194,6 +194,32 @@ def test_encoder_refresh_changes_the_encoder_the_world_model_and_the_agent_use(t
     assert state["encoder_refresh"]["refreshes"] == 2
 
 
+def test_final_stage2_refit_fits_new_dynamics_on_the_same_replay_and_resumes(learn_run, tmp_path):
+    """``learn.final_stage2_refit``: the final phase fits Stage 2 anew (stage2_final/), the world model the agent and
+    world_model.pt use is that fit's best, the replay is the run without it's; its epoch rows sit at the last env step
+    as stage2_final/*; stopped before the final iteration and resumed, it ends with the same weights."""
+    _, ref = learn_run
+    over = [*TINY, "learn.final_stage2_refit=true", "vjepa2_world_model.stage2.num_epochs=2"]
+    s = learn(load_config("tiny", [*over, f"run.runs_dir={tmp_path / 'a'}"]), progress=False, echo=lambda m: None)
+    sha = [[e["sha256"] for e in json.load(open(f"{r['run_dir']}/data/manifest.json"))["episodes"]] for r in (ref, s)]
+    assert sha[0] == sha[1]
+    best = torch.load(f"{s['run_dir']}/stage2_final/best.pt", weights_only=True)["world_model"]
+    wm = torch.load(s["world_model"], weights_only=True)["world_model"]
+    old = torch.load(ref["world_model"], weights_only=True)["world_model"]
+    assert all(torch.equal(best[k], wm[k]) for k in wm)
+    assert any(not torch.equal(old[k], wm[k]) for k in wm)
+    rows = [json.loads(line) for line in open(f"{s['run_dir']}/metrics.jsonl")]
+    refit = [r for r in rows if any(k.startswith("stage2_final/") for k in r)]
+    assert refit and all(r["step"] == BUDGET for r in refit)
+    cfg = load_config("tiny", [*over, f"run.runs_dir={tmp_path / 'b'}"])
+    part = learn(cfg, progress=False, echo=lambda m: None, max_iterations=2)
+    assert not part["finished"]
+    done = learn(cfg, resume=part["run_dir"], progress=False, echo=lambda m: None)
+    wm2 = torch.load(done["world_model"], weights_only=True)["world_model"]
+    assert all(torch.equal(wm[k], wm2[k]) for k in wm)
+    assert done["returns"] == s["returns"]
+
+
 def test_resume_drops_episodes_written_after_the_checkpoint_and_replays_the_game_in_progress(learn_run, tmp_path):
     """What a kill between two learn.pt writes leaves behind (an episode the next checkpoint never counted, a game
     in progress) is undone or replayed: the resumed run ends with the uninterrupted run's replay and weights."""
