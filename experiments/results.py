@@ -2,7 +2,9 @@
 
 Per agent: mean, median, interquartile mean (IQM: the mean of the middle 50% of the pooled
 returns, as rliable recommends), a 95% percentile-bootstrap confidence interval of the mean and
-of the IQM (resampling the pooled seeds x episodes returns), the human-normalised score
+of the IQM (resampling the pooled seeds x episodes returns), a 95% CI of the mean over training seeds (a two-level
+bootstrap: resample the seeds, then each drawn seed's episodes; it counts the spread between training runs, world
+model and agent, which the pooled-returns CI leaves out), the human-normalised score
 ``(score - random) / (human - random)`` with Breakout's human 30.5 and random 1.7, env steps used
 and wall-clock.
 """
@@ -47,6 +49,30 @@ def bootstrap_ci(returns: np.ndarray, stat: str = "mean", reps: int = 2000, leve
     return float(lo), float(hi)
 
 
+def seed_bootstrap_ci(per_seed_returns: list[np.ndarray], reps: int = 4000, level: float = 0.95, seed: int = 0
+                      ) -> tuple[float, float]:
+    """Percentile-bootstrap CI of the mean over training seeds, resampling at both levels: draw the seeds with
+    replacement, then each drawn seed's episodes, and average the drawn seeds' means (a hierarchical bootstrap).
+
+    The pooled-returns CI (:func:`bootstrap_ci`) treats every episode as independent, so it holds each seed's
+    trained agent fixed and says how precisely its games measure *that* agent. Two training runs of one setting
+    differ by more than that (world model and actor-critic draws), and this interval includes that spread. With
+    one seed it is the pooled CI of that seed; with few seeds it is wide, as it should be."""
+    groups = [np.asarray(r, dtype=np.float64) for r in per_seed_returns]
+    if len(groups) == 1:
+        return bootstrap_ci(groups[0], "mean", reps=reps, level=level, seed=seed)
+    rng = np.random.default_rng(seed)
+    k = len(groups)
+    pick = rng.integers(0, k, size=(reps, k))  # [reps, k] seeds drawn
+    means = np.empty((reps, k))
+    for j, g in enumerate(groups):  # every seed's resampled means, used wherever that seed is drawn
+        means[:, j] = g[rng.integers(0, g.size, size=(reps, g.size))].mean(axis=1) if g.size > 1 else g[0]
+    values = np.take_along_axis(means, pick, axis=1).mean(axis=1)  # [reps]
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
 def summarize_agent(name: str, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Statistics of one agent from its per-seed results.
 
@@ -59,6 +85,7 @@ def summarize_agent(name: str, per_seed: list[dict[str, Any]]) -> dict[str, Any]
     mean, med, q = float(returns.mean()), float(np.median(returns)), float(iqm(returns))
     ci = bootstrap_ci(returns, "mean")
     ci_iqm = bootstrap_ci(returns, "iqm")
+    ci_seeds = seed_bootstrap_ci([np.asarray(s["returns"], dtype=np.float64) for s in per_seed])
     out = {
         "agent": name,
         "seeds": [s["seed"] for s in per_seed],
@@ -71,6 +98,7 @@ def summarize_agent(name: str, per_seed: list[dict[str, Any]]) -> dict[str, Any]
         "max": float(returns.max()),
         "ci95_mean": list(ci),
         "ci95_iqm": list(ci_iqm),
+        "ci95_mean_over_seeds": list(ci_seeds),
         "human_normalised_mean": human_normalised(mean),
         "human_normalised_iqm": human_normalised(q),
         "env_steps": [int(s["env_steps"]) for s in per_seed],
@@ -93,16 +121,18 @@ def summarize_agent(name: str, per_seed: list[dict[str, Any]]) -> dict[str, Any]
 def format_table(summaries: list[dict[str, Any]]) -> str:
     """A markdown table, one row per agent."""
     lines = [
-        "| agent | seeds | episodes | mean | IQM | 95% CI (mean) | per-seed means (std) | human-norm. (mean) "
-        "| env steps | wall-clock |",
-        "|---|---:|---:|---:|---:|---|---|---:|---:|---:|",
+        "| agent | seeds | episodes | mean | IQM | 95% CI (mean, games) | 95% CI (mean, seeds) | per-seed means (std) "
+        "| human-norm. (mean) | env steps | wall-clock |",
+        "|---|---:|---:|---:|---:|---|---|---|---:|---:|---:|",
     ]
     for s in summaries:
         lo, hi = s["ci95_mean"]
+        seeds_ci = (f"[{s['ci95_mean_over_seeds'][0]:.2f}, {s['ci95_mean_over_seeds'][1]:.2f}]"
+                    if "ci95_mean_over_seeds" in s else "-")  # older results.json files lack it
         per_seed = " / ".join(f"{m:.2f}" for m in s["seed_means"])
         lines.append(
             f"| {s['agent']} | {len(s['seeds'])} | {s['episodes']} | {s['mean']:.2f} | "
-            f"{s['iqm']:.2f} | [{lo:.2f}, {hi:.2f}] | {per_seed} ({s['seed_means_std']:.2f}) | "
+            f"{s['iqm']:.2f} | [{lo:.2f}, {hi:.2f}] | {seeds_ci} | {per_seed} ({s['seed_means_std']:.2f}) | "
             f"{s['human_normalised_mean']:.3f} | {s['env_steps_mean']:,.0f} | {s['wall_clock_s_total'] / 60:.1f} min |")
     return "\n".join(lines)
 
@@ -126,8 +156,10 @@ def write_results(out_dir: str | Path, summaries: list[dict[str, Any]], meta: di
     md += [f"Returns are raw full-game scores over seeds x episodes ({meta.get('episodes_per_seed')} evaluation "
            f"episodes per training seed, on the '{block}' evaluation block of game seeds, which training never "
            f"reaches: envs/seeds.py); human-normalised with human {HUMAN_SCORE}, random {RANDOM_SCORE}; 95% CI: "
-           "percentile bootstrap of the mean over the pooled seeds x episodes; per-seed means and their standard "
-           "deviation show the spread between training seeds. World-model agents: "
+           "percentile bootstrap of the mean, (games) over the pooled seeds x episodes, which holds each seed's "
+           "trained agent fixed, and (seeds) resampling the training seeds and then each one's episodes, which also "
+           "counts the spread between training runs: compare agents by the seeds interval; per-seed means and their "
+           "standard deviation show that spread. World-model agents: "
            + ("a world model per seed." if any(s.get("world_model_per_seed") for s in summaries)
               else "see their hyperparameters.")
            + (f" Wall-clock of the whole comparison: {whole / 60:.1f} min." if whole else ""), "",
@@ -137,3 +169,34 @@ def write_results(out_dir: str | Path, summaries: list[dict[str, Any]], meta: di
             md.append(f"- **{s['agent']}**: " + ", ".join(f"{k}={v}" for k, v in s["hyperparams"].items()))
     _atomic_write(out_dir / "results.md", "\n".join(md) + "\n")
     return {"json": out_dir / "results.json", "md": out_dir / "results.md"}
+
+
+def table_from_episodes(paths: list[str | Path]) -> str:
+    """The comparison table of one or more ``episodes.json`` files (compare-baselines' per-episode records), agents
+    in the order they first appear; a pair of the same agent and seed in a later file replaces the earlier one."""
+    pairs: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in paths:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path} is not a readable episodes.json ({type(e).__name__}); pass the episodes.json "
+                             "of a compare-baselines folder") from None
+        if not isinstance(data, dict) or not isinstance(data.get("pairs"), list):
+            raise ValueError(f"{path} has no 'pairs' list; pass the episodes.json of a compare-baselines folder")
+        for p in data["pairs"]:
+            pairs.setdefault(p["agent"], {})[int(p["seed"])] = p
+    return format_table([summarize_agent(name, [by_seed[k] for k in sorted(by_seed)]) for name, by_seed in pairs.items()])
+
+
+if __name__ == "__main__":  # python -m experiments.results docs/results/atari100k_episodes.json
+    import sys
+
+    if len(sys.argv) < 2:
+        sys.stderr.write("usage: python -m experiments.results EPISODES.json [MORE.json ...]\n")
+        raise SystemExit(2)
+    try:
+        print(table_from_episodes(sys.argv[1:]))
+    except ValueError as err:
+        sys.stderr.write(f"error: {err}\n")
+        raise SystemExit(2) from None

@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import VecTransposeImage, is_vecenv_wrappe
 
 from experiments.baselines import ClipReward, build_model, make_training_env, scaled_hyperparams, train_sb3
 from experiments.config import load_config
-from experiments.results import bootstrap_ci, human_normalised, iqm, summarize_agent
+from experiments.results import bootstrap_ci, format_table, human_normalised, iqm, seed_bootstrap_ci, summarize_agent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,6 +115,26 @@ def test_summary_pools_seeds_and_episodes():
                               {"seed": 1, "returns": [3, 4], "env_steps": 10, "wall_clock_s": 2.0}])
     assert s["episodes"] == 4 and s["mean"] == 2.5 and s["median"] == 2.5 and s["wall_clock_s_total"] == 3.0
     assert s["ci95_mean"][0] <= 2.5 <= s["ci95_mean"][1]
+    assert s["ci95_mean_over_seeds"][0] <= 2.5 <= s["ci95_mean_over_seeds"][1]
+    assert "95% CI (mean, seeds)" in format_table([s])
+
+
+def test_the_seed_interval_counts_the_spread_between_training_runs():
+    """Three seeds whose agents differ (means 2, 5, 8) but whose games are each precise: the pooled-returns CI
+    only sees the games and is narrow; the seed-level CI must span the seeds' spread. Seeds that agree give an
+    interval about as wide as the pooled one."""
+    rng = np.random.default_rng(1)
+    apart = [m + rng.normal(0.0, 0.3, size=10) for m in (2.0, 5.0, 8.0)]
+    lo_g, hi_g = bootstrap_ci(np.concatenate(apart), "mean")
+    lo_s, hi_s = seed_bootstrap_ci(apart)
+    assert hi_g - lo_g < 2.0 < hi_s - lo_s  # games alone: +-0.9 from the 3-point gaps; seeds: near 2..8
+    assert lo_s < 3.5 and hi_s > 6.5 and lo_s <= 5.0 <= hi_s
+    alike = [5.0 + rng.normal(0.0, 2.0, size=10) for _ in range(3)]
+    lo_g, hi_g = bootstrap_ci(np.concatenate(alike), "mean")
+    lo_s, hi_s = seed_bootstrap_ci(alike)
+    assert 0.6 < (hi_s - lo_s) / (hi_g - lo_g) < 1.6
+    one = [np.arange(10.0)]
+    assert seed_bootstrap_ci(one) == bootstrap_ci(one[0], "mean", reps=4000)
 
 
 # ------------------------------------------------------------------ the CLI end to end
@@ -221,3 +241,25 @@ def test_compare_cli_runs_the_closed_loop_as_two_agents_sharing_one_run(tmp_path
     assert again["returns"] == summary["returns"]
     # the reused run's wall-clock is the learn run's over every call plus this pair's games, not this call's
     assert again["wall_clock_s"] >= summary["wall_clock_s"] == pytest.approx(sum(summary["timings_s"].values()))
+
+
+def test_the_table_of_an_episodes_file_and_its_bad_input(tmp_path):
+    """``python -m experiments.results EPISODES.json``: the table with both intervals; a later file's pair of the
+    same agent and seed replaces the earlier one; an unreadable file is one sentence and exit code 2."""
+    def pairs(agent, means):
+        return {"pairs": [{"agent": agent, "seed": s, "returns": [m - 1.0, m + 1.0], "env_steps": 100,
+                           "wall_clock_s": 1.0} for s, m in enumerate(means)]}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(pairs("x", [2.0, 4.0])))
+    b.write_text(json.dumps(pairs("x", [10.0])))
+    r = subprocess.run([sys.executable, "-m", "experiments.results", str(a), str(b)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    row = [line for line in r.stdout.splitlines() if line.startswith("| x |")]
+    assert len(row) == 1 and "| 7.00 |" in row[0] and "10.00 / 4.00" in row[0]  # seed 0 replaced by b's
+    assert "95% CI (mean, seeds)" in r.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    r = subprocess.run([sys.executable, "-m", "experiments.results", str(bad)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "not a readable episodes.json" in r.stderr
