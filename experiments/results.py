@@ -186,7 +186,8 @@ def table_from_episodes(paths: list[str | Path]) -> str:
             raise ValueError(f"{path} has no 'pairs' list; pass the episodes.json of a compare-baselines folder")
         for p in data["pairs"]:
             pairs.setdefault(p["agent"], {})[int(p["seed"])] = p
-    return format_table([summarize_agent(name, [by_seed[k] for k in sorted(by_seed)]) for name, by_seed in pairs.items()])
+    summaries = [summarize_agent(name, [by_seed[k] for k in sorted(by_seed)]) for name, by_seed in pairs.items()]
+    return format_table(summaries)
 
 
 if __name__ == "__main__":  # python -m experiments.results docs/results/atari100k_episodes.json
