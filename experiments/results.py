@@ -184,9 +184,15 @@ def table_from_episodes(paths: list[str | Path]) -> str:
                              "of a compare-baselines folder") from None
         if not isinstance(data, dict) or not isinstance(data.get("pairs"), list):
             raise ValueError(f"{path} has no 'pairs' list; pass the episodes.json of a compare-baselines folder")
-        for p in data["pairs"]:
-            pairs.setdefault(p["agent"], {})[int(p["seed"])] = p
-    summaries = [summarize_agent(name, [by_seed[k] for k in sorted(by_seed)]) for name, by_seed in pairs.items()]
+        try:
+            for p in data["pairs"]:
+                pairs.setdefault(p["agent"], {})[int(p["seed"])] = p
+            summaries = [summarize_agent(name, [by_seed[k] for k in sorted(by_seed)])
+                         for name, by_seed in pairs.items()]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path} has a pair without its agent, seed, returns, env_steps or wall_clock_s "
+                             f"({type(e).__name__}: {e}); pass the episodes.json of a compare-baselines "
+                             "folder") from None
     return format_table(summaries)
 
 

@@ -263,3 +263,7 @@ def test_the_table_of_an_episodes_file_and_its_bad_input(tmp_path):
     r = subprocess.run([sys.executable, "-m", "experiments.results", str(bad)], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "not a readable episodes.json" in r.stderr
+    bad.write_text(json.dumps({"pairs": [{"agent": "x", "seed": 0}]}))  # no returns
+    r = subprocess.run([sys.executable, "-m", "experiments.results", str(bad)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "has a pair without" in r.stderr
