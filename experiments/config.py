@@ -127,6 +127,10 @@ class LearnConfig:
     # early stopping on the whole replay over the final encoder (what `pretrain --stage 2 --stage1-checkpoint
     # RUN/world_model.pt` does), before the final agent updates; resumable (stage2_final/ in the run folder).
     final_stage2_refit: bool = False
+    # The refit's network, when it differs from the loop's models.world_model (0 = as there): a deeper network is
+    # cheap only once, at the end, while the loop's many small updates keep the smaller one.
+    final_refit_depth: int = 0
+    final_refit_mlp_dim: int = 0
     recent_fraction: float = 0.5  # share of imagination starts drawn from the most recent frames
     recent_steps: int = 20000  # ... the last this many frames of the replay
     encoder_every: int = 0  # env steps between Stage-1 fine-tunes on all data so far (0 = keep the prefill's encoder;
@@ -143,7 +147,7 @@ class LearnConfig:
             check_range(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "an integer >= 1")
         for key in ("prefill_min_rewards", "agent_updates", "final_stage2_updates", "final_agent_updates",
                     "encoder_every", "encoder_updates", "encoder_stage2_updates", "prefill_stage1_updates",
-                    "prefill_stage2_updates"):
+                    "prefill_stage2_updates", "final_refit_depth", "final_refit_mlp_dim"):
             check_range(getattr(self, key) >= 0, f"{path}.{key}", getattr(self, key), "an integer >= 0")
         check_range(self.prefill_max_steps >= self.prefill_steps, f"{path}.prefill_max_steps", self.prefill_max_steps,
                     f"an integer >= {path}.prefill_steps ({self.prefill_steps})")
@@ -155,6 +159,9 @@ class LearnConfig:
                     "a fraction in [0, 1)")
         check_range(not self.final_agent_reset or self.final_agent_updates >= 1, f"{path}.final_agent_updates",
                     self.final_agent_updates, f"an integer >= 1 when {path}.final_agent_reset is true")
+        for key in ("final_refit_depth", "final_refit_mlp_dim"):
+            check_range(self.final_stage2_refit or not getattr(self, key), f"{path}.{key}", getattr(self, key),
+                        f"0 unless {path}.final_stage2_refit is true (it sets the refit's network)")
         check_range(self.explore_hold >= 1, f"{path}.explore_hold", self.explore_hold, "an integer >= 1")
         check_range(0.0 <= self.recent_fraction <= 1.0, f"{path}.recent_fraction", self.recent_fraction,
                     "a fraction in [0, 1]")

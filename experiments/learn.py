@@ -69,7 +69,7 @@ from worldmodel.dynamics_loss import METRICS, LatentSequences
 from worldmodel.encoder import fit_input_stats
 from worldmodel.latent_cache import encoder_fingerprint
 from worldmodel.masked_prediction import load_encoder
-from worldmodel.transformer import symexp
+from worldmodel.transformer import WorldModelTransformer, symexp
 from worldmodel.world_model import WorldModel, dynamics_from_checkpoint
 
 STATE_FILE = "learn.pt"
@@ -423,6 +423,11 @@ class Learner:
             per_epoch = max(1, per_seq // min(s2.batch_size, per_seq))
             s2 = dataclasses.replace(s2, num_epochs=-(-self.L.prefill_stage2_updates // per_epoch))
             cfg = dataclasses.replace(cfg, vjepa2_world_model=dataclasses.replace(cfg.vjepa2_world_model, stage2=s2))
+        if not prefill and (self.L.final_refit_depth or self.L.final_refit_mlp_dim):
+            net = cfg.models.world_model
+            net = dataclasses.replace(net, depth=self.L.final_refit_depth or net.depth,
+                                      mlp_dim=self.L.final_refit_mlp_dim or net.mlp_dim)
+            cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, world_model=net))
         seed_everything(cfg.run.seed)
         extra = self.stage2_extra(encoder)
         task = Stage2Task(cfg, train_seq, val_seq, self.device, np.random.default_rng(cfg.run.seed + 2), extra)
@@ -620,6 +625,10 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
     done_loop = False
     players.games = int(prefill["games"])  # the loop's games come after the prefill's
     if saved is not None:
+        if saved.get("world_model_kwargs", dyn.kwargs) != dyn.kwargs:  # saved after a refit with its own network
+            dyn = WorldModelTransformer(**saved["world_model_kwargs"]).to(device)
+            wm.dynamics = dyn.eval().requires_grad_(False)
+            opt = torch.optim.AdamW(dyn.parameters(), lr=L.stage2_lr, weight_decay=s2.weight_decay)
         load_state(dyn, saved["world_model"], run.dir / STATE_FILE, "world_model")
         opt.load_state_dict(saved["optimizer"])
         ac.load_training_state(saved["agent"])
@@ -635,7 +644,8 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
 
     def save_all(final: dict[str, Any] | None = None) -> None:
         t = time.perf_counter()
-        ckpt = {"kind": KIND, "config": cfg.to_dict(), "world_model": dyn.state_dict(), "optimizer": opt.state_dict(),
+        ckpt = {"kind": KIND, "config": cfg.to_dict(), "world_model_kwargs": dyn.kwargs,
+                "world_model": dyn.state_dict(), "optimizer": opt.state_dict(),
                 "agent": ac.training_state(), "player_generator": actor.generator.get_state(),
                 "rng": rng_state(np_rng), "env_steps": env_steps, "iteration": iteration, "curve": curve,
                 "next_eval": next_eval, "done_loop": done_loop, "player": players.state(),
@@ -759,8 +769,11 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
                 row.update(train_world_model(wm_updates))
                 if L.final_stage2_refit:  # new dynamics fitted on the whole replay by Stage 2's own schedule
                     refit = lr.stage2(wm.encoder, replay, "stage2_final", env_steps)
-                    load_state(dyn, load_checkpoint(refit, kind="stage2")["world_model"], refit, "world_model")
+                    # the refit's own network (learn.final_refit_depth / _mlp_dim may differ from the loop's)
+                    dyn = dynamics_from_checkpoint(load_checkpoint(refit, kind="stage2"), refit).to(device)
                     dyn.eval().requires_grad_(False)
+                    wm.dynamics = dyn
+                    opt = torch.optim.AdamW(dyn.parameters(), lr=L.stage2_lr, weight_decay=s2.weight_decay)
                 if L.final_agent_reset:  # a new actor-critic on the final world model, starts from all the replay
                     ac = ActorCritic(wm.latent_dim, wm.num_actions, cfg.agent, device)
                     ac.seed(cfg.run.seed + 5)

@@ -220,6 +220,38 @@ def test_final_stage2_refit_fits_new_dynamics_on_the_same_replay_and_resumes(lea
     assert done["returns"] == s["returns"]
 
 
+def test_final_refit_trains_its_own_network_which_the_checkpoints_and_a_resume_keep(tmp_path):
+    """``learn.final_refit_depth`` / ``final_refit_mlp_dim``: the refit builds a deeper network than the loop's
+    (tiny: depth 1, mlp 64); world_model.pt and the agent load it, and a finished run resumed keeps it."""
+    from agent.player import load_agent
+    from worldmodel import load_world_model
+
+    over = [*TINY, "learn.final_stage2_refit=true", "vjepa2_world_model.stage2.num_epochs=1",
+            "learn.final_refit_depth=2", "learn.final_refit_mlp_dim=96", f"run.runs_dir={tmp_path}"]
+    cfg = load_config("tiny", over)
+    s = learn(cfg, progress=False, echo=lambda m: None)
+    kwargs = torch.load(s["world_model"], weights_only=True)["world_model_kwargs"]
+    assert (kwargs["depth"], kwargs["mlp_dim"]) == (2, 96)
+    loop_kwargs = torch.load(f"{s['run_dir']}/stage2/best.pt", weights_only=True)["world_model_kwargs"]
+    assert (loop_kwargs["depth"], loop_kwargs["mlp_dim"]) == (1, 64)
+    wm = load_world_model(s["world_model"])
+    assert len(wm.dynamics.blocks) == 2
+    load_agent(s["agent"], wm)
+    before = torch.load(s["world_model"], weights_only=True)["world_model"]
+    again = learn(cfg, resume=s["run_dir"], progress=False, echo=lambda m: None)
+    assert again["finished"] and again["returns"] == s["returns"]
+    np.testing.assert_equal(again["heads"], s["heads"])  # NaN where no step scored, in both
+    after = torch.load(again["world_model"], weights_only=True)["world_model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_refit_network_without_the_refit_is_refused():
+    from envs.errors import UserError
+
+    with pytest.raises(UserError, match="final_refit_depth.*final_stage2_refit"):
+        load_config("tiny", ["learn.final_refit_depth=4"])
+
+
 def test_resume_drops_episodes_written_after_the_checkpoint_and_replays_the_game_in_progress(learn_run, tmp_path):
     """What a kill between two learn.pt writes leaves behind (an episode the next checkpoint never counted, a game
     in progress) is undone or replayed: the resumed run ends with the uninterrupted run's replay and weights."""
