@@ -73,6 +73,32 @@ def seed_bootstrap_ci(per_seed_returns: list[np.ndarray], reps: int = 4000, leve
     return float(lo), float(hi)
 
 
+def seed_bootstrap_diff_ci(a: list[np.ndarray], b: list[np.ndarray], paired: bool = True, reps: int = 4000,
+                           level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` over training seeds and its percentile-bootstrap CI, resampling seeds and then each
+    drawn seed's games (as :func:`seed_bootstrap_ci`). ``paired``: ``a[i]`` and ``b[i]`` share seed ``i``'s
+    training run up to the setting compared (the same prefill, or the same loop before a final phase), so one
+    draw of seeds serves both arms; otherwise each arm's seeds are drawn on their own. Returns (difference, lo, hi).
+    """
+    ga = [np.asarray(r, dtype=np.float64) for r in a]
+    gb = [np.asarray(r, dtype=np.float64) for r in b]
+    if paired and len(ga) != len(gb):
+        raise ValueError(f"a paired difference needs as many seeds in both arms ({len(ga)} against {len(gb)})")
+    rng = np.random.default_rng(seed)
+
+    def seed_means(groups: list[np.ndarray]) -> np.ndarray:  # [reps, k] each seed's resampled mean
+        return np.stack([g[rng.integers(0, g.size, size=(reps, g.size))].mean(axis=1) for g in groups], axis=1)
+
+    ma, mb = seed_means(ga), seed_means(gb)
+    pa = rng.integers(0, len(ga), size=(reps, len(ga)))
+    pb = pa if paired else rng.integers(0, len(gb), size=(reps, len(gb)))
+    values = np.take_along_axis(ma, pa, axis=1).mean(axis=1) - np.take_along_axis(mb, pb, axis=1).mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
+    diff = float(np.mean([g.mean() for g in ga]) - np.mean([g.mean() for g in gb]))
+    return diff, float(lo), float(hi)
+
+
 def summarize_agent(name: str, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Statistics of one agent from its per-seed results.
 

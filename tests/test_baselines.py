@@ -14,7 +14,15 @@ from stable_baselines3.common.vec_env import VecTransposeImage, is_vecenv_wrappe
 
 from experiments.baselines import ClipReward, build_model, make_training_env, scaled_hyperparams, train_sb3
 from experiments.config import load_config
-from experiments.results import bootstrap_ci, format_table, human_normalised, iqm, seed_bootstrap_ci, summarize_agent
+from experiments.results import (
+    bootstrap_ci,
+    format_table,
+    human_normalised,
+    iqm,
+    seed_bootstrap_ci,
+    seed_bootstrap_diff_ci,
+    summarize_agent,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,6 +143,21 @@ def test_the_seed_interval_counts_the_spread_between_training_runs():
     assert 0.6 < (hi_s - lo_s) / (hi_g - lo_g) < 1.6
     one = [np.arange(10.0)]
     assert seed_bootstrap_ci(one) == bootstrap_ci(one[0], "mean", reps=4000)
+
+
+def test_the_seed_difference_interval_pairs_shared_training_runs():
+    """Two arms whose seeds differ by 3 points each but whose gap within every seed is a steady +1: paired by seed
+    the seed spread cancels (a narrow interval around +1, excluding 0); drawn apart it does not (the interval
+    spans 0). Unequal seed counts cannot pair."""
+    rng = np.random.default_rng(2)
+    base = [m + rng.normal(0.0, 0.2, size=10) for m in (2.0, 5.0, 8.0)]
+    better = [g + 1.0 for g in base]
+    d, lo, hi = seed_bootstrap_diff_ci(better, base, paired=True)
+    assert d == pytest.approx(1.0) and 0.5 < lo <= d <= hi < 1.5
+    d, lo, hi = seed_bootstrap_diff_ci(better, base, paired=False)
+    assert lo < 0.0 < 1.0 < hi
+    with pytest.raises(ValueError, match="as many seeds"):
+        seed_bootstrap_diff_ci(better, base[:2])
 
 
 # ------------------------------------------------------------------ the CLI end to end
