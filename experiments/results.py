@@ -49,6 +49,15 @@ def bootstrap_ci(returns: np.ndarray, stat: str = "mean", reps: int = 2000, leve
     return float(lo), float(hi)
 
 
+def _resampled_seed_means(groups: list[np.ndarray], rng: np.random.Generator, reps: int) -> np.ndarray:
+    """[reps, k]: each seed's mean over its games drawn with replacement, ``reps`` times (a one-game seed: itself),
+    used wherever that seed is drawn."""
+    means = np.empty((reps, len(groups)))
+    for j, g in enumerate(groups):
+        means[:, j] = g[rng.integers(0, g.size, size=(reps, g.size))].mean(axis=1) if g.size > 1 else g[0]
+    return means
+
+
 def seed_bootstrap_ci(per_seed_returns: list[np.ndarray], reps: int = 4000, level: float = 0.95, seed: int = 0
                       ) -> tuple[float, float]:
     """Percentile-bootstrap CI of the mean over training seeds, resampling at both levels: draw the seeds with
@@ -64,10 +73,7 @@ def seed_bootstrap_ci(per_seed_returns: list[np.ndarray], reps: int = 4000, leve
     rng = np.random.default_rng(seed)
     k = len(groups)
     pick = rng.integers(0, k, size=(reps, k))  # [reps, k] seeds drawn
-    means = np.empty((reps, k))
-    for j, g in enumerate(groups):  # every seed's resampled means, used wherever that seed is drawn
-        means[:, j] = g[rng.integers(0, g.size, size=(reps, g.size))].mean(axis=1) if g.size > 1 else g[0]
-    values = np.take_along_axis(means, pick, axis=1).mean(axis=1)  # [reps]
+    values = np.take_along_axis(_resampled_seed_means(groups, rng, reps), pick, axis=1).mean(axis=1)  # [reps]
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
@@ -85,11 +91,7 @@ def seed_bootstrap_diff_ci(a: list[np.ndarray], b: list[np.ndarray], paired: boo
     if paired and len(ga) != len(gb):
         raise ValueError(f"a paired difference needs as many seeds in both arms ({len(ga)} against {len(gb)})")
     rng = np.random.default_rng(seed)
-
-    def seed_means(groups: list[np.ndarray]) -> np.ndarray:  # [reps, k] each seed's resampled mean
-        return np.stack([g[rng.integers(0, g.size, size=(reps, g.size))].mean(axis=1) for g in groups], axis=1)
-
-    ma, mb = seed_means(ga), seed_means(gb)
+    ma, mb = _resampled_seed_means(ga, rng, reps), _resampled_seed_means(gb, rng, reps)
     pa = rng.integers(0, len(ga), size=(reps, len(ga)))
     pb = pa if paired else rng.integers(0, len(gb), size=(reps, len(gb)))
     values = np.take_along_axis(ma, pa, axis=1).mean(axis=1) - np.take_along_axis(mb, pb, axis=1).mean(axis=1)
