@@ -25,7 +25,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def _run(prefix: list[str], args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     res = subprocess.run([*prefix, str(ROOT / "run.py"), *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
                          timeout=timeout)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, f"exit {res.returncode}\nstdout:\n{res.stdout[-1500:]}\nstderr:\n{res.stderr[-3000:]}"
     return res
 
 
