@@ -17,6 +17,7 @@ from experiments.config import load_config
 from experiments.results import (
     bootstrap_ci,
     format_table,
+    games_bootstrap_diff_ci,
     human_normalised,
     iqm,
     seed_bootstrap_ci,
@@ -158,6 +159,9 @@ def test_the_seed_difference_interval_pairs_shared_training_runs():
     assert lo < 0.0 < 1.0 < hi
     with pytest.raises(ValueError, match="as many seeds"):
         seed_bootstrap_diff_ci(better, base[:2])
+    # seeds held fixed, only games resampled: the seed spread never enters, so the interval is narrow around +1
+    d, lo, hi = games_bootstrap_diff_ci(better, base)
+    assert d == pytest.approx(1.0) and 0.7 < lo <= d <= hi < 1.3
 
 
 # ------------------------------------------------------------------ the CLI end to end
