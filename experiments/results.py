@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -239,14 +240,94 @@ def table_from_episodes(paths: list[str | Path]) -> str:
     return format_table(summaries)
 
 
-if __name__ == "__main__":  # python -m experiments.results docs/results/atari100k_episodes.json
-    import sys
+def load_seed_returns(spec: str) -> list[tuple[str, np.ndarray]]:
+    """Per-seed returns named by ``spec``: a glob of files, each a compare-baselines ``episodes.json`` (with
+    ``:AGENT`` after the glob, every seed of that agent in it) or a plan-in-env run's ``episodes.jsonl`` (one
+    seed; a run folder names its own). Files in sorted order, seeds in file order. Returns (label, returns)."""
+    import glob
 
-    if len(sys.argv) < 2:
-        sys.stderr.write("usage: python -m experiments.results EPISODES.json [MORE.json ...]\n")
-        raise SystemExit(2)
+    pattern, _, agent = spec.partition(":")
+    paths = sorted(glob.glob(pattern)) or [pattern]
+    out: list[tuple[str, np.ndarray]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            path = path / "episodes.jsonl"
+        try:
+            if path.suffix == ".jsonl":
+                rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+                planners = sorted({str(r.get("planner")) for r in rows})
+            else:
+                pairs = json.loads(path.read_text())["pairs"]
+                agents = sorted({str(p["agent"]) for p in pairs})
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{raw} is not a readable compare-baselines episodes.json or plan-in-env episodes.jsonl "
+                             f"({type(e).__name__}); pass one of those, or a plan-in-env run folder") from None
+        if path.suffix == ".jsonl":
+            if not agent and len(planners) > 1:
+                raise ValueError(f"{path} holds the games of {', '.join(planners)}: add ':PLANNER' to name one")
+            returns = [float(r["return"]) for r in rows if not agent or r.get("planner") == agent]
+            if not returns:
+                raise ValueError(f"{path} has no game of planner '{agent}'; it holds {', '.join(planners)}")
+            out.append((str(path), np.asarray(returns)))
+        else:
+            if agent not in agents:
+                raise ValueError(f"{path} holds the agents {', '.join(agents)}: add ':AGENT' naming one of them")
+            out += [(f"{path}:{agent}:s{p['seed']}", np.asarray(p["returns"], dtype=np.float64))
+                    for p in pairs if p["agent"] == agent]
+    return out
+
+
+def compare_arms(a: list[np.ndarray], b: list[np.ndarray], paired: bool = False, reps: int = 4000
+                 ) -> dict[str, Any]:
+    """Both arms' per-seed means and means, and ``mean(a) - mean(b)`` with its games-only and seeds-then-games 95%
+    bootstrap intervals (:func:`games_bootstrap_diff_ci`, :func:`seed_bootstrap_diff_ci`)."""
+    def arm(g: list[np.ndarray]) -> dict[str, Any]:
+        lo, hi = seed_bootstrap_ci(g, reps=reps)
+        return {"per_seed": [round(float(x.mean()), 2) for x in g], "games": [int(x.size) for x in g],
+                "mean": round(float(np.mean([x.mean() for x in g])), 2), "ci_seeds": [round(lo, 2), round(hi, 2)]}
+
+    d, glo, ghi = games_bootstrap_diff_ci(a, b, reps=reps)
+    _, slo, shi = seed_bootstrap_diff_ci(a, b, paired=paired, reps=reps)
+    return {"a": arm(a), "b": arm(b), "difference": round(d, 2), "ci_games_only": [round(glo, 2), round(ghi, 2)],
+            "ci_seeds_then_games": [round(slo, 2), round(shi, 2)], "paired": paired}
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.results",
+        description="The comparison table of compare-baselines episodes.json files, or with 'diff' the difference "
+                    "of two arms' means with both bootstrap intervals (JSON).",
+        epilog="examples: python -m experiments.results docs/results/atari100k_episodes.json | "
+               "python -m experiments.results diff 'runs/x/s*/episodes.json:learn' "
+               "'runs/plan-in-env/*-quick-s*' [--paired]")
+    if argv[:1] == ["diff"]:
+        parser.add_argument("mode", choices=["diff"])
+        parser.add_argument("a", help="arm a: a glob of episodes.json files with :AGENT, or of plan-in-env runs")
+        parser.add_argument("b", help="arm b, the same way")
+        parser.add_argument("--paired", action="store_true",
+                            help="seed i of a and of b share a training run up to the setting compared")
+        args = parser.parse_args(argv)
+        try:
+            a, b = load_seed_returns(args.a), load_seed_returns(args.b)
+            result = compare_arms([r for _, r in a], [r for _, r in b], paired=args.paired)
+        except ValueError as err:
+            sys.stderr.write(f"error: {err}\n")
+            return 2
+        result["a"]["sources"], result["b"]["sources"] = [n for n, _ in a], [n for n, _ in b]
+        print(json.dumps(result, indent=1))
+        return 0
+    parser.add_argument("episodes", nargs="+", help="compare-baselines episodes.json files")
+    args = parser.parse_args(argv)
     try:
-        print(table_from_episodes(sys.argv[1:]))
+        print(table_from_episodes(args.episodes))
     except ValueError as err:
         sys.stderr.write(f"error: {err}\n")
-        raise SystemExit(2) from None
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # python -m experiments.results docs/results/atari100k_episodes.json
+    raise SystemExit(_main(sys.argv[1:]))

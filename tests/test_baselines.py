@@ -294,3 +294,43 @@ def test_the_table_of_an_episodes_file_and_its_bad_input(tmp_path):
     r = subprocess.run([sys.executable, "-m", "experiments.results", str(bad)], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "has a pair without" in r.stderr
+
+
+def test_the_diff_of_two_arms_from_episode_files_and_its_bad_input(tmp_path):
+    """``python -m experiments.results diff A B``: per-seed returns from compare-baselines episodes.json (``:AGENT``)
+    and plan-in-env episodes.jsonl (one seed a file, ``:PLANNER`` where several played), the difference of the
+    means and both intervals, equal to the library functions'; a file holding several agents without a name, or a
+    missing file, is one sentence and exit code 2."""
+    cmp = tmp_path / "cmp" / "episodes.json"
+    cmp.parent.mkdir()
+    cmp.write_text(json.dumps({"pairs": [{"agent": "learn", "seed": s, "returns": r, "env_steps": 1, "wall_clock_s": 1}
+                                         for s, r in enumerate([[6.0, 8.0, 10.0], [2.0, 4.0, 3.0]])]
+                                        + [{"agent": "dqn", "seed": 0, "returns": [1.0], "env_steps": 1,
+                                            "wall_clock_s": 1}]}))
+    runs = []
+    for s, r in enumerate([[1.0, 2.0], [3.0, 5.0]]):
+        run = tmp_path / f"pie-s{s}"
+        run.mkdir()
+        rows = [{"planner": "actor-critic", "return": x} for x in r] + [{"planner": "random", "return": 0.0}]
+        (run / "episodes.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+        runs.append(run)
+
+    def diff(*args):
+        return subprocess.run([sys.executable, "-m", "experiments.results", "diff", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    r = diff(f"{cmp}:learn", f"{tmp_path}/pie-s*:actor-critic", "--paired")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    a, b = [np.array([6.0, 8.0, 10.0]), np.array([2.0, 4.0, 3.0])], [np.array([1.0, 2.0]), np.array([3.0, 5.0])]
+    d, lo, hi = games_bootstrap_diff_ci(a, b)
+    _, slo, shi = seed_bootstrap_diff_ci(a, b, paired=True)
+    assert out["a"]["per_seed"] == [8.0, 3.0] and out["b"]["per_seed"] == [1.5, 4.0] and out["difference"] == 2.75
+    assert out["ci_games_only"] == [round(lo, 2), round(hi, 2)] and d == pytest.approx(2.75)
+    assert out["ci_seeds_then_games"] == [round(slo, 2), round(shi, 2)] and out["paired"]
+    for args, words in [((str(cmp), str(runs[0]) + ":actor-critic"), "add ':AGENT'"),
+                        ((f"{cmp}:learn", str(runs[0])), "add ':PLANNER'"),
+                        ((f"{cmp}:learn", str(tmp_path / "none.json") + ":x"), "not a readable"),
+                        ((f"{cmp}:learn", f"{cmp}:dqn", "--paired"), "as many seeds")]:
+        r = diff(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr, r.stderr
