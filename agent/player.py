@@ -95,6 +95,20 @@ def load_agent_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def recorded_world_model(ckpt: dict[str, Any], path: str | Path) -> Path:
+    """The world model an agent checkpoint (at ``path``) records. The path is stored as train-agent saw it, relative
+    to the folder it ran in: from another folder it is looked up under each folder above the checkpoint (the run
+    folder sits below the folder it ran in), so ``--agent /abs/runs/.../agent.pt`` works from anywhere. Returned as
+    recorded when no such file exists (the loader then names it)."""
+    recorded = Path(str(ckpt["world_model"]))
+    if recorded.exists() or recorded.is_absolute():
+        return recorded
+    for folder in Path(path).resolve().parents:
+        if (folder / recorded).is_file():
+            return folder / recorded
+    return recorded
+
+
 def build_agent_nets(ckpt: dict[str, Any], device: torch.device | str = "cpu", path: str | Path = "agent.pt"
                      ) -> tuple[Actor, Critic]:
     """Actor and critic with the weights of an agent checkpoint (read by :func:`load_agent_checkpoint`), in eval

@@ -145,10 +145,10 @@ def load_world_model_parts(inputs: AgentInputs, seed: int) -> WorldModelParts:
     path = None if inputs.world_model is None else Path(inputs.world_model)
     ckpt = None
     if inputs.agent_checkpoint is not None:
-        from agent.player import load_agent_checkpoint
+        from agent.player import load_agent_checkpoint, recorded_world_model
 
         ckpt = load_agent_checkpoint(inputs.agent_checkpoint)
-        path = path or Path(ckpt["world_model"])
+        path = path or recorded_world_model(ckpt, inputs.agent_checkpoint)
     model = inputs.model
     if model is None:
         if path is None:

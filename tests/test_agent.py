@@ -1,6 +1,7 @@
 """Actor-critic in imagination: units, a toy MDP with a known optimum, the wrapper, training and resume."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -358,3 +359,22 @@ def test_world_model_imagine_with_context_reuses_the_prefilled_history():
     for x, y, w in zip(first, again, full):
         assert torch.allclose(x, y) and torch.allclose(x, w, atol=1e-5)
     assert not torch.allclose(first[0], other[0], atol=1e-3)
+
+
+def test_the_recorded_world_model_is_found_from_another_folder(tmp_path, monkeypatch):
+    """An agent checkpoint records its world model relative to the folder train-agent ran in; from another folder
+    the path is looked up under the folders above the checkpoint, and returned as recorded when none holds it."""
+    from agent.player import recorded_world_model
+
+    home = tmp_path / "home"
+    run = home / "runs" / "learn" / "r1"
+    run.mkdir(parents=True)
+    (run / "world_model.pt").write_bytes(b"x")
+    ckpt = {"world_model": "runs/learn/r1/world_model.pt"}
+    monkeypatch.chdir(home)
+    assert recorded_world_model(ckpt, "runs/learn/r1/agent.pt") == Path("runs/learn/r1/world_model.pt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert recorded_world_model(ckpt, run / "agent.pt") == home / "runs/learn/r1/world_model.pt"
+    assert recorded_world_model({"world_model": "runs/none.pt"}, run / "agent.pt") == Path("runs/none.pt")
