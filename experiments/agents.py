@@ -132,13 +132,27 @@ class WorldModelParts:
     policy_fn: PolicyFn | None = None  # its actor rolled out in the model: CEM's policy prior (planner.policy_samples)
 
 
-def load_world_model_parts(inputs: AgentInputs, seed: int) -> WorldModelParts:
+def check_frames(model: Any, env: Any, path: str | Path | None) -> None:
+    """A one-sentence UserError when ``model`` was trained on frames of another shape than the environment
+    config ``env`` makes (``frame_stack_size`` x ``image_height`` x ``image_width``): it names the settings to pass."""
+    shape = getattr(model, "frame_shape", None)
+    theirs = (int(env.frame_stack_size), int(env.image_height), int(env.image_width))
+    if shape is None or tuple(shape) == theirs:
+        return
+    f, h, w = shape
+    raise UserError(f"world model {path or ''} was trained on {f}x{h}x{w} frames but the environment makes "
+                    f"{'x'.join(map(str, theirs))}; pass --set environment.image_height={h} --set "
+                    f"environment.image_width={w} --set environment.frame_stack_size={f} as when it was trained")
+
+
+def load_world_model_parts(inputs: AgentInputs, seed: int, env: Any = None) -> WorldModelParts:
     """The one place where a world model and an actor-critic are wired together.
 
     The world model is ``inputs.model``, else loaded from ``inputs.world_model``, else from the path the
     agent checkpoint records (the world model it was trained on). With ``inputs.agent_checkpoint``: its
     actor-critic over that model (sampling seeded with ``seed``), its critic as ``value_fn`` and its
-    actor as a seeded ``policy_fn``.
+    actor as a seeded ``policy_fn``. With ``env`` (an environment config) the model's frames must be the ones
+    it makes (:func:`check_frames`).
     """
     import torch
 
@@ -156,6 +170,8 @@ def load_world_model_parts(inputs: AgentInputs, seed: int) -> WorldModelParts:
         from worldmodel import load_world_model
 
         model = load_world_model(path, device=inputs.device)
+    if env is not None:
+        check_frames(model, env, path)
     if ckpt is None:
         return WorldModelParts(model, path)
     from agent.actor_critic import policy_prior
@@ -218,7 +234,7 @@ def _build_oracle(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAgent:
 def _build_cem(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAgent:
     from planners.cem import CEMPlanner
 
-    parts = load_world_model_parts(inputs, seed)
+    parts = load_world_model_parts(inputs, seed, cfg.environment)
     steps, hp = _world_model_hyperparams(inputs, parts)
     agent = CEMPlanner(parts.model, cfg.planner, value_fn=parts.value_fn, policy_fn=parts.policy_fn, seed=seed)
     return BuiltAgent(agent, steps, {"planner": dataclasses.asdict(cfg.planner), **hp,
@@ -237,7 +253,7 @@ def _build_cem_value(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAgent:
 
 
 def _build_actor_critic(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAgent:
-    parts = load_world_model_parts(inputs, seed)
+    parts = load_world_model_parts(inputs, seed, cfg.environment)
     assert parts.actor_critic is not None, "actor-critic needs inputs.agent_checkpoint (see check_needs)"
     steps, hp = _world_model_hyperparams(inputs, parts)
     return BuiltAgent(parts.actor_critic, steps, {"agent": dataclasses.asdict(cfg.agent), **hp,
@@ -291,7 +307,8 @@ def _learn_hyperparams(cfg: Config, s: dict[str, Any]) -> dict[str, Any]:
 def _build_learn(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAgent:
     s = learn_run(cfg, inputs, seed)
     parts = load_world_model_parts(dataclasses.replace(inputs, world_model=Path(s["world_model"]),
-                                                       agent_checkpoint=Path(s["agent"]), model=None), seed)
+                                                       agent_checkpoint=Path(s["agent"]), model=None), seed,
+                                    cfg.environment)
     curve = [{k: v for k, v in p.items() if k != "eval_seeds"} for p in s["curve"][:-1]]
     for p in curve:
         if inputs.on_point is not None:

@@ -23,6 +23,7 @@ from agent.actor_critic import ActorCritic
 from agent.player import CHECKPOINT_KIND, ActorCriticAgent, load_agent_checkpoint
 from envs.errors import UserError
 from envs.replay import load_episodes
+from experiments.agents import check_frames
 from experiments.config import Config, config_from_dict
 from experiments.data import world_model_data_dir
 from experiments.fit import TrainState, fit, restore
@@ -149,6 +150,7 @@ def train_agent(cfg: Config, world_model: str | Path | None = None, data: str | 
         from worldmodel import load_world_model
 
         model = load_world_model(world_model, device=device)
+    check_frames(model, cfg.environment, world_model)
     data = world_model_data_dir(world_model) if data is None else Path(data)
 
     ac = ActorCritic(model.latent_dim, model.num_actions, cfg.agent, device)

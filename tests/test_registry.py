@@ -159,3 +159,22 @@ def test_world_model_agents_need_their_inputs_in_one_sentence(tmp_path):
     wm = save_untrained_world_model(tmp_path / "wm.pt")  # records no data folder
     with pytest.raises(UserError, match="pass --data DIR"):
         build_agent("cem", load_config("tiny"), AgentInputs(world_model=wm, count_env_steps=True))
+
+
+def test_a_world_model_meets_frames_of_its_own_size_or_one_sentence(agent_files, tmp_path, monkeypatch):
+    """A world model trained on 64x64 frames, played or trained on with a 96x96 environment: one sentence naming
+    the settings it was trained with, exit 2, before any run folder is made."""
+    wm_path, agent_pt, _ = agent_files
+    monkeypatch.chdir(tmp_path)
+    size = ["--set", "environment.image_height=96", "--set", "environment.image_width=96"]
+    for args in (["plan-in-env", "--planner", "actor-critic", "--agent", str(agent_pt)],
+                 ["plan-in-env", "--planner", "cem", "--checkpoint", str(wm_path)],
+                 ["train-agent", "--world-model", str(wm_path)]):
+        res = invoke(*args, "--preset", "tiny", "--wandb", "disabled", *size)
+        assert res.exit_code == 2, (args, res.output)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "trained on 4x64x64 frames but the environment makes 4x96x96" in lines[0], lines
+        assert "--set environment.image_height=64 --set environment.image_width=64" in lines[0]
+        assert not (tmp_path / "runs").exists()
+    ac = build_agent("actor-critic", load_config("tiny"), AgentInputs(agent_checkpoint=agent_pt), seed=0)
+    assert ac.agent.model.frame_shape == (4, 64, 64)  # the frames it was trained on, as the checkpoint says

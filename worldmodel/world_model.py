@@ -40,6 +40,7 @@ class WorldModel:
         latent_dim: D.
         num_actions: size of the discrete action set.
         context_length: steps of history the dynamics attends to (Stage-2 ``sequence_length``).
+        frame_shape: ``(F, H, W)`` of the observations its encoder was trained on (``None`` if it cannot tell).
     """
 
     def __init__(self, encoder: nn.Module, dynamics: WorldModelTransformer, device: torch.device | str = "cpu"):
@@ -49,6 +50,8 @@ class WorldModel:
         self.latent_dim = int(dynamics.latent_dim)
         self.num_actions = int(dynamics.num_actions)
         self.context_length = int(dynamics.max_len)
+        vit = getattr(encoder, "vit", None)  # the frames it was trained on: (F, H, W), None for a foreign encoder
+        self.frame_shape = None if vit is None else (int(vit.in_channels), int(vit.image_size), int(vit.image_size))
         # The last shared history prefilled by imagine: (context, context_actions, batch-1 KVRollout). A planner
         # that passes the same history tensors to several calls (CEM's iterations) prefills it once.
         self._context_memo: tuple[torch.Tensor, torch.Tensor, Any] | None = None
