@@ -16,6 +16,12 @@ alive when it reaches ``z_h``.
   with ``S = max(1, P95 - P5)`` of the returns, the percentiles tracked by an EMA (DreamerV3's return
   normalisation: advantages keep their scale across games without amplifying noise where returns are
   small).
+- Self-imitation on real transitions (``agent.self_imitation > 0``; Oh et al. 2018, off by default): a batch of
+  replay states with the action taken and the discounted return that followed in the real game
+  (:func:`real_returns`, the same reward shaping and life-loss ending as imagination), and only where that
+  return beat the critic: actor ``-log pi(a|z) * (G - V(z))+ / S``, critic ``0.5 * ((G - V(z))+)^2``, both times
+  ``agent.self_imitation``. Real returns cannot be inflated by model error, so the actor keeps what worked in
+  the real game even where the world model undervalues it.
 
 The world model is used only through its public API (``worldmodel.protocol``: ``imagine`` or, when it has
 one, the step-wise ``imagine_policy``), always without gradients: REINFORCE needs no gradient through the
@@ -30,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -58,6 +65,7 @@ class AgentConfig:
     checkpoint_every: int = 500  # updates between checkpoints (and metric logs every 1/10 of it)
     eval_every: int = 0  # updates between short real-env evaluations (0 = only at the end)
     eval_episodes: int = 1  # full-game episodes per periodic evaluation
+    self_imitation: float = 0.0  # weight of the self-imitation loss on real replay transitions (0 = off)
 
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
@@ -75,6 +83,8 @@ class AgentConfig:
                     f"positive numbers for {path}.actor_lr and {path}.critic_lr")
         check_range(self.batch_size >= 1 and self.updates >= 1 and self.start_latents >= 1, f"{path}.batch_size",
                     self.batch_size, f"integers >= 1 for {path}.batch_size, {path}.updates and {path}.start_latents")
+        check_range(self.self_imitation >= 0.0, f"{path}.self_imitation", self.self_imitation,
+                    "a weight >= 0 (0 turns self-imitation off)")
         check_range(self.checkpoint_every >= 1 and self.eval_every >= 0 and self.eval_episodes >= 1,
                     f"{path}.checkpoint_every", self.checkpoint_every,
                     f"{path}.checkpoint_every >= 1, {path}.eval_every >= 0, {path}.eval_episodes >= 1")
@@ -184,6 +194,70 @@ def lambda_returns(rewards: torch.Tensor, continues: torch.Tensor, values: torch
     return out
 
 
+def real_returns(rewards: np.ndarray, life_loss: np.ndarray, terminated: np.ndarray, discount: float,
+                 life_loss_penalty: float) -> np.ndarray:
+    """Discounted real returns ``[L]`` of one episode's transitions, as imagination scores them.
+
+    ``G_t = r_t - life_loss_penalty * lost_t + discount * (1 - end_t) * G_{t+1}`` with ``end_t`` a life loss or
+    the game's end and ``G_L = 0`` (a game cut off by the step budget bootstraps nothing: a lower bound).
+    """
+    L = len(rewards)
+    assert life_loss.shape == (L,) and terminated.shape == (L,), (
+        f"real_returns: rewards [{L}], life_loss {life_loss.shape}, terminated {terminated.shape}")
+    shaped = rewards.astype(np.float64) - life_loss_penalty * life_loss
+    goes_on = discount * ~(life_loss | terminated)
+    out = np.empty(L, dtype=np.float32)
+    g = 0.0
+    for t in range(L - 1, -1, -1):
+        g = shaped[t] + goes_on[t] * g
+        out[t] = g
+    return out
+
+
+class RealTransitions:
+    """Replay states for self-imitation: latents ``[N, D]``, the actions taken ``[N]`` and real returns ``[N]``.
+
+    Built from per-episode latents ``[L+1, D]`` (every frame) and the episodes' actions, rewards and flags;
+    each episode's last frame has no action and is left out.
+    """
+
+    def __init__(self, latents: torch.Tensor, actions: torch.Tensor, returns: torch.Tensor):
+        N = len(latents)
+        assert actions.shape == (N,) and returns.shape == (N,), (
+            f"RealTransitions: latents {tuple(latents.shape)}, actions {tuple(actions.shape)}, "
+            f"returns {tuple(returns.shape)}")
+        self.latents, self.actions, self.returns = latents, actions.long(), returns.float()
+
+    @classmethod
+    def from_episodes(cls, episodes: Any, frame_latents: torch.Tensor, cfg: AgentConfig,
+                      frame_index: np.ndarray | None = None) -> RealTransitions:
+        """``frame_latents [N, D]``: latents of frames of ``episodes``; row i is global frame ``frame_index[i]``
+        (the episodes' frames concatenated in order; default: every frame, ``N = G``)."""
+        acts, rets, valid = [], [], []
+        for e in episodes:
+            L = len(e)
+            acts.append(np.append(np.asarray(e.actions, dtype=np.int64), 0))
+            rets.append(np.append(real_returns(np.asarray(e.rewards), np.asarray(e.life_loss, dtype=bool),
+                                               np.asarray(e.terminated, dtype=bool), cfg.discount,
+                                               cfg.life_loss_penalty), 0.0).astype(np.float32))
+            valid.append(np.arange(L + 1) < L)  # the last frame has no action
+        act, ret, ok = np.concatenate(acts), np.concatenate(rets), np.concatenate(valid)
+        index = np.arange(len(ok)) if frame_index is None else np.asarray(frame_index)
+        assert len(index) == len(frame_latents) and (len(index) == 0 or index.max() < len(ok)), (
+            f"{len(frame_latents)} latents for frame indices of {len(ok)} frames")
+        sel = np.flatnonzero(ok[index])
+        rows = torch.from_numpy(sel).to(frame_latents.device)
+        return cls(frame_latents[rows], torch.from_numpy(act[index[sel]]), torch.from_numpy(ret[index[sel]]))
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def sample(self, n: int, generator: torch.Generator, device: torch.device | str) -> dict[str, torch.Tensor]:
+        i = torch.randint(len(self), (n,), generator=generator)
+        return {"latents": self.latents[i.to(self.latents.device)].to(device), "actions": self.actions[i].to(device),
+                "returns": self.returns[i].to(device)}
+
+
 PolicyFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -259,9 +333,14 @@ class ActorCritic(nn.Module):
         """An imagined rollout of the current actor (sampled actions) from start latents ``z0 [B, D]``."""
         return imagine_with_policy(model, z0, self._sample_actions, self.cfg.imagine_horizon)
 
-    def update(self, model: PolicyWorldModel, z0: torch.Tensor) -> dict[str, float]:
-        """One actor and one critic step on a fresh imagined batch; returns plain-float metrics."""
+    def update(self, model: PolicyWorldModel, z0: torch.Tensor, real: RealTransitions | None = None
+               ) -> dict[str, float]:
+        """One actor and one critic step on a fresh imagined batch; returns plain-float metrics.
+
+        With ``agent.self_imitation > 0`` and ``real`` given, ``agent.batch_size`` real transitions add the
+        self-imitation terms to both losses."""
         c = self.cfg
+        sil = real.sample(c.batch_size, self.generator, z0.device) if c.self_imitation > 0 and real else None
         traj = self.imagine(model, z0)
         z, a, r, cont = traj["latents"], traj["actions"], traj["rewards"], traj["continues"]  # [B,H+1,D] [B,H]..
         B, H = a.shape
@@ -279,6 +358,10 @@ class ActorCritic(nn.Module):
         # Critic: regress V(z_h) on the lambda-return.
         v = self.critic(z[:, :-1])  # [B, H]
         critic_loss = (weight * 0.5 * (v - returns) ** 2).mean()
+        if sil is not None:  # self-imitation: lift V where the real game did better than it expects
+            v_real = self.critic(sil["latents"])  # [B]
+            sil_adv = (sil["returns"] - v_real).clamp(min=0.0)  # [B]
+            critic_loss = critic_loss + c.self_imitation * (0.5 * sil_adv ** 2).mean()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         critic_gn = nn.utils.clip_grad_norm_(self.critic.parameters(), c.grad_clip)
@@ -290,6 +373,9 @@ class ActorCritic(nn.Module):
         entropy = -(logp_all.exp() * logp_all).sum(-1)  # [B, H]
         adv = ((returns - v.detach()) / scale).detach()
         actor_loss = (weight * (-logp * adv - c.entropy_coef * entropy)).mean()
+        if sil is not None:  # self-imitation: more of the real actions that beat the critic
+            logp_real = self.actor.log_probs(sil["latents"]).gather(-1, sil["actions"][:, None]).squeeze(-1)  # [B]
+            actor_loss = actor_loss - c.self_imitation * (logp_real * (sil_adv.detach() / scale)).mean()
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         actor_gn = nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_clip)
@@ -319,6 +405,9 @@ class ActorCritic(nn.Module):
             "train/critic_grad_norm": float(critic_gn),
         }
         out.update({f"train/action_{i}": float(f) for i, f in enumerate(action_freq)})
+        if sil is not None:
+            out["train/sil_positive"] = float((sil_adv > 0).float().mean())
+            out["train/sil_advantage"] = float(sil_adv.detach().mean())
         return out
 
     def value(self, z: torch.Tensor) -> torch.Tensor:
@@ -375,5 +464,5 @@ def policy_prior(actor: Actor, model: LatentWorldModel | None = None, generator:
     return fn
 
 
-__all__ = ["Actor", "ActorCritic", "AgentConfig", "Critic", "ReturnNormalizer", "imagine_with_policy", "lambda_returns",
-           "policy_prior"]
+__all__ = ["Actor", "ActorCritic", "AgentConfig", "Critic", "RealTransitions", "ReturnNormalizer",
+           "imagine_with_policy", "lambda_returns", "policy_prior", "real_returns"]

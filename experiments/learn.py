@@ -49,7 +49,7 @@ import click
 import numpy as np
 import torch
 
-from agent.actor_critic import ActorCritic
+from agent.actor_critic import ActorCritic, RealTransitions
 from agent.player import CHECKPOINT_KIND, ActorCriticAgent
 from envs.breakout import NUM_ACTIONS, make_env
 from envs.dataset import FrameStackDataset, TemporalSequenceDataset
@@ -690,10 +690,12 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
         recent = min(G, L.recent_steps)
         rows = []
         n_recent = int(round(recent_fraction * cfg.agent.batch_size))
+        # self-imitation (agent.self_imitation): every replay transition with its real return
+        real = RealTransitions.from_episodes(replay.episodes, z, cfg.agent) if cfg.agent.self_imitation > 0 else None
         for _ in range(updates):
             idx = torch.randint(G, (cfg.agent.batch_size - n_recent,), generator=ac.generator)
             idx_r = G - recent + torch.randint(recent, (n_recent,), generator=ac.generator)
-            rows.append(ac.update(wm, z[torch.cat([idx, idx_r]).to(device)]))
+            rows.append(ac.update(wm, z[torch.cat([idx, idx_r]).to(device)], real))
         ac.actor.eval()
         ac.critic.eval()
         lr.timings["agent"] += time.perf_counter() - t

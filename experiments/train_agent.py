@@ -19,7 +19,7 @@ import click
 import numpy as np
 import torch
 
-from agent.actor_critic import ActorCritic
+from agent.actor_critic import ActorCritic, AgentConfig, RealTransitions
 from agent.player import CHECKPOINT_KIND, ActorCriticAgent, load_agent_checkpoint
 from envs.errors import UserError
 from envs.replay import load_episodes
@@ -36,8 +36,12 @@ LatentModel = Any  # the world model, used through its protocol (encode, imagine
 
 @torch.no_grad()
 def encode_start_latents(model: LatentModel, data_dir: str | Path, count: int, seed: int, frame_stack: int = 4,
-                         chunk: int = 256) -> torch.Tensor:
-    """Latents ``[N, D]`` of up to ``count`` replay observations drawn uniformly without replacement."""
+                         chunk: int = 256, agent: AgentConfig | None = None
+                         ) -> torch.Tensor | tuple[torch.Tensor, RealTransitions]:
+    """Latents ``[N, D]`` of up to ``count`` replay observations drawn uniformly without replacement.
+
+    With ``agent`` given, also the same frames as :class:`RealTransitions` for self-imitation (those with an
+    action: each episode's last frame is left out)."""
     from envs.dataset import EpisodeStore
 
     episodes, _ = load_episodes(data_dir)  # UserError on a missing, empty or corrupt folder
@@ -48,7 +52,9 @@ def encode_start_latents(model: LatentModel, data_dir: str | Path, count: int, s
     out = [model.encode(store.obs(idx[i:i + chunk])).float().cpu() for i in range(0, n, chunk)]  # [chunk, D] each
     z = torch.cat(out)
     assert z.shape == (n, model.latent_dim), f"encoded latents {tuple(z.shape)}, expected [{n}, {model.latent_dim}]"
-    return z
+    if agent is None:
+        return z
+    return z, RealTransitions.from_episodes(episodes, z, agent, frame_index=idx)
 
 
 def _evaluate(model: LatentModel, ac: ActorCritic, cfg: Config, episodes: int, desc: str) -> dict[str, float]:
@@ -69,9 +75,10 @@ class ActorCriticTask:
     name, lr_hint, num_epochs, patience = "actor-critic", "agent.actor_lr and agent.critic_lr", 1, 0
 
     def __init__(self, cfg: Config, ac: ActorCritic, model: LatentModel, starts: torch.Tensor, world_model: Path,
-                 data: Path, run: RunLogger):
+                 data: Path, run: RunLogger, real: RealTransitions | None = None):
         self.cfg, self.ac, self.model, self.starts, self.world_model, self.data, self.run = (
             cfg, ac, model, starts, world_model, data, run)
+        self.real = real  # replay transitions for self-imitation (agent.self_imitation > 0)
         self.steps_per_epoch = cfg.agent.updates
         self.log_every = max(1, cfg.agent.checkpoint_every // 10)
         self.rng = np.random.default_rng(cfg.run.seed)  # unused: the actor-critic draws from its own generator
@@ -85,7 +92,7 @@ class ActorCriticTask:
     def train_step(self, i: int, order: None, state: TrainState) -> tuple[dict[str, float], dict[str, float]]:
         a, ac = self.cfg.agent, self.ac
         idx = torch.randint(len(self.starts), (a.batch_size,), generator=ac.generator)
-        metrics = self.last_metrics = ac.update(self.model, self.starts[idx.to(self.starts.device)])
+        metrics = self.last_metrics = ac.update(self.model, self.starts[idx.to(self.starts.device)], self.real)
         for k, v in metrics.items():
             self.acc.setdefault(k, []).append(v)
         step, row = ac.updates, {}
@@ -165,15 +172,17 @@ def train_agent(cfg: Config, world_model: str | Path | None = None, data: str | 
     t0 = time.perf_counter()
     # Start latents (before the run folder exists, so bad data leaves nothing behind); a resumed run
     # draws them again with the same seed, so they are the same set.
-    starts = encode_start_latents(model, data, a.start_latents, cfg.run.seed,
-                                  cfg.environment.frame_stack_size).to(device)  # [N, D]
+    starts, real = encode_start_latents(model, data, a.start_latents, cfg.run.seed,
+                                        cfg.environment.frame_stack_size, agent=a)  # [N, D]; the same frames
+    starts = starts.to(device)
     encode_s = time.perf_counter() - t0
     with RunLogger(cfg, "train-agent", run_dir=resume, resume=resume is not None) as run:
         click.echo(f"run folder: {run.dir}")
         if ckpt is None:
             run.rewind(0)  # a restart logs from the beginning
             run.write_json(INPUTS_FILE, {"config": cfg.to_dict(), "world_model": str(world_model), "data": str(data)})
-        task = ActorCriticTask(cfg, ac, model, starts, world_model, data, run)
+        task = ActorCriticTask(cfg, ac, model, starts, world_model, data, run,
+                              real if a.self_imitation > 0 else None)
         state = TrainState() if ckpt is None else restore(ckpt, task, run)
         if ckpt is None:  # a resumed run found these rows in its metrics already
             run.log({"data/start_latents": len(starts), "perf/encode_s": encode_s}, step=ac.updates)
