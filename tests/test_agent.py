@@ -8,10 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from agent.actor_critic import ActorCritic, ReturnNormalizer, imagine_with_policy, lambda_returns
+from agent.actor_critic import (
+    ActorCritic,
+    RealTransitions,
+    ReturnNormalizer,
+    imagine_with_policy,
+    lambda_returns,
+    real_returns,
+)
 from agent.player import ActorCriticAgent, load_agent, load_agent_checkpoint
 from envs.breakout import NUM_ACTIONS
 from envs.errors import UserError
+from envs.replay import Episode
 from experiments.config import load_config
 
 from .conftest import save_untrained_world_model
@@ -178,6 +186,90 @@ def test_slow_critic_is_an_ema():
     for s0, s, p in zip(slow0, ac.slow_critic.parameters(), ac.critic.parameters()):
         assert torch.allclose(s, 0.9 * s0 + 0.1 * p, atol=1e-6)
     assert all(not p.requires_grad for p in ac.slow_critic.parameters())
+
+
+def test_real_returns_known_values():
+    """Discounted, shaped like imagination: a life loss costs the penalty and ends the sum, so does the game's end."""
+    rew = np.array([1.0, 0.0, 0.0, 4.0, 0.0], np.float32)
+    lost = np.array([0, 1, 0, 0, 0], bool)
+    end = np.array([0, 0, 0, 0, 1], bool)
+    g = real_returns(rew, lost, end, discount=0.5, life_loss_penalty=1.0)
+    np.testing.assert_allclose(g, [1.0 + 0.5 * -1.0, -1.0, 0.5 * 4.0, 4.0, 0.0])
+
+
+def _episode(actions, rewards, life_loss=None):
+    L = len(actions)
+    zeros = np.zeros(L, bool)
+    return Episode(frames=np.zeros((L + 1, 8, 8), np.uint8), actions=np.asarray(actions, np.int64),
+                   rewards=np.asarray(rewards, np.float32), terminated=zeros, truncated=zeros,
+                   life_loss=zeros if life_loss is None else np.asarray(life_loss, bool),
+                   labels=np.zeros((L + 1, 5), np.int16))
+
+
+def test_real_transitions_align_frames_actions_and_returns():
+    cfg = agent_cfg("agent.discount=0.5", "agent.life_loss_penalty=0").agent
+    eps = [_episode([1, 2], [0.0, 2.0]), _episode([3, 0, 1], [4.0, 0.0, 0.0])]  # frames 0-2 and 3-6
+    z = torch.arange(7, dtype=torch.float32)[:, None].repeat(1, 3)  # row g holds g: which frame it is
+    real = RealTransitions.from_episodes(eps, z, cfg)
+    assert len(real) == 5  # each episode's last frame (2 and 6) has no action
+    assert real.latents[:, 0].tolist() == [0, 1, 3, 4, 5]
+    assert real.actions.tolist() == [1, 2, 3, 0, 1]
+    np.testing.assert_allclose(real.returns.numpy(), [1.0, 2.0, 4.0, 0.0, 0.0])
+    # a subset of frames (train-agent's start frames): latents row i is frame index[i]
+    index = np.array([6, 1, 2, 3])
+    sub = RealTransitions.from_episodes(eps, z[index], cfg, frame_index=index)
+    assert sub.latents[:, 0].tolist() == [1, 3] and sub.actions.tolist() == [2, 3]
+    np.testing.assert_allclose(sub.returns.numpy(), [2.0, 4.0])
+
+
+class FlatModel:
+    """Imagination that tells actions apart in nothing: the latent stays, no reward, no life lost."""
+
+    latent_dim, num_actions = 4, 4
+
+    @torch.no_grad()
+    def imagine(self, z0, actions):
+        b, h = actions.shape
+        return z0[:, None].expand(b, h, -1).clone(), torch.zeros(b, h), torch.ones(b, h)
+
+
+def test_self_imitation_learns_the_real_action_imagination_cannot_tell():
+    """Where the model is flat, only the real returns say which action paid; with the term off nothing moves."""
+    z = torch.eye(4)[:2]  # two states
+    # state 0: action 2 paid 1, action 0 lost 1 (below any critic: no push); state 1: action 1 paid 1
+    real = RealTransitions(torch.cat([z, z[:1]]).repeat(32, 1), torch.tensor([2, 1, 0] * 32),
+                           torch.tensor([1.0, 1.0, -1.0] * 32))
+    probs = {}
+    for coef in (0.0, 1.0):
+        cfg = agent_cfg("agent.actor_lr=0.001", "agent.critic_lr=0.001", "agent.imagine_horizon=3",
+                        f"agent.self_imitation={coef}", "agent.entropy_coef=0").agent
+        torch.manual_seed(0)
+        ac = ActorCritic(4, 4, cfg)
+        ac.seed(0)
+        for _ in range(150):
+            out = ac.update(FlatModel(), z, real)
+        probs[coef] = ac.actor.log_probs(z).exp().detach()
+        if coef:
+            assert 0.0 < out["train/sil_positive"] <= 1.0
+            # state 0 paid 1 or lost 1 in the real game: only the better return lifts V (unclipped it would be ~0)
+            assert ac.value(z[:1]).item() > 0.5
+        else:
+            assert "train/sil_positive" not in out
+    assert probs[1.0][0, 2] > 0.8 and probs[1.0][1, 1] > 0.8, probs[1.0]  # each state: the action that paid
+    assert probs[0.0].max() - probs[0.0].min() < 0.05  # off: a flat model teaches nothing
+
+
+def test_self_imitation_off_draws_nothing_from_the_generator():
+    """The default (0) leaves an update bit for bit as without real transitions (old runs reproduce)."""
+    real = RealTransitions(torch.randn(10, 8), torch.zeros(10, dtype=torch.long), torch.ones(10))
+    outs = []
+    for r in (None, real):
+        torch.manual_seed(0)
+        ac = ActorCritic(8, 4, agent_cfg().agent)
+        ac.seed(3)
+        ac.update(LinearObsModel(), torch.randn(16, 8), r)
+        outs.append([p.detach().clone() for p in ac.actor.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
 
 
 # ------------------------------------------------------------------------------------------ behaviour
@@ -378,3 +470,16 @@ def test_the_recorded_world_model_is_found_from_another_folder(tmp_path, monkeyp
     monkeypatch.chdir(elsewhere)
     assert recorded_world_model(ckpt, run / "agent.pt") == home / "runs/learn/r1/world_model.pt"
     assert recorded_world_model({"world_model": "runs/none.pt"}, run / "agent.pt") == Path("runs/none.pt")
+
+
+def test_train_agent_self_imitates_its_start_frames(untrained_world_model, tiny_data, tmp_path):
+    """``agent.self_imitation > 0`` in train-agent: the real batch comes from the start frames and is logged."""
+    from experiments.train_agent import train_agent
+
+    cfg = agent_cfg(f"run.runs_dir={tmp_path}", "agent.updates=4", "agent.start_latents=64",
+                    "agent.checkpoint_every=2", "agent.self_imitation=1", "environment.max_episode_frames=200")
+    s = train_agent(cfg, untrained_world_model, data=tiny_data, progress=False)
+    rows = [json.loads(line) for line in open(Path(s["run_dir"]) / "metrics.jsonl")]
+    sil = [r["train/sil_positive"] for r in rows if "train/sil_positive" in r]
+    assert sil and all(0.0 <= v <= 1.0 for v in sil)
+    assert np.isfinite(s["final_train"]["train/sil_advantage"])

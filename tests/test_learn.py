@@ -342,3 +342,12 @@ def test_exploration_segments_play_the_configured_share_of_steps_with_held_rando
     assert runs and all(r % 5 == 0 for r in runs[:-1])
     off = load_config("tiny", [])
     assert off.learn.explore_fraction == 0.0
+
+
+def test_the_loop_self_imitates_its_replay(tmp_path):
+    """``agent.self_imitation`` inside `learn`: the agent's updates draw real transitions from the whole replay."""
+    cfg = load_config("tiny", [*TINY, f"run.runs_dir={tmp_path}", "agent.self_imitation=1"])
+    s = learn(cfg, progress=False, echo=lambda m: None)
+    rows = [json.loads(line) for line in open(f"{s['run_dir']}/metrics.jsonl")]
+    sil = [r["train/sil_positive"] for r in rows if "train/sil_positive" in r]
+    assert len(sil) == s["iterations"] and all(0.0 <= v <= 1.0 for v in sil)
