@@ -217,7 +217,7 @@ def real_returns(rewards: np.ndarray, life_loss: np.ndarray, terminated: np.ndar
 class RealTransitions:
     """Replay states for self-imitation: latents ``[N, D]``, the actions taken ``[N]`` and real returns ``[N]``.
 
-    Built from per-episode latents ``[L+1, D]`` (every frame) and the episodes' actions, rewards and flags;
+    :meth:`from_episodes` builds it from the latents of the episodes' frames and their actions, rewards and flags;
     each episode's last frame has no action and is left out.
     """
 

@@ -35,13 +35,10 @@ LatentModel = Any  # the world model, used through its protocol (encode, imagine
 
 
 @torch.no_grad()
-def encode_start_latents(model: LatentModel, data_dir: str | Path, count: int, seed: int, frame_stack: int = 4,
-                         chunk: int = 256, agent: AgentConfig | None = None
-                         ) -> torch.Tensor | tuple[torch.Tensor, RealTransitions]:
-    """Latents ``[N, D]`` of up to ``count`` replay observations drawn uniformly without replacement.
-
-    With ``agent`` given, also the same frames as :class:`RealTransitions` for self-imitation (those with an
-    action: each episode's last frame is left out)."""
+def encode_start_latents(model: LatentModel, data_dir: str | Path, count: int, seed: int, frame_stack: int,
+                         agent: AgentConfig, chunk: int = 256) -> tuple[torch.Tensor, RealTransitions]:
+    """Latents ``[N, D]`` of up to ``count`` replay observations drawn uniformly without replacement, and the same
+    frames as :class:`RealTransitions` for self-imitation (those with an action: each episode's last is left out)."""
     from envs.dataset import EpisodeStore
 
     episodes, _ = load_episodes(data_dir)  # UserError on a missing, empty or corrupt folder
@@ -52,8 +49,6 @@ def encode_start_latents(model: LatentModel, data_dir: str | Path, count: int, s
     out = [model.encode(store.obs(idx[i:i + chunk])).float().cpu() for i in range(0, n, chunk)]  # [chunk, D] each
     z = torch.cat(out)
     assert z.shape == (n, model.latent_dim), f"encoded latents {tuple(z.shape)}, expected [{n}, {model.latent_dim}]"
-    if agent is None:
-        return z
     return z, RealTransitions.from_episodes(episodes, z, agent, frame_index=idx)
 
 
@@ -173,7 +168,7 @@ def train_agent(cfg: Config, world_model: str | Path | None = None, data: str | 
     # Start latents (before the run folder exists, so bad data leaves nothing behind); a resumed run
     # draws them again with the same seed, so they are the same set.
     starts, real = encode_start_latents(model, data, a.start_latents, cfg.run.seed,
-                                        cfg.environment.frame_stack_size, agent=a)  # [N, D]; the same frames
+                                        cfg.environment.frame_stack_size, a)  # [N, D]; the same frames
     starts = starts.to(device)
     encode_s = time.perf_counter() - t0
     with RunLogger(cfg, "train-agent", run_dir=resume, resume=resume is not None) as run:
