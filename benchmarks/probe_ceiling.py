@@ -6,7 +6,8 @@ RAM labels as regression targets for a fixed time budget, then scores the same r
 "can this architecture at 64x64 see the ball at all?", separating the architecture from the
 self-supervised objective. A diagnostic only: nothing here feeds the world model.
 
-Usage: python benchmarks/probe_ceiling.py --data data/quick12k [--seconds 240] [--preset quick] [--set KEY=VALUE]
+Usage: python benchmarks/probe_ceiling.py --data data/quick12k [--seconds 240 | --steps 2000] [--preset quick]
+       [--set KEY=VALUE]   (--steps: the same number of updates for every architecture compared)
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--seconds", type=float, default=240.0)
+    ap.add_argument("--steps", type=int, default=0, help="train this many updates instead of --seconds")
     ap.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="config override")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -75,7 +77,7 @@ def main() -> None:
     opt = torch.optim.AdamW([*vit.parameters(), *head.parameters()], lr=1e-3)
     rng = np.random.default_rng(0)
     t0, steps = time.perf_counter(), 0
-    while time.perf_counter() - t0 < args.seconds:
+    while (steps < args.steps) if args.steps > 0 else (time.perf_counter() - t0 < args.seconds):
         b = dtr.batch(rng.integers(0, len(dtr), 32))
         y = (b["labels"][:, :3].float() - 100.0) / 50.0  # [B, 3] paddle_x, ball_x, ball_y, roughly standardised
         in_play = (b["labels"][:, 2] != 0).float()  # the ball's position only counts while it is in play
@@ -85,8 +87,11 @@ def main() -> None:
         loss.backward()
         opt.step()
         steps += 1
-    print(json.dumps({"benchmark": "probe_ceiling", "data": args.data, "train_seconds": args.seconds,
-                      "supervised_steps": steps, "batch": 32,
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"benchmark": "probe_ceiling", "data": args.data, "train_seconds": round(seconds, 1),
+                      "supervised_steps": steps, "batch": 32, "overrides": args.set,
+                      "tokens": (cfg.environment.image_height // cfg.models.shared_patch_size) ** 2,
+                      "latent_dim": vit.latent_dim, "parameters": sum(p.numel() for p in vit.parameters()),
                       "probe_r2_supervised": probes(vit, dtr, dva), "probe_r2_random_init": random_init,
                       "targets": {"paddle_x": 0.9, "ball_x": 0.6, "ball_y": 0.6}}, indent=2))
 
