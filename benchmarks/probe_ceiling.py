@@ -1,7 +1,7 @@
 """Supervised ceiling of the Stage-1 probes. Prints JSON.
 
 Trains the default ``MaskedViT`` (same readout, frame differences and size as Stage 1) *with* the
-RAM labels as regression targets for a fixed time budget, then scores the same ridge probe as
+RAM labels as regression targets for a fixed time budget (or ``--steps`` updates), then scores the same ridge probe as
 ``run.py evaluate --stage 1`` (fit on training episodes, R^2 on validation episodes). It answers
 "can this architecture at 64x64 see the ball at all?", separating the architecture from the
 self-supervised objective. A diagnostic only: nothing here feeds the world model.
@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="train this many updates instead of --seconds")
     ap.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="config override")
     args = ap.parse_args()
+    if args.steps < 0:
+        ap.error(f"--steps must be 0 (train for --seconds) or a positive number of updates, not {args.steps}")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = load_config(args.preset, args.set)
