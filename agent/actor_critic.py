@@ -66,6 +66,9 @@ class AgentConfig:
     eval_every: int = 0  # updates between short real-env evaluations (0 = only at the end)
     eval_episodes: int = 1  # full-game episodes per periodic evaluation
     self_imitation: float = 0.0  # weight of the self-imitation loss on real replay transitions (0 = off)
+    # How the trained actor plays evaluation games: "sample" draws from its policy, "greedy" takes its most likely
+    # action (as DQN's evaluation takes the argmax with its final epsilon). The loop's collection always samples.
+    eval_policy: str = "sample"
 
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
@@ -85,6 +88,8 @@ class AgentConfig:
                     self.batch_size, f"integers >= 1 for {path}.batch_size, {path}.updates and {path}.start_latents")
         check_range(self.self_imitation >= 0.0, f"{path}.self_imitation", self.self_imitation,
                     "a weight >= 0 (0 turns self-imitation off)")
+        check_range(self.eval_policy in ("sample", "greedy"), f"{path}.eval_policy", self.eval_policy,
+                    '"sample" (draw from the policy) or "greedy" (its most likely action)')
         check_range(self.checkpoint_every >= 1 and self.eval_every >= 0 and self.eval_episodes >= 1,
                     f"{path}.checkpoint_every", self.checkpoint_every,
                     f"{path}.checkpoint_every >= 1, {path}.eval_every >= 0, {path}.eval_episodes >= 1")
