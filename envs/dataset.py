@@ -37,6 +37,18 @@ class EpisodeStore:
         self.terminated = per_frame("terminated", bool)
         self.truncated = per_frame("truncated", bool)
         self.episode_of = np.repeat(np.arange(len(episodes)), self.frame_counts)  # [G]
+        self._event_sums: np.ndarray | None = None  # [G + 1, 2] running counts of life losses and points
+
+    def future_events(self, g: np.ndarray, horizon: int) -> np.ndarray:
+        """Float ``[len(g), 2]``: 1 where a life is lost (column 0) or a point scored (column 1) in the ``horizon``
+        transitions from frame ``g`` on, within its episode."""
+        if self._event_sums is None:
+            x = np.stack([self.life_loss, self.rewards != 0], axis=1).astype(np.int64)  # [G, 2]
+            self._event_sums = np.concatenate([np.zeros((1, 2), np.int64), np.cumsum(x, axis=0)])
+        g = np.asarray(g, dtype=np.int64)
+        last = (self.frame_offsets + self.frame_counts - 1)[self.episode_of[g]]  # each episode's last frame
+        end = np.minimum(g + horizon, last)  # transitions g .. end-1 (the last frame has none)
+        return (self._event_sums[end] - self._event_sums[g] > 0).astype(np.float32)
 
     @property
     def num_frames(self) -> int:
@@ -60,6 +72,10 @@ class FrameStackDataset(Dataset):
     def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         g = self.index[idx]
         return {"obs": torch.from_numpy(self.store.obs(g)), "labels": torch.from_numpy(self.store.labels[g])}
+
+    def events(self, idx: np.ndarray, horizon: int) -> torch.Tensor:
+        """``[B, 2]`` future-event targets of items ``idx`` (:meth:`EpisodeStore.future_events`)."""
+        return torch.from_numpy(self.store.future_events(self.index[idx], horizon))
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.batch(np.array([i])).items()}

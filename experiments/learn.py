@@ -581,7 +581,9 @@ class EncoderRefresh:
         losses = []
         self.model.train()
         for _ in range(updates):
-            out = self.model(ds.batch(np.sort(rng.choice(len(ds), size=bs, replace=False)))["obs"].to(self.device))
+            idx = np.sort(rng.choice(len(ds), size=bs, replace=False))
+            events = ds.events(idx, self.model.event_horizon).to(self.device) if self.model.uses_events else None
+            out = self.model(ds.batch(idx)["obs"].to(self.device), None, None, events)
             optimizer_step(out["loss"], params, self.opt, None, s1.grad_clip)
             self.model.update_target()
             losses.append(float(out["loss"].detach()))

@@ -122,19 +122,23 @@ class Stage1Task:
         return self.rng.permutation(len(self.train_ds))
 
     def train_step(self, i: int, order: np.ndarray, state: TrainState) -> tuple[dict[str, float], dict[str, float]]:
-        obs = to_device(self.train_ds.batch(order[i * self.bs:(i + 1) * self.bs])["obs"], self.device)  # [B,F,H,W]
+        idx = order[i * self.bs:(i + 1) * self.bs]
+        obs = to_device(self.train_ds.batch(idx)["obs"], self.device)  # [B,F,H,W]
+        events = (to_device(self.train_ds.events(idx, self.model.event_horizon), self.device)
+                  if self.model.uses_events else None)  # [B, 2]
         with autocast(self.cfg, self.device):
             if self.group.active:  # the global batch's masks and weights, drawn alike on every rank; this rank's rows
                 mask, weights = self.model.sample_mask(len(obs), self.device), self.model.token_weights(obs)
                 rows = distributed.shard(len(obs))
-                out = self.step_fn(obs[rows], mask[rows], None if weights is None else weights[rows])
+                out = self.step_fn(obs[rows], mask[rows], None if weights is None else weights[rows],
+                                   None if events is None else events[rows])
             else:
-                out = self.step_fn(obs)
+                out = self.step_fn(obs, None, None, events)
         grad_norm = optimizer_step(out["loss"], self.params, self.opt, self.sched,
                                    self.cfg.vjepa2_world_model.stage1.grad_clip)
         self.model.update_target()
         values = distributed.means({"loss": out["loss"].item(),
-                                    **{k: float(out[k]) for k in ("jepa_loss", "motion_map_loss") if k in out}})
+                                    **{k: float(out[k]) for k in ("jepa_loss", "motion_map_loss", "event_loss") if k in out}})
         row = {"train/loss": values["loss"], "train/lr": self.sched.get_last_lr()[0], "train/grad_norm": grad_norm,
                **{f"train/{k}": v for k, v in values.items() if k != "loss"}}
         return values, row

@@ -346,6 +346,47 @@ def test_motion_map_head_is_trained_and_saved_with_the_predictor():
     assert "motion_map_loss" not in out and torch.equal(out["loss"].detach(), out["jepa_loss"])
 
 
+def test_future_events_look_ahead_within_the_episode_only():
+    from envs.dataset import FrameStackDataset
+    from envs.replay import Episode
+
+    def episode(rewards, lost):
+        n = len(rewards)
+        no = np.zeros(n, bool)
+        return Episode(frames=np.zeros((n + 1, 8, 8), np.uint8), actions=np.zeros(n, np.int64),
+                       rewards=np.asarray(rewards, np.float32), terminated=no, truncated=no,
+                       life_loss=np.asarray(lost, bool), labels=np.zeros((n + 1, 5), np.int16))
+
+    # episode A: frames 0-4 (a point at transition 1, a life lost at 3); episode B: frames 5-7 (a life lost at 0)
+    ds = FrameStackDataset([episode([0, 1, 0, 0], [0, 0, 0, 1]), episode([0, 0], [1, 0])])
+    ev = ds.events(np.arange(8), horizon=2).numpy()
+    np.testing.assert_array_equal(ev[:, 0], [0, 0, 1, 1, 0, 1, 0, 0])  # life lost within transitions g, g+1
+    np.testing.assert_array_equal(ev[:, 1], [1, 1, 0, 0, 0, 0, 0, 0])  # point scored within them
+    # frame 4 (A's last) must not see B's life loss at global frame 5
+    assert ds.events(np.array([4]), horizon=5).tolist() == [[0.0, 0.0]]
+    assert ds.events(np.array([0]), horizon=1).tolist() == [[0.0, 0.0]]
+
+
+def test_event_head_is_trained_from_z_and_saved_with_the_predictor(tmp_path):
+    cfg = load_config("tiny", ["vjepa2_world_model.stage1.event_weight=0.5",
+                               "vjepa2_world_model.stage1.motion_map_weight=0"])
+    model = build_stage1_model(cfg)
+    assert model.uses_events and any(k.startswith("event_head.") for k in model.predictor.state_dict())
+    obs = torch.randint(0, 255, (4, 4, 64, 64), dtype=torch.uint8)
+    events = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    out = model(obs, None, None, events)
+    assert torch.isclose(out["loss"], out["jepa_loss"] + 0.5 * out["event_loss"])
+    out["loss"].backward()
+    assert model.predictor.event_head.weight.grad is not None
+    assert model.online.patch_embed.weight.grad.abs().sum() > 0  # the events' gradient reaches the encoder
+    out = model(obs)  # no targets: the term is left out
+    assert "event_loss" not in out and torch.equal(out["loss"].detach(), out["jepa_loss"])
+    assert not build_stage1_model(load_config("tiny")).uses_events
+    for bad in ("event_weight=-1", "event_horizon=0"):
+        with pytest.raises(UserError, match=bad.split("=")[0]):
+            load_config("tiny", [f"vjepa2_world_model.stage1.{bad}"])
+
+
 def test_finer_motion_map_cells_locate_the_ball_within_a_patch():
     from worldmodel.masked_prediction import motion_map
 

@@ -65,6 +65,11 @@ class Stage1Config:
     # cells per side of that map: 0 = the patch grid (8x8 at 64 px, 8-pixel cells); 32 = 2-pixel cells, which asks
     # z for the ball's position within a patch
     motion_map_cells: int = 0
+    # auxiliary: binary cross-entropy, from z, of whether a life is lost and whether a point is scored within the
+    # next event_horizon steps: the game's own signals reach the encoder (as DreamerV3's reward and continue losses
+    # reach its encoder), asking z for where the ball is against the paddle and the bricks (0 = off)
+    event_weight: float = 0.0
+    event_horizon: int = 8
     batch_size: int = 128
     grad_clip: float = 1.0  # max global grad norm
     warmup_epochs: float = 0.5  # linear LR warm-up before cosine decay
@@ -82,6 +87,8 @@ class Stage1Config:
                     "a number >= 0 (0 = off)")
         check_range(self.motion_map_cells >= 0, f"{path}.motion_map_cells", self.motion_map_cells,
                     "an integer >= 0 (0 = one cell per patch)")
+        check_range(self.event_weight >= 0.0, f"{path}.event_weight", self.event_weight, "a number >= 0 (0 = off)")
+        check_range(self.event_horizon >= 1, f"{path}.event_horizon", self.event_horizon, "an integer >= 1")
         check_range(0.0 <= self.ema_decay <= 1.0, f"{path}.ema_decay", self.ema_decay, "a value in [0, 1]")
         check_schedule(self, path)
         check_range(self.warmup_epochs >= 0, f"{path}.warmup_epochs", self.warmup_epochs, "a number of epochs >= 0")
@@ -199,7 +206,8 @@ class MaskedPredictionModel(nn.Module):
     def __init__(self, encoder: MaskedViT, target: str = "tokens", masking_ratio: float = 0.4,
                  ema_decay: float = 0.996, predictor_depth: int = 2, predictor_heads: int = 4,
                  predictor_mlp_dim: int = 256, predictor_dropout: float = 0.0, bottleneck_token_weight: float = 1.0,
-                 motion_weighting: float = 0.0, motion_map_weight: float = 0.0, motion_map_cells: int = 0):
+                 motion_weighting: float = 0.0, motion_map_weight: float = 0.0, motion_map_cells: int = 0,
+                 event_weight: float = 0.0, event_horizon: int = 8):
         super().__init__()
         if target not in ("pooled", "tokens", "bottleneck"):
             raise ValueError(f"target must be 'pooled', 'tokens' or 'bottleneck', got {target!r}")
@@ -233,6 +241,9 @@ class MaskedPredictionModel(nn.Module):
         if self.motion_map_weight > 0:
             # Lives in the predictor so that checkpoints (which save online, target, predictor) carry it.
             self.predictor.add_module("motion_head", nn.Linear(D, cells * cells))
+        self.event_weight, self.event_horizon = float(event_weight), int(event_horizon)
+        if self.event_weight > 0:
+            self.predictor.add_module("event_head", nn.Linear(D, 2))  # logits: life lost, point scored
 
     @classmethod
     def from_config(cls, encoder: MaskedViT, stage1: Stage1Config, predictor: PredictorConfig
@@ -243,7 +254,8 @@ class MaskedPredictionModel(nn.Module):
                    predictor_depth=predictor.depth, predictor_heads=predictor.heads,
                    predictor_mlp_dim=predictor.mlp_dim, predictor_dropout=predictor.dropout,
                    bottleneck_token_weight=stage1.bottleneck_token_weight, motion_weighting=stage1.motion_weighting,
-                   motion_map_weight=stage1.motion_map_weight, motion_map_cells=stage1.motion_map_cells)
+                   motion_map_weight=stage1.motion_map_weight, motion_map_cells=stage1.motion_map_cells,
+                   event_weight=stage1.event_weight, event_horizon=stage1.event_horizon)
 
     def train(self, mode: bool = True) -> MaskedPredictionModel:
         super().train(mode)
@@ -266,9 +278,17 @@ class MaskedPredictionModel(nn.Module):
             return None
         return motion_weights(obs, self.online.patch_size, self.motion_weighting)
 
+    @property
+    def uses_events(self) -> bool:
+        """Whether the loss reads the future-event targets (``events`` of :meth:`forward`)."""
+        return self.event_weight > 0
+
     def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None,
-                weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                weights: torch.Tensor | None = None, events: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Loss and latents of one batch of uint8 ``[B, F, H, W]`` observations.
+
+        ``events`` (``[B, 2]``, :meth:`envs.dataset.FrameStackDataset.events` at ``event_horizon``) are the targets
+        of the event auxiliary; without them that term is left out.
 
         ``mask`` and ``weights`` (the bottleneck target's token weights) default to ones drawn / computed from this
         batch; a data-parallel rank passes its rows of those of the global batch, so that the mean of the ranks'
@@ -301,6 +321,11 @@ class MaskedPredictionModel(nn.Module):
             aux = -(target_map * logp).sum(-1).mean()  # cross-entropy
             out["motion_map_loss"] = aux.detach()
             loss = loss + self.motion_map_weight * aux
+        if self.event_weight > 0 and events is not None:
+            logits = self.predictor.event_head(o_pooled)  # [B, 2]
+            ev = F.binary_cross_entropy_with_logits(logits, events.to(logits.dtype))
+            out["event_loss"] = ev.detach()
+            loss = loss + self.event_weight * ev
         out["loss"] = loss
         return out
 
@@ -334,7 +359,7 @@ def validation_losses(model: MaskedPredictionModel, dataset: Any, seed: int, max
                                       batch_size: int = 256) -> dict[str, float]:
     """Mean losses in eval mode with masks from a fixed seed (comparable across epochs and splits):
     ``loss`` (the training objective), ``jepa_loss`` (the masked-latent L1 alone) and, when the
-    auxiliary loss is on, ``motion_map_loss``."""
+    auxiliary losses are on, ``motion_map_loss`` and ``event_loss``."""
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -345,8 +370,9 @@ def validation_losses(model: MaskedPredictionModel, dataset: Any, seed: int, max
     for start in range(0, n, batch_size):
         obs = dataset.batch(idx[start:start + batch_size])["obs"]
         mask = model.sample_mask(obs.shape[0], generator=gen)
-        out = model(obs, mask)
-        for key in ("loss", "jepa_loss", "motion_map_loss"):
+        events = dataset.events(idx[start:start + batch_size], model.event_horizon) if model.uses_events else None
+        out = model(obs, mask, None, events)
+        for key in ("loss", "jepa_loss", "motion_map_loss", "event_loss"):
             if key in out:
                 totals[key] = totals.get(key, 0.0) + float(out[key]) * obs.shape[0]
         count += obs.shape[0]
