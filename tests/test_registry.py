@@ -147,6 +147,16 @@ def test_cem_with_an_agent_gets_its_critic_and_prior_from_one_wiring(agent_files
     ac = build_agent("actor-critic", cfg, inputs, seed=3)
     assert same_weights(ac.agent.critic, critic) and ac.env_steps == 600
     assert 0 <= ac.agent.act(np.zeros((4, 64, 64), np.uint8)) < 4
+    assert not ac.agent.deterministic and ac.hyperparams["policy"] == "sample"
+    greedy = build_agent("actor-critic", load_config("tiny", ["agent.eval_policy=greedy"]), inputs, seed=3)
+    assert greedy.agent.deterministic and greedy.hyperparams["policy"] == "greedy"
+    obs = np.random.default_rng(0).integers(0, 255, (4, 64, 64), dtype=np.uint8)
+    with torch.no_grad():
+        z = greedy.agent.model.encode(obs[None]).float().clone()
+        best = int(greedy.agent.actor.log_probs(z).argmax(-1)[0])
+    assert all(greedy.agent.act(obs) == best for _ in range(5))  # the mode, every time
+    with pytest.raises(UserError, match="agent.eval_policy"):
+        load_config("tiny", ["agent.eval_policy=argmax"])
 
 
 def test_world_model_agents_need_their_inputs_in_one_sentence(tmp_path):
