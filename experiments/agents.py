@@ -315,7 +315,8 @@ def _build_learn(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAgent:
     for p in curve:
         if inputs.on_point is not None:
             inputs.on_point(p)
-    return BuiltAgent(parts.actor_critic, int(s["env_steps"]), {**_learn_hyperparams(cfg, s), "policy": cfg.agent.eval_policy},
+    return BuiltAgent(parts.actor_critic, int(s["env_steps"]),
+                      {**_learn_hyperparams(cfg, s), "policy": cfg.agent.eval_policy},
                       curve=curve, train_seconds=float(s["wall_clock_s"]),
                       build_wall_clock_s=float(s["wall_clock_s"]))  # the learn run's every call
 
