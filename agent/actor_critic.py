@@ -70,6 +70,11 @@ class AgentConfig:
     # action (as DQN's evaluation takes the argmax with its final epsilon). The loop's collection always samples.
     eval_policy: str = "sample"
 
+    @property
+    def greedy_eval(self) -> bool:
+        """Whether evaluation games take the actor's most likely action (``eval_policy == "greedy"``)."""
+        return self.eval_policy == "greedy"
+
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
         check_range(self.imagine_horizon >= 1, f"{path}.imagine_horizon", self.imagine_horizon, "an integer >= 1")

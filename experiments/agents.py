@@ -255,7 +255,7 @@ def _build_cem_value(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAgent:
 def _build_actor_critic(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAgent:
     parts = load_world_model_parts(inputs, seed, cfg.environment)
     assert parts.actor_critic is not None, "actor-critic needs inputs.agent_checkpoint (see check_needs)"
-    parts.actor_critic.deterministic = cfg.agent.eval_policy == "greedy"
+    parts.actor_critic.deterministic = cfg.agent.greedy_eval
     steps, hp = _world_model_hyperparams(inputs, parts)
     return BuiltAgent(parts.actor_critic, steps, {"agent": dataclasses.asdict(cfg.agent), **hp,
                                                   "agent_checkpoint": str(inputs.agent_checkpoint),
@@ -310,7 +310,7 @@ def _build_learn(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAgent:
     parts = load_world_model_parts(dataclasses.replace(inputs, world_model=Path(s["world_model"]),
                                                        agent_checkpoint=Path(s["agent"]), model=None), seed,
                                     cfg.environment)
-    parts.actor_critic.deterministic = cfg.agent.eval_policy == "greedy"
+    parts.actor_critic.deterministic = cfg.agent.greedy_eval
     curve = [{k: v for k, v in p.items() if k != "eval_seeds"} for p in s["curve"][:-1]]
     for p in curve:
         if inputs.on_point is not None:

@@ -724,7 +724,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
 
     def evaluate_now(episodes: int, desc: str) -> dict[str, Any]:
         t = time.perf_counter()
-        agent = ActorCriticAgent(wm, ac.actor, ac.critic, deterministic=cfg.agent.eval_policy == "greedy",
+        agent = ActorCriticAgent(wm, ac.actor, ac.critic, deterministic=cfg.agent.greedy_eval,
                                seed=cfg.run.seed)
         eps = evaluate(agent, cfg, episodes=episodes, desc=desc, progress=False)
         ac.actor.eval()
