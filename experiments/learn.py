@@ -297,17 +297,18 @@ def head_scores(model: torch.nn.Module, seqs: LatentSequences | None, max_sequen
     was = model.training
     model.eval()
     idx = np.linspace(0, len(seqs) - 1, min(len(seqs), max_sequences)).astype(np.int64)
+    device = next(model.parameters()).device
     pr, pc, tr, tl = [], [], [], []
     for s in range(0, len(idx), 512):
-        b = seqs.batch(idx[s:s + 512])
+        b = seqs.batch(idx[s:s + 512], device)
         _, r, c = model(b["z"][:, :-1], b["actions"])
         pr.append(symexp(r) > REWARD_THRESHOLD)
         pc.append(torch.sigmoid(c) < 0.5)
         tr.append(b["rewards"] > 0)
         tl.append(b["life_loss"])
     model.train(was)
-    rw = precision_recall(torch.cat(pr).numpy(), torch.cat(tr).numpy())
-    ll = precision_recall(torch.cat(pc).numpy(), torch.cat(tl).numpy())
+    rw = precision_recall(torch.cat(pr).cpu().numpy(), torch.cat(tr).cpu().numpy())
+    ll = precision_recall(torch.cat(pc).cpu().numpy(), torch.cat(tl).cpu().numpy())
     return {"reward_precision": rw["precision"], "reward_recall": rw["recall"],
             "reward_true_steps": rw["true_positive_steps"], "life_loss_precision": ll["precision"],
             "life_loss_recall": ll["recall"]}
@@ -813,6 +814,9 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
                  f"{row.get('heads/reward_precision', float('nan')):.2f}; imagined return "
                  f"{row.get('train/imagined_return', float('nan')):.3f}"
                  + (f"; eval {curve[-1]['mean']:.2f}" if curve and curve[-1]["env_steps"] == env_steps else ""))
+            # a run stopped early (a time limit) still shows where its time went
+            echo(f"  {sum(lr.timings.values()) / 60:.1f} min timed so far: "
+                 + ", ".join(f"{k} {v:.0f} s" for k, v in lr.timings.items()))
             done_loop = last
             save_all(curve[-1] if done_loop else None)
     finally:

@@ -153,23 +153,23 @@ def evaluate_stage2(checkpoint: str | Path, data: str | Path | None = None, out:
     }
     open_loop["model_over_copy_last"] = [m / max(c, 1e-12) for m, c in zip(open_loop["model"], open_loop["copy_last"])]
 
-    r_true = b["rewards"].numpy() > 0
-    ll_true = b["life_loss"].numpy()
+    r_true = b["rewards"].cpu().numpy() > 0
+    ll_true = b["life_loss"].cpu().numpy()
     rewards = {
-        "teacher_forced": precision_recall(symexp(tf_rew).numpy() > REWARD_THRESHOLD, r_true[:, :T]),
-        "imagined": precision_recall(rew_im.numpy() > REWARD_THRESHOLD, r_true),
+        "teacher_forced": precision_recall(symexp(tf_rew).cpu().numpy() > REWARD_THRESHOLD, r_true[:, :T]),
+        "imagined": precision_recall(rew_im.cpu().numpy() > REWARD_THRESHOLD, r_true),
         "threshold_points": REWARD_THRESHOLD,
     }
     life = {
-        "auc_teacher_forced": roc_auc(-tf_cont.numpy().ravel(), ll_true[:, :T].ravel()),
-        "auc_imagined": roc_auc(-cont_im.numpy().ravel(), ll_true.ravel()),
-        "auc_imagined_per_horizon": [roc_auc(-cont_im[:, k].numpy(), ll_true[:, k]) for k in range(H)],
+        "auc_teacher_forced": roc_auc(-tf_cont.cpu().numpy().ravel(), ll_true[:, :T].ravel()),
+        "auc_imagined": roc_auc(-cont_im.cpu().numpy().ravel(), ll_true.ravel()),
+        "auc_imagined_per_horizon": [roc_auc(-cont_im[:, k].cpu().numpy(), ll_true[:, k]) for k in range(H)],
         "life_loss_steps": int(ll_true.sum()), "steps": int(ll_true.size),
         # A step is predicted to lose a life when P(continue) < 0.5.
-        "teacher_forced": precision_recall(torch.sigmoid(tf_cont).numpy() < 0.5, ll_true[:, :T]),
-        "imagined": precision_recall(cont_im.numpy() < 0.5, ll_true),
+        "teacher_forced": precision_recall(torch.sigmoid(tf_cont).cpu().numpy() < 0.5, ll_true[:, :T]),
+        "imagined": precision_recall(cont_im.cpu().numpy() < 0.5, ll_true),
     }
-    probe = _probe_report(latents, store, train_mask, z, lat, b["labels"].numpy(), cfg.run.seed)
+    probe = _probe_report(latents, store, train_mask, z, lat, b["labels"].cpu().numpy(), cfg.run.seed)
     steering = steering_report(wm, latents, store, val_eps)
     with torch.inference_mode():
         with_history = history_report(wm, latents, store, val_eps)
@@ -226,7 +226,7 @@ def steering_report(wm, latents: torch.Tensor, store, episodes: np.ndarray, hori
     alive = {}
     for a in (RIGHT, LEFT):
         _, _, cont = wm.imagine(z0, torch.full((len(z0), horizon), a, dtype=torch.long))
-        alive[a] = cont.prod(1).double().numpy()
+        alive[a] = cont.prod(1).double().cpu().numpy()
     prefer_right = alive[RIGHT] > alive[LEFT]
     agree = prefer_right == ((ball_x - paddle)[sel] > 0)
     gap = np.abs(alive[RIGHT] - alive[LEFT])
@@ -250,7 +250,7 @@ def history_report(wm, latents: torch.Tensor, store, episodes: np.ndarray, horiz
     except UserError:
         return out
     b = LatentSequences(latents, store, starts, K + horizon).batch(np.arange(len(starts)))
-    z, a, ll = b["z"], b["actions"], b["life_loss"].numpy()[:, K:]  # [N, K+H+1, D], [N, K+H], [N, H]
+    z, a, ll = b["z"], b["actions"], b["life_loss"].cpu().numpy()[:, K:]  # [N, K+H+1, D], [N, K+H], [N, H]
     true = z[:, K + 1:]
     copy = (z[:, K:K + 1] - true).abs().mean((0, 2))  # [H]
     lat0, _, c0 = wm.imagine(z[:, K], a[:, K:])
@@ -258,8 +258,8 @@ def history_report(wm, latents: torch.Tensor, store, episodes: np.ndarray, horiz
     return {**out, "windows": len(starts),
             "no_history": ((lat0 - true).abs().mean((0, 2)) / copy).tolist(),
             "with_history": ((lat1 - true).abs().mean((0, 2)) / copy).tolist(),
-            "auc_no_history": roc_auc(-c0.numpy().ravel(), ll.ravel()),
-            "auc_with_history": roc_auc(-c1.numpy().ravel(), ll.ravel())}
+            "auc_no_history": roc_auc(-c0.cpu().numpy().ravel(), ll.ravel()),
+            "auc_with_history": roc_auc(-c1.cpu().numpy().ravel(), ll.ravel())}
 
 
 def _windows(store, episodes: np.ndarray, H: int) -> np.ndarray:
@@ -289,9 +289,9 @@ def _probe_report(latents: torch.Tensor, store, train_mask: np.ndarray, z: torch
         truth = labels[:, 1:, col]  # [N, H]
         valid = labels[:, 1:, BALL_Y] != 0 if col in (1, BALL_Y) else np.ones_like(truth, bool)
         N, D = z.shape[0], z.shape[-1]
-        imagined = probe(lat.reshape(-1, D)).view(N, H).numpy()
-        real = probe(z[:, 1:].reshape(-1, D)).view(N, H).numpy()
-        copy = probe(z[:, 0]).numpy()[:, None].repeat(H, 1)
+        imagined = probe(lat.reshape(-1, D)).view(N, H).cpu().numpy()
+        real = probe(z[:, 1:].reshape(-1, D)).view(N, H).cpu().numpy()
+        copy = probe(z[:, 0]).cpu().numpy()[:, None].repeat(H, 1)
 
         out[name] = {"imagined": _mae(imagined, truth, valid), "real": _mae(real, truth, valid),
                      "copy_last": _mae(copy, truth, valid),

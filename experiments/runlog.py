@@ -57,8 +57,8 @@ def setup_torch(cfg: Config) -> torch.device:
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"run.device={cfg.run.device!r} but no CUDA device is available; use run.device=cpu")
-    if dev == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process on each machine
-        dev = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    if dev == "cuda":  # under torchrun: one GPU per process on each machine; else the first GPU
+        dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     device = torch.device(dev)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -37,3 +37,20 @@ def test_world_model_forward_under_bf16_autocast():
     with autocast(cfg, torch.device("cpu")):
         pred, rew, cont = model(z, a)
     assert pred.shape == z.shape and torch.isfinite(pred.float()).all()
+
+
+def test_cuda_without_an_index_means_this_process_gpu(monkeypatch):
+    """``run.device=cuda`` names a GPU index (torch.cuda.set_device refuses a bare "cuda"; seen on an H200): the
+    first GPU alone, ``LOCAL_RANK`` mod the GPU count under torchrun."""
+    from experiments.runlog import setup_torch
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(d))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    cfg = load_config("tiny", ["run.device=cuda"])
+    assert setup_torch(cfg) == torch.device("cuda:0")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert setup_torch(cfg) == torch.device("cuda:1")
+    assert chosen == [torch.device("cuda:0"), torch.device("cuda:1")]

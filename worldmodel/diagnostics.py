@@ -30,13 +30,14 @@ def encode(encoder: nn.Module, dataset, idx: np.ndarray, batch_size: int = 512) 
     """Pooled latents ``[n, D]`` (float64) and labels ``[n, 5]`` of ``dataset.batch(idx)`` items."""
     was_training = encoder.training
     encoder.eval()
+    device = next(encoder.parameters()).device
     zs, ys = [], []
     for start in range(0, len(idx), batch_size):
         b = dataset.batch(idx[start:start + batch_size])
-        z = encoder(b["obs"])
+        z = encoder(b["obs"].to(device))
         z = z[0] if isinstance(z, tuple) else z  # a MaskedViT returns (pooled, tokens)
-        zs.append(z.double())
-        ys.append(b["labels"].numpy())
+        zs.append(z.double().cpu())
+        ys.append(b["labels"].cpu().numpy())
     encoder.train(was_training)
     return torch.cat(zs), np.concatenate(ys)
 

@@ -362,15 +362,17 @@ def validation_losses(model: MaskedPredictionModel, dataset: Any, seed: int, max
     auxiliary losses are on, ``motion_map_loss`` and ``event_loss``."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     idx = np.arange(n) if n == len(dataset) else np.sort(np.random.default_rng(seed).choice(len(dataset), n, False))
     totals: dict[str, float] = {}
     count = 0
     for start in range(0, n, batch_size):
-        obs = dataset.batch(idx[start:start + batch_size])["obs"]
-        mask = model.sample_mask(obs.shape[0], generator=gen)
-        events = dataset.events(idx[start:start + batch_size], model.event_horizon) if model.uses_events else None
+        obs = dataset.batch(idx[start:start + batch_size])["obs"].to(device)
+        mask = model.sample_mask(obs.shape[0], generator=gen).to(device)  # drawn on the CPU: the same on any device
+        events = (dataset.events(idx[start:start + batch_size], model.event_horizon).to(device)
+                  if model.uses_events else None)
         out = model(obs, mask, None, events)
         for key in ("loss", "jepa_loss", "motion_map_loss", "event_loss"):
             if key in out:
