@@ -50,7 +50,11 @@ def test_cuda_without_an_index_means_this_process_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(d))
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     cfg = load_config("tiny", ["run.device=cuda"])
-    assert setup_torch(cfg) == torch.device("cuda:0")
-    monkeypatch.setenv("LOCAL_RANK", "3")
-    assert setup_torch(cfg) == torch.device("cuda:1")
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32  # setup_torch turns both on
+    try:
+        assert setup_torch(cfg) == torch.device("cuda:0")
+        monkeypatch.setenv("LOCAL_RANK", "3")
+        assert setup_torch(cfg) == torch.device("cuda:1")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     assert chosen == [torch.device("cuda:0"), torch.device("cuda:1")]
