@@ -7,7 +7,10 @@ step inside the world model for ``H = agent.imagine_horizon`` steps. On the imag
 
 where ``c_h`` is the predicted probability that step ``h`` does not lose a life (a life loss ends
 the imagined trajectory), ``r_h`` is the predicted reward minus ``agent.life_loss_penalty * (1 - c_h)``,
-and ``V_slow`` is an EMA copy of the critic (a stable value target).
+and ``V_slow`` is an EMA copy of the critic (a stable value target). With ``agent.life_loss_scale = k > 1`` the
+model's life-loss probability is read pessimistically, ``c_h = 1 - min(1, k * (1 - c_model))``: an agent trained in
+imagination seeks the states where the model is too kind, and on the agents' own play the world models predict about
+half the real life losses (docs/research_log.md, "What the event loss changed in the world models").
 Every step is weighted by ``w_h = prod_{k<h} c_k``, the probability that the trajectory is still
 alive when it reaches ``z_h``.
 
@@ -61,6 +64,7 @@ class AgentConfig:
     grad_clip: float = 100.0
     return_norm_decay: float = 0.99  # EMA decay of the 5th/95th return percentiles (return normalisation)
     life_loss_penalty: float = 1.0  # imagined reward minus penalty * P(life lost at that step)
+    life_loss_scale: float = 1.0  # imagination reads P(life lost) as min(1, scale * the model's); 1 = as predicted
     start_latents: int = 20_000  # replay frames encoded once as imagination start states (random subset)
     checkpoint_every: int = 500  # updates between checkpoints (and metric logs every 1/10 of it)
     eval_every: int = 0  # updates between short real-env evaluations (0 = only at the end)
@@ -85,6 +89,8 @@ class AgentConfig:
                     "a value in [0, 1)")
         check_range(self.life_loss_penalty >= 0.0, f"{path}.life_loss_penalty", self.life_loss_penalty,
                     "a number >= 0")
+        check_range(self.life_loss_scale >= 1.0, f"{path}.life_loss_scale", self.life_loss_scale,
+                    "a number >= 1 (1 reads the model's life-loss probability as it is)")
         check_range(0.0 <= self.return_norm_decay < 1.0, f"{path}.return_norm_decay", self.return_norm_decay,
                     "a value in [0, 1)")
         check_range(self.actor_lr > 0 and self.critic_lr > 0, f"{path}.actor_lr", self.actor_lr,
@@ -353,6 +359,8 @@ class ActorCritic(nn.Module):
         sil = real.sample(c.batch_size, self.generator, z0.device) if c.self_imitation > 0 and real else None
         traj = self.imagine(model, z0)
         z, a, r, cont = traj["latents"], traj["actions"], traj["rewards"], traj["continues"]  # [B,H+1,D] [B,H]..
+        if c.life_loss_scale != 1.0:  # pessimistic reading of the model's life-loss probability
+            cont = 1.0 - (c.life_loss_scale * (1.0 - cont)).clamp(max=1.0)
         B, H = a.shape
         with torch.no_grad():
             slow_v = self.slow_critic(z)  # [B, H+1]

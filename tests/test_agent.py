@@ -273,6 +273,24 @@ def test_self_imitation_off_draws_nothing_from_the_generator():
 
 
 # ------------------------------------------------------------------------------------------ behaviour
+def test_life_loss_scale_reads_the_model_pessimistically():
+    """agent.life_loss_scale = k: the same rollout, its life-loss probability read as min(1, k * p)."""
+    class SteadyRisk(LinearObsModel):  # loses a life with probability 0.1 at every step
+        def imagine(self, z0, actions):
+            lat, rew, _ = super().imagine(z0, actions)
+            return lat, rew, torch.full_like(rew, 0.9)
+
+    metrics = {}
+    for k in (1.0, 2.0, 50.0):
+        ac = ActorCritic(8, 4, agent_cfg(f"agent.life_loss_scale={k}").agent)
+        metrics[k] = ac.update(SteadyRisk(), torch.randn(16, 8))
+    assert metrics[1.0]["train/continue"] == pytest.approx(0.9)
+    assert metrics[2.0]["train/continue"] == pytest.approx(0.8)
+    assert metrics[50.0]["train/continue"] == 0.0  # clamped at a certain loss, never negative
+    with pytest.raises(UserError, match="agent.life_loss_scale"):
+        agent_cfg("agent.life_loss_scale=0.5")
+
+
 def test_actor_learns_toy_mdp_optimum():
     torch.manual_seed(0)
     cfg = agent_cfg("agent.actor_lr=0.001", "agent.critic_lr=0.001", "agent.imagine_horizon=8").agent
