@@ -52,3 +52,34 @@ def test_open_loop_scores_an_exact_model_perfectly_within_games():
     starts = model.used[0]
     assert out["windows"] == len(starts) == n - 3 * 14  # every window that fits inside its game
     assert (game[starts] == game[starts + 14]).all()
+
+
+_spec_ed = importlib.util.spec_from_file_location(
+    "ensemble_disagreement", Path(__file__).resolve().parents[1] / "benchmarks" / "ensemble_disagreement.py")
+ed = importlib.util.module_from_spec(_spec_ed)
+_spec_ed.loader.exec_module(ed)
+
+
+def test_window_starts_keep_windows_inside_one_game():
+    start = np.zeros(50, dtype=np.int64)
+    start[[0, 20, 23]] = 1  # games of 20, 3 and 27 steps: the 3-step game holds no 5-step window
+    starts = ed.window_starts(start, 5)
+    assert list(starts) == list(range(0, 16)) + list(range(23, 46))
+
+
+def test_disagreement_stats_find_the_windows_where_models_part():
+    """Two models that agree except on a set of windows: disagreement ranks exactly those, and the outcome split
+    counts the first model's misses among the really lost windows."""
+    W, H, D = 40, 3, 4
+    real = np.zeros(W)
+    real[:10] = 1
+    p = np.full((2, W), 0.1)
+    p[:, :5] = 0.9  # the first model catches 5 of the 10 losses and misses the other 5
+    lat = np.zeros((2, W, H, D))
+    lat[1, :10] = 1.0  # the models part exactly on the lost windows
+    out = ed.disagreement_stats(p, lat, real, scale=1.0)
+    assert out["disagreement_auc"] == 1.0 and out["disagreement_auc_where_safe"] == 1.0
+    assert out["first_model_misses"] == 0.5
+    assert out["disagreement_by_outcome"]["correct_safe"] == 0.0
+    assert out["disagreement_by_outcome"]["missed"] == out["disagreement_by_outcome"]["caught"] == 1.0
+    assert out["real_life_loss_rate"] == 0.25 and out["max"]["pred_life_loss"] == out["mean"]["pred_life_loss"]
