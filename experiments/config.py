@@ -131,6 +131,10 @@ class LearnConfig:
     # cheap only once, at the end, while the loop's many small updates keep the smaller one.
     final_refit_depth: int = 0
     final_refit_mlp_dim: int = 0
+    # Score the refit's reward and continuation heads on rollout latents too (vjepa2_world_model.stage2.heads_on_rollout
+    # for the refit alone): on in every Stage-2 update the atari100k loop lost 1.57 on the tuning games, while a refit
+    # with it raised the final agent by +1.00 over three world models (docs/results.md). Off: not yet run end to end.
+    final_refit_heads_on_rollout: bool = False
     recent_fraction: float = 0.5  # share of imagination starts drawn from the most recent frames
     recent_steps: int = 20000  # ... the last this many frames of the replay
     encoder_every: int = 0  # env steps between Stage-1 fine-tunes on all data so far (0 = keep the prefill's encoder;
@@ -162,6 +166,9 @@ class LearnConfig:
         for key in ("final_refit_depth", "final_refit_mlp_dim"):
             check_range(self.final_stage2_refit or not getattr(self, key), f"{path}.{key}", getattr(self, key),
                         f"0 unless {path}.final_stage2_refit is true (it sets the refit's network)")
+        check_range(self.final_stage2_refit or not self.final_refit_heads_on_rollout,
+                    f"{path}.final_refit_heads_on_rollout", self.final_refit_heads_on_rollout,
+                    f"false unless {path}.final_stage2_refit is true (it sets the refit's loss)")
         check_range(self.explore_hold >= 1, f"{path}.explore_hold", self.explore_hold, "an integer >= 1")
         check_range(0.0 <= self.recent_fraction <= 1.0, f"{path}.recent_fraction", self.recent_fraction,
                     "a fraction in [0, 1]")

@@ -16,8 +16,8 @@ imagination, and every env step counts toward ``baselines.agent_steps``, the bud
    sequences oversampled, ``vjepa2_world_model.stage2.reward_oversample``);
 4. **final phase** (no env steps): ``learn.final_stage2_updates`` and ``learn.final_agent_updates`` more; with
    ``learn.final_stage2_refit`` new dynamics are fitted on the whole replay by Stage 2's own epochs (into
-   ``stage2_final/``); with ``learn.final_agent_reset`` the last updates train a new actor-critic (starts uniform
-   over the replay).
+   ``stage2_final/``; ``learn.final_refit_heads_on_rollout`` scores its heads on rollout latents too); with
+   ``learn.final_agent_reset`` the last updates train a new actor-critic (starts uniform over the replay).
 
 The encoder: the prefill's Stage-1 encoder, fine-tuned every ``learn.encoder_every`` env steps (0 = never) for
 ``learn.encoder_updates`` masked-prediction steps on frames of every training game so far; the replay is then
@@ -429,6 +429,9 @@ class Learner:
             net = dataclasses.replace(net, depth=self.L.final_refit_depth or net.depth,
                                       mlp_dim=self.L.final_refit_mlp_dim or net.mlp_dim)
             cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, world_model=net))
+        if not prefill and self.L.final_refit_heads_on_rollout:
+            s2 = dataclasses.replace(cfg.vjepa2_world_model.stage2, heads_on_rollout=True)
+            cfg = dataclasses.replace(cfg, vjepa2_world_model=dataclasses.replace(cfg.vjepa2_world_model, stage2=s2))
         seed_everything(cfg.run.seed)
         extra = self.stage2_extra(encoder)
         task = Stage2Task(cfg, train_seq, val_seq, self.device, np.random.default_rng(cfg.run.seed + 2), extra)

@@ -227,13 +227,18 @@ def test_final_refit_trains_its_own_network_which_the_checkpoints_and_a_resume_k
     from worldmodel import load_world_model
 
     over = [*TINY, "learn.final_stage2_refit=true", "vjepa2_world_model.stage2.num_epochs=1",
-            "learn.final_refit_depth=2", "learn.final_refit_mlp_dim=96", f"run.runs_dir={tmp_path}"]
+            "learn.final_refit_depth=2", "learn.final_refit_mlp_dim=96", "learn.final_refit_heads_on_rollout=true",
+            f"run.runs_dir={tmp_path}"]
     cfg = load_config("tiny", over)
     s = learn(cfg, progress=False, echo=lambda m: None)
     kwargs = torch.load(s["world_model"], weights_only=True)["world_model_kwargs"]
     assert (kwargs["depth"], kwargs["mlp_dim"]) == (2, 96)
-    loop_kwargs = torch.load(f"{s['run_dir']}/stage2/best.pt", weights_only=True)["world_model_kwargs"]
-    assert (loop_kwargs["depth"], loop_kwargs["mlp_dim"]) == (1, 64)
+    loop = torch.load(f"{s['run_dir']}/stage2/best.pt", weights_only=True)
+    assert (loop["world_model_kwargs"]["depth"], loop["world_model_kwargs"]["mlp_dim"]) == (1, 64)
+    # learn.final_refit_heads_on_rollout: the refit's loss scores the heads on rollout latents, the loop's does not
+    refit_cfg = torch.load(f"{s['run_dir']}/stage2_final/best.pt", weights_only=True)["config"]
+    assert refit_cfg["vjepa2_world_model"]["stage2"]["heads_on_rollout"] is True
+    assert loop["config"]["vjepa2_world_model"]["stage2"]["heads_on_rollout"] is False
     wm = load_world_model(s["world_model"])
     assert len(wm.dynamics.blocks) == 2
     load_agent(s["agent"], wm)
@@ -250,6 +255,8 @@ def test_a_refit_network_without_the_refit_is_refused():
 
     with pytest.raises(UserError, match="final_refit_depth.*final_stage2_refit"):
         load_config("tiny", ["learn.final_refit_depth=4"])
+    with pytest.raises(UserError, match="final_refit_heads_on_rollout.*final_stage2_refit"):
+        load_config("tiny", ["learn.final_refit_heads_on_rollout=true"])
 
 
 def test_resume_drops_episodes_written_after_the_checkpoint_and_replays_the_game_in_progress(learn_run, tmp_path):
