@@ -38,16 +38,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from latent_imitation import auc, collect  # noqa: E402
+from latent_imitation import auc, collect, window_starts  # noqa: E402
 
 from experiments.config import load_config  # noqa: E402
-
-
-def window_starts(start: np.ndarray, h: int) -> np.ndarray:
-    """Indices t whose next ``h`` steps (t .. t+h-1) lie in one game; ``start[t]`` is 1 where a game starts."""
-    game = np.cumsum(start)
-    n = len(start)
-    return np.array([t for t in range(n - h + 1) if game[t] == game[t + h - 1]], dtype=np.int64)
 
 
 def disagreement_stats(p: np.ndarray, lat: np.ndarray, real: np.ndarray, scale: float) -> dict:

@@ -264,13 +264,10 @@ def finetune_on_plays(cfg, model, plays: dict[str, tuple[torch.Tensor, dict[str,
     T, bs = s2.sequence_length, s2.batch_size
     zs, trajs, starts, offset = [], [], [], 0
     for z, traj in plays.values():
-        game = np.cumsum(traj["start"])
-        n = len(z)
-        ok = [t for t in range(n - T) if game[t] == game[t + T]]  # z_t .. z_{t+T} and T transitions in one game
-        starts.append(np.array(ok) + offset)
+        starts.append(window_starts(traj["start"], T + 1) + offset)  # z_t .. z_{t+T} and T transitions in one game
         zs.append(z)
         trajs.append(traj)
-        offset += n
+        offset += len(z)
     z = torch.cat(zs)
     tr = {k: np.concatenate([t[k] for t in trajs]) for k in ("action", "reward", "life_loss")}
     starts = np.concatenate(starts)
@@ -363,13 +360,16 @@ def check_imagination(cfg, model, net: nn.Module, agent_path: str,
                                           for name, (z, traj) in plays.items()}}
 
 
+def window_starts(start: np.ndarray, h: int) -> np.ndarray:
+    """Indices t whose next ``h`` steps (t .. t+h-1) lie in one game; ``start[t]`` is 1 where a game starts."""
+    game = np.cumsum(start)  # game index of each step
+    return np.array([t for t in range(len(start) - h + 1) if game[t] == game[t + h - 1]], dtype=np.int64)
+
+
 def open_loop(model, latents: torch.Tensor, traj: dict[str, np.ndarray], h: int, gen: torch.Generator,
               windows: int = 4096) -> dict[str, float]:
     """Imagine the real actions from real latents; P(life lost within h) and points against what happened."""
-    n = len(latents)
-    new_game = np.cumsum(traj["start"])  # game index of each step
-    ok = np.array([t + h <= n and new_game[t] == new_game[t + h - 1] for t in range(n)])
-    starts = np.flatnonzero(ok)
+    starts = window_starts(traj["start"], h)
     starts = starts[torch.randperm(len(starts), generator=gen)[:windows].numpy()]
     idx = starts[:, None] + np.arange(h)[None]  # [W, h]
     _, rewards, cont = model.imagine(latents[starts], torch.as_tensor(traj["action"][idx]))

@@ -63,7 +63,7 @@ _spec_ed.loader.exec_module(ed)
 def test_window_starts_keep_windows_inside_one_game():
     start = np.zeros(50, dtype=np.int64)
     start[[0, 20, 23]] = 1  # games of 20, 3 and 27 steps: the 3-step game holds no 5-step window
-    starts = ed.window_starts(start, 5)
+    starts = li.window_starts(start, 5)
     assert list(starts) == list(range(0, 16)) + list(range(23, 46))
 
 
