@@ -63,6 +63,10 @@ class AgentConfig:
     batch_size: int = 256  # imagined start states per update
     updates: int = 5000
     critic_ema_decay: float = 0.98
+    # Play with an EMA of the actor's weights (0 = the last iterate): snapshots of one run 300 updates apart differ by
+    # 2.1 points on the tuning games, about as much as two seeds' agents (docs/results.md, "snapshots of one final
+    # agent"). Training still uses the raw actor; agent checkpoints keep both. Not yet measured in games.
+    actor_ema_decay: float = 0.0
     grad_clip: float = 100.0
     return_norm_decay: float = 0.99  # EMA decay of the 5th/95th return percentiles (return normalisation)
     life_loss_penalty: float = 1.0  # imagined reward minus penalty * P(life lost at that step)
@@ -89,6 +93,8 @@ class AgentConfig:
         check_range(0.0 < self.discount <= 1.0, f"{path}.discount", self.discount, "a value in (0, 1]")
         check_range(0.0 <= self.critic_ema_decay < 1.0, f"{path}.critic_ema_decay", self.critic_ema_decay,
                     "a value in [0, 1)")
+        check_range(0.0 <= self.actor_ema_decay < 1.0, f"{path}.actor_ema_decay", self.actor_ema_decay,
+                    "a value in [0, 1) (0 plays the actor's last iterate)")
         check_range(self.life_loss_penalty >= 0.0, f"{path}.life_loss_penalty", self.life_loss_penalty,
                     "a number >= 0")
         check_range(self.life_loss_scale >= 1.0, f"{path}.life_loss_scale", self.life_loss_scale,
@@ -329,6 +335,8 @@ class ActorCritic(nn.Module):
         self.actor = Actor(latent_dim, num_actions, cfg.hidden_dim)
         self.critic = Critic(latent_dim, cfg.hidden_dim)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        # The weights that play (agent.actor_ema_decay > 0): an EMA of the actor, never trained directly.
+        self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False) if cfg.actor_ema_decay > 0 else None
         self.normalizer = ReturnNormalizer(cfg.return_norm_decay)
         self.to(device)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, eps=1e-5)
@@ -339,6 +347,12 @@ class ActorCritic(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.actor.parameters()).device
+
+    @property
+    def play_actor(self) -> Actor:
+        """The actor that plays games: the EMA of the actor's weights with ``agent.actor_ema_decay > 0``, else the
+        actor itself."""
+        return self.actor if self.actor_ema is None else self.actor_ema
 
     def seed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
@@ -404,6 +418,9 @@ class ActorCritic(nn.Module):
         with torch.no_grad():  # slow critic <- EMA of the critic
             for p_slow, p in zip(self.slow_critic.parameters(), self.critic.parameters(), strict=True):
                 p_slow.lerp_(p, 1.0 - c.critic_ema_decay)
+            if self.actor_ema is not None:  # the playing actor <- EMA of the actor
+                for p_ema, p in zip(self.actor_ema.parameters(), self.actor.parameters(), strict=True):
+                    p_ema.lerp_(p, 1.0 - c.actor_ema_decay)
         self.updates += 1
         # Imagined return of the sampled actions: discounted rewards, each counted while alive.
         disc = c.discount ** torch.arange(H, device=r.device, dtype=r.dtype)
@@ -438,13 +455,16 @@ class ActorCritic(nn.Module):
     # ----------------------------------------------------------------------------------- checkpoints
     def training_state(self) -> dict[str, Any]:
         """Everything resuming needs, as tensors, numbers and dicts (``weights_only`` loadable)."""
-        return {
+        state = {
             "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
             "slow_critic": self.slow_critic.state_dict(), "normalizer": self.normalizer.state_dict(),
             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
             "generator": self.generator.get_state(), "updates": self.updates,
             "latent_dim": self.latent_dim, "num_actions": self.num_actions,
         }
+        if self.actor_ema is not None:
+            state["actor_ema"] = self.actor_ema.state_dict()
+        return state
 
     def load_training_state(self, state: dict[str, Any], optimizers: bool = True) -> None:
         if (state["latent_dim"], state["num_actions"]) != (self.latent_dim, self.num_actions):
@@ -453,6 +473,8 @@ class ActorCritic(nn.Module):
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
         self.slow_critic.load_state_dict(state["slow_critic"])
+        if self.actor_ema is not None:  # a checkpoint from a run without the EMA starts it at the actor
+            self.actor_ema.load_state_dict(state.get("actor_ema", state["actor"]))
         self.normalizer.load_state_dict(state["normalizer"])
         if optimizers:
             self.actor_opt.load_state_dict(state["actor_opt"])

@@ -117,7 +117,7 @@ def build_agent_nets(ckpt: dict[str, Any], device: torch.device | str = "cpu", p
     hidden = int(ckpt["config"]["agent"]["hidden_dim"])
     actor = Actor(int(st["latent_dim"]), int(st["num_actions"]), hidden)
     critic = Critic(int(st["latent_dim"]), hidden)
-    load_state(actor, st["actor"], path, "actor")
+    load_state(actor, st.get("actor_ema", st["actor"]), path, "actor")  # the playing weights (agent.actor_ema_decay)
     load_state(critic, st["critic"], path, "critic")
     return actor.to(device).eval(), critic.to(device).eval()
 

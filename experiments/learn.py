@@ -625,7 +625,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
     ac.seed(cfg.run.seed)
     np_rng = np.random.default_rng(cfg.run.seed + 3)
     players = Players(cfg, cfg.run.seed, L.num_envs)
-    actor = ActorCriticAgent(wm, ac.actor, ac.critic, deterministic=False, seed=cfg.run.seed + 1)
+    actor = ActorCriticAgent(wm, ac.play_actor, ac.critic, deterministic=False, seed=cfg.run.seed + 1)
     env_steps, iteration, curve, next_eval = prefill["env_steps"], 0, [], L.eval_every
     next_refresh = L.encoder_every if L.encoder_every else None
     done_loop = False
@@ -728,7 +728,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
 
     def evaluate_now(episodes: int, desc: str) -> dict[str, Any]:
         t = time.perf_counter()
-        agent = ActorCriticAgent(wm, ac.actor, ac.critic, deterministic=cfg.agent.greedy_eval,
+        agent = ActorCriticAgent(wm, ac.play_actor, ac.critic, deterministic=cfg.agent.greedy_eval,
                                seed=cfg.run.seed)
         eps = evaluate(agent, cfg, episodes=episodes, desc=desc, progress=False)
         ac.actor.eval()

@@ -16,7 +16,7 @@ from agent.actor_critic import (
     lambda_returns,
     real_returns,
 )
-from agent.player import ActorCriticAgent, load_agent, load_agent_checkpoint
+from agent.player import ActorCriticAgent, build_agent_nets, load_agent, load_agent_checkpoint
 from envs.breakout import NUM_ACTIONS
 from envs.errors import UserError
 from envs.replay import Episode
@@ -186,6 +186,28 @@ def test_slow_critic_is_an_ema():
     for s0, s, p in zip(slow0, ac.slow_critic.parameters(), ac.critic.parameters()):
         assert torch.allclose(s, 0.9 * s0 + 0.1 * p, atol=1e-6)
     assert all(not p.requires_grad for p in ac.slow_critic.parameters())
+
+
+def test_playing_actor_is_an_ema_kept_by_checkpoints_and_loaded_for_play(tmp_path):
+    cfg = agent_cfg("agent.actor_ema_decay=0.75").agent
+    ac = ActorCritic(8, 4, cfg)
+    ema0 = [p.clone() for p in ac.actor_ema.parameters()]
+    ac.update(LinearObsModel(), torch.randn(16, 8))
+    for e0, e, p in zip(ema0, ac.actor_ema.parameters(), ac.actor.parameters()):
+        assert torch.allclose(e, 0.75 * e0 + 0.25 * p, atol=1e-6)
+    assert ac.play_actor is ac.actor_ema and all(not p.requires_grad for p in ac.actor_ema.parameters())
+    assert any(not torch.equal(e, p) for e, p in zip(ac.actor_ema.parameters(), ac.actor.parameters()))
+    # A resumed run continues the same EMA; a player loads the EMA's weights, not the last iterate's.
+    again = ActorCritic(8, 4, cfg)
+    again.load_training_state(ac.training_state())
+    assert all(torch.equal(a, b) for a, b in zip(again.actor_ema.parameters(), ac.actor_ema.parameters()))
+    ckpt = {"state": ac.training_state(), "config": agent_cfg("agent.actor_ema_decay=0.75").to_dict()}
+    actor, _ = build_agent_nets(ckpt)
+    assert all(torch.equal(a, b) for a, b in zip(actor.parameters(), ac.actor_ema.parameters()))
+    off = ActorCritic(8, 4, agent_cfg().agent)  # off (the default): the actor itself plays, nothing extra is saved
+    assert off.play_actor is off.actor and "actor_ema" not in off.training_state()
+    with pytest.raises(UserError, match="actor_ema_decay"):
+        agent_cfg("agent.actor_ema_decay=1.0")
 
 
 def test_real_returns_known_values():
