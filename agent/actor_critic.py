@@ -326,6 +326,13 @@ def imagine_with_policy(model: LatentWorldModel, z0: torch.Tensor, policy_fn: Po
             "rewards": rewards.float().clone(), "continues": continues.float().clamp(0.0, 1.0)}
 
 
+@torch.no_grad()
+def _ema_step(target: nn.Module, online: nn.Module, decay: float) -> None:
+    """``target <- decay * target + (1 - decay) * online``, parameter by parameter."""
+    for p_t, p in zip(target.parameters(), online.parameters(), strict=True):
+        p_t.lerp_(p, 1.0 - decay)
+
+
 class ActorCritic(nn.Module):
     """Actor, critic, slow critic, their optimisers and the return normaliser; ``update(z0)`` is one step."""
 
@@ -416,12 +423,9 @@ class ActorCritic(nn.Module):
         actor_gn = nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_clip)
         self.actor_opt.step()
 
-        with torch.no_grad():  # slow critic <- EMA of the critic
-            for p_slow, p in zip(self.slow_critic.parameters(), self.critic.parameters(), strict=True):
-                p_slow.lerp_(p, 1.0 - c.critic_ema_decay)
-            if self.actor_ema is not None:  # the playing actor <- EMA of the actor
-                for p_ema, p in zip(self.actor_ema.parameters(), self.actor.parameters(), strict=True):
-                    p_ema.lerp_(p, 1.0 - c.actor_ema_decay)
+        _ema_step(self.slow_critic, self.critic, c.critic_ema_decay)  # slow critic <- EMA of the critic
+        if self.actor_ema is not None:  # the playing actor <- EMA of the actor
+            _ema_step(self.actor_ema, self.actor, c.actor_ema_decay)
         self.updates += 1
         # Imagined return of the sampled actions: discounted rewards, each counted while alive.
         disc = c.discount ** torch.arange(H, device=r.device, dtype=r.dtype)

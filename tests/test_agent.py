@@ -178,27 +178,27 @@ def test_update_leaves_world_model_untouched():
         assert isinstance(out[key], float) and np.isfinite(out[key])
 
 
+def _assert_one_ema_step(ac, ema, online, decay):
+    """After one update, ``ema`` is ``decay * before + (1 - decay) * online`` and takes no gradient."""
+    before = [p.clone() for p in ema(ac).parameters()]
+    ac.update(LinearObsModel(), torch.randn(16, 8))
+    for b, e, p in zip(before, ema(ac).parameters(), online(ac).parameters(), strict=True):
+        assert torch.allclose(e, decay * b + (1 - decay) * p, atol=1e-6)
+    assert all(not p.requires_grad for p in ema(ac).parameters())
+
+
 def test_slow_critic_is_an_ema():
-    cfg = agent_cfg("agent.critic_ema_decay=0.9").agent
-    ac = ActorCritic(8, 4, cfg)
-    slow0 = [p.clone() for p in ac.slow_critic.parameters()]
-    ac.update(LinearObsModel(), torch.randn(16, 8))
-    for s0, s, p in zip(slow0, ac.slow_critic.parameters(), ac.critic.parameters()):
-        assert torch.allclose(s, 0.9 * s0 + 0.1 * p, atol=1e-6)
-    assert all(not p.requires_grad for p in ac.slow_critic.parameters())
+    ac = ActorCritic(8, 4, agent_cfg("agent.critic_ema_decay=0.9").agent)
+    _assert_one_ema_step(ac, lambda a: a.slow_critic, lambda a: a.critic, 0.9)
 
 
-def test_playing_actor_is_an_ema_kept_by_checkpoints_and_loaded_for_play(tmp_path):
-    cfg = agent_cfg("agent.actor_ema_decay=0.75").agent
-    ac = ActorCritic(8, 4, cfg)
-    ema0 = [p.clone() for p in ac.actor_ema.parameters()]
-    ac.update(LinearObsModel(), torch.randn(16, 8))
-    for e0, e, p in zip(ema0, ac.actor_ema.parameters(), ac.actor.parameters()):
-        assert torch.allclose(e, 0.75 * e0 + 0.25 * p, atol=1e-6)
-    assert ac.play_actor is ac.actor_ema and all(not p.requires_grad for p in ac.actor_ema.parameters())
+def test_playing_actor_is_an_ema_kept_by_checkpoints_and_loaded_for_play():
+    ac = ActorCritic(8, 4, agent_cfg("agent.actor_ema_decay=0.75").agent)
+    _assert_one_ema_step(ac, lambda a: a.actor_ema, lambda a: a.actor, 0.75)
+    assert ac.play_actor is ac.actor_ema
     assert any(not torch.equal(e, p) for e, p in zip(ac.actor_ema.parameters(), ac.actor.parameters()))
     # A resumed run continues the same EMA; a player loads the EMA's weights, not the last iterate's.
-    again = ActorCritic(8, 4, cfg)
+    again = ActorCritic(8, 4, ac.cfg)
     again.load_training_state(ac.training_state())
     assert all(torch.equal(a, b) for a, b in zip(again.actor_ema.parameters(), ac.actor_ema.parameters()))
     ckpt = {"state": ac.training_state(), "config": agent_cfg("agent.actor_ema_decay=0.75").to_dict()}
