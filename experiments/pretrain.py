@@ -137,7 +137,7 @@ class Stage1Task:
         grad_norm = optimizer_step(out["loss"], self.params, self.opt, self.sched,
                                    self.cfg.vjepa2_world_model.stage1.grad_clip)
         self.model.update_target()
-        parts = ("jepa_loss", "motion_map_loss", "event_loss")
+        parts = ("jepa_loss", "motion_map_loss", "motion_axes_loss", "event_loss")
         values = distributed.means({"loss": out["loss"].item(), **{k: float(out[k]) for k in parts if k in out}})
         row = {"train/loss": values["loss"], "train/lr": self.sched.get_last_lr()[0], "train/grad_norm": grad_norm,
                **{f"train/{k}": v for k, v in values.items() if k != "loss"}}

@@ -346,6 +346,34 @@ def test_motion_map_head_is_trained_and_saved_with_the_predictor():
     assert "motion_map_loss" not in out and torch.equal(out["loss"].detach(), out["jepa_loss"])
 
 
+def test_motion_axes_locate_the_moving_pixel_and_their_head_is_trained_and_saved():
+    from worldmodel.masked_prediction import motion_axes
+
+    obs = torch.zeros(2, 4, 64, 64, dtype=torch.uint8)
+    obs[0, 3, 10, 50] = 200  # a "ball" appears in the newest frame at row 10, column 50
+    cols, rows = motion_axes(obs)
+    assert cols.shape == rows.shape == (2, 64)
+    assert torch.allclose(cols.sum(1), torch.ones(2)) and torch.allclose(rows.sum(1), torch.ones(2))
+    assert int(cols[0].argmax()) == 50 and int(rows[0].argmax()) == 10 and cols[0].max() > 0.99
+    assert torch.allclose(cols[1], torch.full((64,), 1 / 64))  # a still frame: uniform
+
+    cfg = load_config("tiny", ["vjepa2_world_model.stage1.motion_axes_weight=0.5",
+                               "vjepa2_world_model.stage1.motion_map_weight=0"])
+    model = build_stage1_model(cfg)
+    assert model.predictor.motion_axes_head.out_features == 2 * 64  # columns, then rows
+    obs = torch.randint(0, 255, (4, 4, 64, 64), dtype=torch.uint8)
+    out = model(obs)
+    assert torch.isclose(out["loss"], out["jepa_loss"] + 0.5 * out["motion_axes_loss"])
+    assert out["motion_axes_loss"] > 0
+    out["loss"].backward()
+    assert model.predictor.motion_axes_head.weight.grad is not None
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.online.parameters())  # reaches z
+    assert any(k.startswith("motion_axes_head.") for k in model.predictor.state_dict())  # checkpointed
+    assert not hasattr(build_stage1_model(load_config("tiny")).predictor, "motion_axes_head")  # off by default
+    with pytest.raises(UserError, match="motion_axes_weight"):
+        load_config("tiny", ["vjepa2_world_model.stage1.motion_axes_weight=-1"])
+
+
 def test_future_events_look_ahead_within_the_episode_only():
     from envs.dataset import FrameStackDataset
     from envs.replay import Episode

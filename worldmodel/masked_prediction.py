@@ -65,6 +65,10 @@ class Stage1Config:
     # cells per side of that map: 0 = the patch grid (8x8 at 64 px, 8-pixel cells); 32 = 2-pixel cells, which asks
     # z for the ball's position within a patch
     motion_map_cells: int = 0
+    # auxiliary: cross-entropy, from z, of where the newest frame moved along each axis at pixel resolution (the
+    # column profile and the row profile of |f_t - f_(t-1)|, 64 + 64 classes at 64 px): the ball's x and y to the
+    # pixel without the 1,024 classes of a fine 2-D map (0 = off)
+    motion_axes_weight: float = 0.0
     # auxiliary: binary cross-entropy, from z, of whether a life is lost and whether a point is scored within the
     # next event_horizon steps: the game's own signals reach the encoder (as DreamerV3's reward and continue losses
     # reach its encoder), asking z for where the ball is against the paddle and the bricks (0 = off)
@@ -87,6 +91,8 @@ class Stage1Config:
                     "a number >= 0 (0 = off)")
         check_range(self.motion_map_cells >= 0, f"{path}.motion_map_cells", self.motion_map_cells,
                     "an integer >= 0 (0 = one cell per patch)")
+        check_range(self.motion_axes_weight >= 0.0, f"{path}.motion_axes_weight", self.motion_axes_weight,
+                    "a number >= 0 (0 = off)")
         check_range(self.event_weight >= 0.0, f"{path}.event_weight", self.event_weight, "a number >= 0 (0 = off)")
         check_range(self.event_horizon >= 1, f"{path}.event_horizon", self.event_horizon, "an integer >= 1")
         check_range(0.0 <= self.ema_decay <= 1.0, f"{path}.ema_decay", self.ema_decay, "a value in [0, 1]")
@@ -176,6 +182,16 @@ def motion_map(obs: torch.Tensor, cell: int, eps: float = 1e-6) -> torch.Tensor:
     return m / m.sum(dim=1, keepdim=True)
 
 
+def motion_axes(obs: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the newest frame changed along each axis: ``|f_t - f_{t-1}|`` maxed over rows (the column profile
+    ``[B, W]``) and over columns (the row profile ``[B, H]``), each normalised to a distribution (uniform for a still
+    frame). Max, not mean: a one-pixel ball counts as much as the wide paddle."""
+    x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
+    d = (x[:, -1] - x[:, -2]).abs()  # [B, H, W]
+    cols, rows = d.amax(dim=1) + eps, d.amax(dim=2) + eps
+    return cols / cols.sum(dim=1, keepdim=True), rows / rows.sum(dim=1, keepdim=True)
+
+
 class MaskedPredictionLoss(nn.Module):
     """L1 between prediction and target; with ``mask [B, N]`` the mean over masked tokens only."""
 
@@ -207,7 +223,7 @@ class MaskedPredictionModel(nn.Module):
                  ema_decay: float = 0.996, predictor_depth: int = 2, predictor_heads: int = 4,
                  predictor_mlp_dim: int = 256, predictor_dropout: float = 0.0, bottleneck_token_weight: float = 1.0,
                  motion_weighting: float = 0.0, motion_map_weight: float = 0.0, motion_map_cells: int = 0,
-                 event_weight: float = 0.0, event_horizon: int = 8):
+                 event_weight: float = 0.0, event_horizon: int = 8, motion_axes_weight: float = 0.0):
         super().__init__()
         if target not in ("pooled", "tokens", "bottleneck"):
             raise ValueError(f"target must be 'pooled', 'tokens' or 'bottleneck', got {target!r}")
@@ -241,6 +257,9 @@ class MaskedPredictionModel(nn.Module):
         if self.motion_map_weight > 0:
             # Lives in the predictor so that checkpoints (which save online, target, predictor) carry it.
             self.predictor.add_module("motion_head", nn.Linear(D, cells * cells))
+        self.motion_axes_weight = float(motion_axes_weight)
+        if self.motion_axes_weight > 0:  # logits over the frame's columns and rows (in the predictor: checkpointed)
+            self.predictor.add_module("motion_axes_head", nn.Linear(D, 2 * side))
         self.event_weight, self.event_horizon = float(event_weight), int(event_horizon)
         if self.event_weight > 0:
             self.predictor.add_module("event_head", nn.Linear(D, 2))  # logits: life lost, point scored
@@ -255,7 +274,8 @@ class MaskedPredictionModel(nn.Module):
                    predictor_mlp_dim=predictor.mlp_dim, predictor_dropout=predictor.dropout,
                    bottleneck_token_weight=stage1.bottleneck_token_weight, motion_weighting=stage1.motion_weighting,
                    motion_map_weight=stage1.motion_map_weight, motion_map_cells=stage1.motion_map_cells,
-                   event_weight=stage1.event_weight, event_horizon=stage1.event_horizon)
+                   event_weight=stage1.event_weight, event_horizon=stage1.event_horizon,
+                   motion_axes_weight=stage1.motion_axes_weight)
 
     def train(self, mode: bool = True) -> MaskedPredictionModel:
         super().train(mode)
@@ -321,6 +341,14 @@ class MaskedPredictionModel(nn.Module):
             aux = -(target_map * logp).sum(-1).mean()  # cross-entropy
             out["motion_map_loss"] = aux.detach()
             loss = loss + self.motion_map_weight * aux
+        if self.motion_axes_weight > 0 and obs.shape[1] > 1:
+            cols, rows = motion_axes(obs)  # [B, W], [B, H]
+            logits = self.predictor.motion_axes_head(o_pooled)  # [B, W + H]
+            W = cols.shape[1]
+            aux = -(cols * F.log_softmax(logits[:, :W], -1)).sum(-1).mean() \
+                - (rows * F.log_softmax(logits[:, W:], -1)).sum(-1).mean()
+            out["motion_axes_loss"] = aux.detach()
+            loss = loss + self.motion_axes_weight * aux
         if self.event_weight > 0 and events is not None:
             logits = self.predictor.event_head(o_pooled)  # [B, 2]
             ev = F.binary_cross_entropy_with_logits(logits, events.to(logits.dtype))
@@ -359,7 +387,7 @@ def validation_losses(model: MaskedPredictionModel, dataset: Any, seed: int, max
                                       batch_size: int = 256) -> dict[str, float]:
     """Mean losses in eval mode with masks from a fixed seed (comparable across epochs and splits):
     ``loss`` (the training objective), ``jepa_loss`` (the masked-latent L1 alone) and, when the
-    auxiliary losses are on, ``motion_map_loss`` and ``event_loss``."""
+    auxiliary losses are on, ``motion_map_loss``, ``motion_axes_loss`` and ``event_loss``."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -374,7 +402,7 @@ def validation_losses(model: MaskedPredictionModel, dataset: Any, seed: int, max
         events = (dataset.events(idx[start:start + batch_size], model.event_horizon).to(device)
                   if model.uses_events else None)
         out = model(obs, mask, None, events)
-        for key in ("loss", "jepa_loss", "motion_map_loss", "event_loss"):
+        for key in ("loss", "jepa_loss", "motion_map_loss", "motion_axes_loss", "event_loss"):
             if key in out:
                 totals[key] = totals.get(key, 0.0) + float(out[key]) * obs.shape[0]
         count += obs.shape[0]
