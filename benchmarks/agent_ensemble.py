@@ -29,6 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.player import ActorCriticAgent, build_agent_nets, load_agent_checkpoint, recorded_world_model  # noqa: E402
+from envs.errors import UserError  # noqa: E402
 from experiments.config import load_config  # noqa: E402
 from experiments.play import eval_seeds, evaluate  # noqa: E402
 from worldmodel import load_world_model  # noqa: E402
@@ -48,6 +49,14 @@ class EnsembleActor(nn.Module):
 
 
 def main() -> None:
+    try:
+        run()
+    except UserError as e:  # one sentence naming the problem and the fix, exit 2, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--agents", nargs="+", required=True, help="agent.pt files trained on one world model")
     p.add_argument("--world-model", default=None, help="their world model (default: the first agent's recorded one)")
@@ -63,6 +72,10 @@ def main() -> None:
     cfg = load_config(args.preset, [*args.overrides, f"run.seed={args.seed}"])
     torch.set_num_threads(cfg.run.threads or 1)
     ckpts = [load_agent_checkpoint(a) for a in args.agents]
+    recorded = {str(recorded_world_model(c, a).resolve()) for c, a in zip(ckpts, args.agents)}
+    if args.world_model is None and len(recorded) > 1:
+        raise UserError(f"the agents were trained on {len(recorded)} different world models; pass agents of one "
+                        "world model (an ensemble plays over one encoder)")
     wm_path = args.world_model or recorded_world_model(ckpts[0], args.agents[0])
     model = load_world_model(wm_path, device="cpu")
     nets = [build_agent_nets(c, "cpu", a) for c, a in zip(ckpts, args.agents)]
