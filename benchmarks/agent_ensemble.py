@@ -65,9 +65,12 @@ def run() -> None:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--greedy", action="store_true", help="play the mode instead of sampling")
     p.add_argument("--no-members", action="store_true", help="play only the ensemble")
+    p.add_argument("--no-ensemble", action="store_true", help="play only the members, each alone")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args()
+    if args.no_members and args.no_ensemble:
+        raise UserError("--no-members with --no-ensemble leaves nothing to play; drop one of them")
 
     cfg = load_config(args.preset, [*args.overrides, f"run.seed={args.seed}"])
     torch.set_num_threads(cfg.run.threads or 1)
@@ -89,11 +92,12 @@ def run() -> None:
             res = evaluate(player, cfg, seeds=seeds, desc=f"member {len(out['members'])}", progress=False)
             out["members"].append({"agent": a, "returns": [r["return"] for r in res],
                                    "mean": float(np.mean([r["return"] for r in res]))})
-    ens = EnsembleActor([actor for actor, _ in nets]).eval()
-    player = ActorCriticAgent(model, ens, nets[0][1], deterministic=args.greedy, seed=args.seed)
-    res = evaluate(player, cfg, seeds=seeds, desc="ensemble", progress=False)
-    out["ensemble"] = {"returns": [r["return"] for r in res], "mean": float(np.mean([r["return"] for r in res])),
-                       "lengths": [r["length"] for r in res]}
+    if not args.no_ensemble:
+        ens = EnsembleActor([actor for actor, _ in nets]).eval()
+        player = ActorCriticAgent(model, ens, nets[0][1], deterministic=args.greedy, seed=args.seed)
+        res = evaluate(player, cfg, seeds=seeds, desc="ensemble", progress=False)
+        out["ensemble"] = {"returns": [r["return"] for r in res], "mean": float(np.mean([r["return"] for r in res])),
+                           "lengths": [r["length"] for r in res]}
     if out["members"]:
         out["members_mean"] = float(np.mean([m["mean"] for m in out["members"]]))
     out["wall_s"] = time.perf_counter() - t0
