@@ -330,17 +330,24 @@ def test_motion_map_is_a_distribution_on_the_moving_patch():
     assert torch.allclose(m[1], torch.full((64,), 1 / 64))  # a still frame: uniform
 
 
-def test_motion_map_head_is_trained_and_saved_with_the_predictor():
-    cfg = load_config("tiny", ["vjepa2_world_model.stage1.motion_map_weight=0.5"])
-    model = build_stage1_model(cfg)
-    assert any(k.startswith("motion_head.") for k in model.predictor.state_dict())
+def _assert_aux_head_trained_and_saved(overrides: list[str], head: str, loss_key: str, weight: float) -> nn.Module:
+    """A Stage-1 model with an auxiliary head: the head is in the predictor (so checkpointed), the total is the
+    masked-latent L1 plus the weighted auxiliary (both reported apart), and the head gets a gradient."""
+    model = build_stage1_model(load_config("tiny", overrides))
+    assert any(k.startswith(f"{head}.") for k in model.predictor.state_dict())
     obs = torch.randint(0, 255, (4, 4, 64, 64), dtype=torch.uint8)
     out = model(obs)
-    # The total is the masked-latent L1 plus the weighted cross-entropy; both parts are reported apart.
-    assert torch.isclose(out["loss"], out["jepa_loss"] + 0.5 * out["motion_map_loss"])
-    assert out["motion_map_loss"] > 0
+    assert torch.isclose(out["loss"], out["jepa_loss"] + weight * out[loss_key])
+    assert out[loss_key] > 0
     out["loss"].backward()
-    assert model.predictor.motion_head.weight.grad is not None
+    assert getattr(model.predictor, head).weight.grad is not None
+    return model
+
+
+def test_motion_map_head_is_trained_and_saved_with_the_predictor():
+    _assert_aux_head_trained_and_saved(["vjepa2_world_model.stage1.motion_map_weight=0.5"], "motion_head",
+                                       "motion_map_loss", 0.5)
+    obs = torch.randint(0, 255, (4, 4, 64, 64), dtype=torch.uint8)
     off = build_stage1_model(load_config("tiny", ["vjepa2_world_model.stage1.motion_map_weight=0"]))
     out = off(obs)
     assert "motion_map_loss" not in out and torch.equal(out["loss"].detach(), out["jepa_loss"])
@@ -357,18 +364,11 @@ def test_motion_axes_locate_the_moving_pixel_and_their_head_is_trained_and_saved
     assert int(cols[0].argmax()) == 50 and int(rows[0].argmax()) == 10 and cols[0].max() > 0.99
     assert torch.allclose(cols[1], torch.full((64,), 1 / 64))  # a still frame: uniform
 
-    cfg = load_config("tiny", ["vjepa2_world_model.stage1.motion_axes_weight=0.5",
-                               "vjepa2_world_model.stage1.motion_map_weight=0"])
-    model = build_stage1_model(cfg)
+    model = _assert_aux_head_trained_and_saved(["vjepa2_world_model.stage1.motion_axes_weight=0.5",
+                                                "vjepa2_world_model.stage1.motion_map_weight=0"],
+                                               "motion_axes_head", "motion_axes_loss", 0.5)
     assert model.predictor.motion_axes_head.out_features == 2 * 64  # columns, then rows
-    obs = torch.randint(0, 255, (4, 4, 64, 64), dtype=torch.uint8)
-    out = model(obs)
-    assert torch.isclose(out["loss"], out["jepa_loss"] + 0.5 * out["motion_axes_loss"])
-    assert out["motion_axes_loss"] > 0
-    out["loss"].backward()
-    assert model.predictor.motion_axes_head.weight.grad is not None
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.online.parameters())  # reaches z
-    assert any(k.startswith("motion_axes_head.") for k in model.predictor.state_dict())  # checkpointed
     assert not hasattr(build_stage1_model(load_config("tiny")).predictor, "motion_axes_head")  # off by default
     with pytest.raises(UserError, match="motion_axes_weight"):
         load_config("tiny", ["vjepa2_world_model.stage1.motion_axes_weight=-1"])
