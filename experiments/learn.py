@@ -22,8 +22,10 @@ imagination, and every env step counts toward ``baselines.agent_steps``, the bud
 The encoder: the prefill's Stage-1 encoder, fine-tuned every ``learn.encoder_every`` env steps (0 = never) for
 ``learn.encoder_updates`` masked-prediction steps on frames of every training game so far; the replay is then
 encoded again, the dynamics' latent statistics re-fitted and Stage 2 trained ``learn.encoder_stage2_updates``
-steps on the new latents. Evaluation by the one protocol (``experiments.play.evaluate``, evaluation games do not
-count) every ``learn.eval_every`` env steps and at the end.
+steps on the new latents; with ``learn.final_encoder_refresh`` once more when the budget is spent, before the final
+phase's updates, so the refit and the final agent read an encoder that saw every game. Evaluation by the one
+protocol (``experiments.play.evaluate``, evaluation games do not count) every ``learn.eval_every`` env steps and
+at the end.
 
 Run folder ``runs/learn/<time>-<preset>-s<seed>/``: ``data/`` (the replay), ``stage1/`` and ``stage2/`` (the
 prefill fits), ``learn.pt`` (the loop's state, written atomically at the end of every iteration: world model,
@@ -776,6 +778,8 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
             if last:
                 wm_updates += L.final_stage2_updates
                 row.update(train_world_model(wm_updates))
+                if L.final_encoder_refresh:  # the encoder sees every game before the refit and the final agent
+                    row.update(refresh_encoder())
                 if L.final_stage2_refit:  # new dynamics fitted on the whole replay by Stage 2's own schedule
                     refit = lr.stage2(wm.encoder, replay, "stage2_final", env_steps)
                     # the refit's own network (learn.final_refit_depth / _mlp_dim may differ from the loop's)

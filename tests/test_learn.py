@@ -194,6 +194,27 @@ def test_encoder_refresh_changes_the_encoder_the_world_model_and_the_agent_use(t
     assert state["encoder_refresh"]["refreshes"] == 2
 
 
+def test_final_encoder_refresh_fine_tunes_once_more_before_the_final_phase(tmp_path):
+    """``learn.final_encoder_refresh``: the last iteration refreshes the encoder too (at 500, after 300 and 400), and
+    world_model.pt encodes with that encoder, not the one of the refresh at 400."""
+    from worldmodel import load_world_model
+
+    base = [*TINY, "learn.encoder_every=100", "learn.encoder_updates=3", "learn.encoder_stage2_updates=2"]
+    s = learn(load_config("tiny", [*base, f"run.runs_dir={tmp_path / 'on'}", "learn.final_encoder_refresh=true"]),
+              progress=False, echo=lambda m: None)
+    rows = [json.loads(line) for line in open(f"{s['run_dir']}/metrics.jsonl")]
+    assert [(r["step"], r["stage1/refreshes"]) for r in rows if "stage1/refreshes" in r] == [(300, 1), (400, 2),
+                                                                                           (500, 3)]
+    assert torch.load(f"{s['run_dir']}/learn.pt", weights_only=True)["encoder_refresh"]["refreshes"] == 3
+    off = learn(load_config("tiny", [*base, f"run.runs_dir={tmp_path / 'off'}"]), progress=False, echo=lambda m: None)
+    obs = torch.randint(0, 255, (8, 4, 64, 64), dtype=torch.uint8)
+    # same draws up to the last iteration: the replays agree, the final encoders do not
+    sha = [[e["sha256"] for e in json.load(open(f"{r['run_dir']}/data/manifest.json"))["episodes"]] for r in (s, off)]
+    assert sha[0] == sha[1]
+    assert not torch.allclose(load_world_model(s["world_model"]).encode(obs),
+                              load_world_model(off["world_model"]).encode(obs))
+
+
 def test_final_stage2_refit_fits_new_dynamics_on_the_same_replay_and_resumes(learn_run, tmp_path):
     """``learn.final_stage2_refit``: the final phase fits Stage 2 anew (stage2_final/), the world model the agent and
     world_model.pt use is that fit's best, the replay is the run without it's; its epoch rows sit at the last env step
