@@ -136,6 +136,12 @@ class LearnConfig:
     # with it raised the final agent by +0.60 over four world models; end to end, with the loop's own final agents,
     # 9.93 against 11.27 on the tuning games over 3 seeds (docs/results.md). Off.
     final_refit_heads_on_rollout: bool = False
+    # Env steps of the budget kept for after the final phase (0 = the final phase comes after the whole budget): the
+    # final phase (refresh, refit, new agent) runs when budget - final_collect_steps steps are spent, then the loop
+    # goes on with the final network and agent, which play the last steps, so the model learns the final agent's own
+    # play and the agent is corrected where the model was too kind; after the last collection the agent gets
+    # agent_updates more.
+    final_collect_steps: int = 0
     recent_fraction: float = 0.5  # share of imagination starts drawn from the most recent frames
     recent_steps: int = 20000  # ... the last this many frames of the replay
     encoder_every: int = 0  # env steps between Stage-1 fine-tunes on all data so far (0 = keep the prefill's encoder;
@@ -156,7 +162,7 @@ class LearnConfig:
             check_range(getattr(self, key) >= 1, f"{path}.{key}", getattr(self, key), "an integer >= 1")
         for key in ("prefill_min_rewards", "agent_updates", "final_stage2_updates", "final_agent_updates",
                     "encoder_every", "encoder_updates", "encoder_stage2_updates", "prefill_stage1_updates",
-                    "prefill_stage2_updates", "final_refit_depth", "final_refit_mlp_dim"):
+                    "prefill_stage2_updates", "final_refit_depth", "final_refit_mlp_dim", "final_collect_steps"):
             check_range(getattr(self, key) >= 0, f"{path}.{key}", getattr(self, key), "an integer >= 0")
         check_range(self.prefill_max_steps >= self.prefill_steps, f"{path}.prefill_max_steps", self.prefill_max_steps,
                     f"an integer >= {path}.prefill_steps ({self.prefill_steps})")
@@ -335,6 +341,9 @@ def validate(cfg: Config) -> Config:
     cfg.agent.validate("agent")
     cfg.evaluation.validate("evaluation")
     cfg.learn.validate("learn")
+    check_range(cfg.learn.final_collect_steps < cfg.baselines.agent_steps, "learn.final_collect_steps",
+                cfg.learn.final_collect_steps, f"an integer below the budget baselines.agent_steps "
+                f"({cfg.baselines.agent_steps})")
     cfg.run.validate("run")
     return cfg
 

@@ -17,7 +17,9 @@ imagination, and every env step counts toward ``baselines.agent_steps``, the bud
 4. **final phase** (no env steps): ``learn.final_stage2_updates`` and ``learn.final_agent_updates`` more; with
    ``learn.final_stage2_refit`` new dynamics are fitted on the whole replay by Stage 2's own epochs (into
    ``stage2_final/``; ``learn.final_refit_heads_on_rollout`` scores its heads on rollout latents too); with
-   ``learn.final_agent_reset`` the last updates train a new actor-critic (starts uniform over the replay).
+   ``learn.final_agent_reset`` the last updates train a new actor-critic (starts uniform over the replay). With
+   ``learn.final_collect_steps`` the final phase comes that many env steps before the budget is spent; the loop then
+   goes on with its network and agent, which play the steps left.
 
 The encoder: the prefill's Stage-1 encoder, fine-tuned every ``learn.encoder_every`` env steps (0 = never) for
 ``learn.encoder_updates`` masked-prediction steps on frames of every training game so far; the replay is then
@@ -630,7 +632,8 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
     actor = ActorCriticAgent(wm, ac.play_actor, ac.critic, deterministic=False, seed=cfg.run.seed + 1)
     env_steps, iteration, curve, next_eval = prefill["env_steps"], 0, [], L.eval_every
     next_refresh = L.encoder_every if L.encoder_every else None
-    done_loop = False
+    done_loop = final_done = False
+    final_at = lr.budget - L.final_collect_steps  # env steps after which the final phase runs
     players.games = int(prefill["games"])  # the loop's games come after the prefill's
     if saved is not None:
         if saved.get("world_model_kwargs", dyn.kwargs) != dyn.kwargs:  # saved after a refit with its own network
@@ -646,6 +649,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
                                                   list(saved["curve"]), int(saved["next_eval"]))
         next_refresh = saved["next_refresh"]
         done_loop = bool(saved["done_loop"])
+        final_done = bool(saved.get("final_done", done_loop))
         players.restore(saved["player"])
         echo(f"resumed at iteration {iteration}, {env_steps} env steps")
     writer = ReplayWriter(lr.data, append=True)
@@ -656,7 +660,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
                 "world_model": dyn.state_dict(), "optimizer": opt.state_dict(),
                 "agent": ac.training_state(), "player_generator": actor.generator.get_state(),
                 "rng": rng_state(np_rng), "env_steps": env_steps, "iteration": iteration, "curve": curve,
-                "next_eval": next_eval, "done_loop": done_loop, "player": players.state(),
+                "next_eval": next_eval, "done_loop": done_loop, "final_done": final_done, "player": players.state(),
                 "episodes": len(replay.episodes), "timings": lr.timings, "metrics_offset": run.metrics_offset,
                 "final": final, "next_refresh": next_refresh, "encoder_refresh": s1.state()}
         wm_ckpt = {"kind": "stage2", "config": cfg.to_dict(), **lr.stage2_extra(wm.encoder),
@@ -748,7 +752,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
             # loop never spends its budget on an untrained actor)
             row.update(train_agent(L.agent_updates))
             # 2. collect with the current actor
-            steps = min(L.collect_steps, lr.budget - env_steps)
+            steps = max(0, min(L.collect_steps, (lr.budget if final_done else final_at) - env_steps))
             t = time.perf_counter()
             new_before = len(replay.episodes)
             encode_s = 0.0
@@ -771,11 +775,11 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
             row["collect/games_finished"] = len(new_eps)
             row["collect/random_steps"] = players.random_steps
             last = env_steps >= lr.budget
-            # 3. the world model learns from the new data (4. after the budget: the training-only phase)
+            # 3. the world model learns from the new data (4. at final_at, the budget by default: the final phase)
             T = s2.sequence_length
             wm_updates = int(math.ceil(steps * L.stage2_train_ratio / (s2.batch_size * T)))
             agent_updates = L.agent_updates
-            if last:
+            if not final_done and env_steps >= final_at:
                 wm_updates += L.final_stage2_updates
                 row.update(train_world_model(wm_updates))
                 if L.final_encoder_refresh:  # the encoder sees every game before the refit and the final agent
@@ -791,12 +795,21 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
                     ac = ActorCritic(wm.latent_dim, wm.num_actions, cfg.agent, device)
                     ac.seed(cfg.run.seed + 5)
                     row.update(train_agent(L.final_agent_updates, recent_fraction=0.0))
+                    # the new agent plays the steps left (learn.final_collect_steps), the player's draws go on
+                    generator = actor.generator.get_state()
+                    actor = ActorCriticAgent(wm, ac.play_actor, ac.critic, deterministic=False,
+                                             seed=cfg.run.seed + 1)
+                    actor.generator.set_state(generator)
                 else:
                     row.update(train_agent(L.final_agent_updates))
                 agent_updates += L.final_agent_updates
+                final_done = True
             else:
                 row.update(train_world_model(wm_updates))
-                if next_refresh is not None and env_steps >= next_refresh:
+                if last:  # the final phase came before the last collection: the agent learns from it too
+                    row.update(train_agent(L.agent_updates))
+                    agent_updates += L.agent_updates
+                elif next_refresh is not None and env_steps >= next_refresh:
                     row.update(refresh_encoder())
                     while next_refresh <= env_steps:
                         next_refresh += L.encoder_every

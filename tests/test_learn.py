@@ -271,6 +271,57 @@ def test_final_refit_trains_its_own_network_which_the_checkpoints_and_a_resume_k
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_final_collect_steps_run_the_final_phase_early_and_let_its_agent_play_the_rest(tmp_path, monkeypatch):
+    """``learn.final_collect_steps``: with 200 of the 500 steps kept, the refit and the new agent come at 300; the
+    new agent plays 400 and 500, the refit network keeps learning from those games and the agent gets
+    agent_updates more after the last; the budget is spent exactly; stopped after the final phase and resumed, the run
+    ends with the same weights and returns."""
+    import experiments.learn as learn_module
+
+    played = []  # the actor module of every collection round
+    real_play = learn_module.Players.play
+
+    def spy(self, actor, steps, on_episode):
+        played.append(actor.actor)
+        return real_play(self, actor, steps, on_episode)
+
+    monkeypatch.setattr(learn_module.Players, "play", spy)
+    over = [*TINY, "learn.final_stage2_refit=true", "vjepa2_world_model.stage2.num_epochs=1",
+            "learn.final_refit_depth=2", "learn.final_agent_reset=true", "learn.final_collect_steps=200"]
+    cfg = load_config("tiny", [*over, f"run.runs_dir={tmp_path / 'a'}"])
+    s = learn(cfg, progress=False, echo=lambda m: None)
+    assert len(played) == 3 and played[1] is played[2] and played[0] is not played[1]  # the new agent plays 400, 500
+    assert s["finished"] and s["env_steps"] == BUDGET
+    run = s["run_dir"]
+    rows = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
+    loop = [r for r in rows if "iteration" in r]
+    assert [r["step"] for r in loop] == [300, 400, 500]
+    assert {r["step"] for r in rows if any(k.startswith("stage2_final/") for k in r)} == {300}
+    A, F = cfg.learn.agent_updates, cfg.learn.final_agent_updates
+    assert [r["agent/updates"] for r in loop] == [A + F, A, 2 * A]
+    assert all(r["stage2/updates"] > 0 for r in loop)
+    manifest = json.load(open(f"{run}/data/manifest.json"))
+    assert sum(e["length"] for e in manifest["episodes"]) <= BUDGET
+    wm = torch.load(s["world_model"], weights_only=True)
+    assert wm["world_model_kwargs"]["depth"] == 2  # the refit network, which went on learning after the refit
+    best = torch.load(f"{run}/stage2_final/best.pt", weights_only=True)["world_model"]
+    assert any(not torch.equal(best[k], wm["world_model"][k]) for k in best)
+    part_cfg = load_config("tiny", [*over, f"run.runs_dir={tmp_path / 'b'}"])
+    part = learn(part_cfg, progress=False, echo=lambda m: None, max_iterations=1)  # stops right after the final phase
+    assert not part["finished"] and part["env_steps"] == 300
+    done = learn(part_cfg, resume=part["run_dir"], progress=False, echo=lambda m: None)
+    assert done["returns"] == s["returns"]
+    again = torch.load(done["world_model"], weights_only=True)["world_model"]
+    assert all(torch.equal(wm["world_model"][k], again[k]) for k in again)
+
+
+def test_final_collect_steps_must_leave_part_of_the_budget():
+    from envs.errors import UserError
+
+    with pytest.raises(UserError, match="final_collect_steps.*below the budget"):
+        load_config("tiny", [*TINY, f"learn.final_collect_steps={BUDGET}"])
+
+
 def test_a_refit_network_without_the_refit_is_refused():
     from envs.errors import UserError
 
