@@ -148,8 +148,8 @@ class LearnConfig:
     recent_steps: int = 20000  # ... the last this many frames of the replay
     encoder_every: int = 0  # env steps between Stage-1 fine-tunes on all data so far (0 = keep the prefill's encoder;
     # every 10k at quick, 3 tuning seeds: -0.30 points, CI -1.53..+1.03, docs/results.md)
-    # Fine-tune the encoder once more when the budget is spent (the same refresh), so the final refit and the final
-    # agent read latents of an encoder that saw every game, the agent's last and best ones too; with encoder_every
+    # Fine-tune the encoder once more at the start of the final phase (the same refresh), so the final refit and the
+    # final agent read latents of an encoder that saw every game, the agent's last and best ones too; with encoder_every
     # 25000 after a 50k prefill the loop's last refresh is at 75k and the final encoder never sees the last 25k steps.
     # End to end at atari100k (3 seeds): 11.13 against 11.27 on the tuning games, 12.87 against 12.17 held out; not
     # taken (docs/results.md, "the encoder refreshed before the final phase").

@@ -24,10 +24,10 @@ imagination, and every env step counts toward ``baselines.agent_steps``, the bud
 The encoder: the prefill's Stage-1 encoder, fine-tuned every ``learn.encoder_every`` env steps (0 = never) for
 ``learn.encoder_updates`` masked-prediction steps on frames of every training game so far; the replay is then
 encoded again, the dynamics' latent statistics re-fitted and Stage 2 trained ``learn.encoder_stage2_updates``
-steps on the new latents; with ``learn.final_encoder_refresh`` once more when the budget is spent, before the final
-phase's updates, so the refit and the final agent read an encoder that saw every game. Evaluation by the one
-protocol (``experiments.play.evaluate``, evaluation games do not count) every ``learn.eval_every`` env steps and
-at the end.
+steps on the new latents; with ``learn.final_encoder_refresh`` once more at the start of the final phase (which
+``learn.final_collect_steps`` may bring forward), so the refit and the final agent read an encoder that saw every
+game. Evaluation by the one protocol (``experiments.play.evaluate``, evaluation games do not count) every
+``learn.eval_every`` env steps and at the end.
 
 Run folder ``runs/learn/<time>-<preset>-s<seed>/``: ``data/`` (the replay), ``stage1/`` and ``stage2/`` (the
 prefill fits), ``learn.pt`` (the loop's state, written atomically at the end of every iteration: world model,
