@@ -428,10 +428,12 @@ class Learner:
             per_epoch = max(1, per_seq // min(s2.batch_size, per_seq))
             s2 = dataclasses.replace(s2, num_epochs=-(-self.L.prefill_stage2_updates // per_epoch))
             cfg = dataclasses.replace(cfg, vjepa2_world_model=dataclasses.replace(cfg.vjepa2_world_model, stage2=s2))
-        if not prefill and (self.L.final_refit_depth or self.L.final_refit_mlp_dim):
+        drop = self.L.final_refit_dropout
+        if not prefill and (self.L.final_refit_depth or self.L.final_refit_mlp_dim or drop >= 0):
             net = cfg.models.world_model
             net = dataclasses.replace(net, depth=self.L.final_refit_depth or net.depth,
-                                      mlp_dim=self.L.final_refit_mlp_dim or net.mlp_dim)
+                                      mlp_dim=self.L.final_refit_mlp_dim or net.mlp_dim,
+                                      dropout=net.dropout if drop < 0 else drop)
             cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, world_model=net))
         if not prefill and self.L.final_refit_heads_on_rollout:
             s2 = dataclasses.replace(cfg.vjepa2_world_model.stage2, heads_on_rollout=True)
@@ -786,7 +788,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
                     row.update(refresh_encoder())
                 if L.final_stage2_refit:  # new dynamics fitted on the whole replay by Stage 2's own schedule
                     refit = lr.stage2(wm.encoder, replay, "stage2_final", env_steps)
-                    # the refit's own network (learn.final_refit_depth / _mlp_dim may differ from the loop's)
+                    # the refit's own network (learn.final_refit_depth / _mlp_dim / _dropout may differ from the loop's)
                     dyn = dynamics_from_checkpoint(load_checkpoint(refit, kind="stage2"), refit).to(device)
                     dyn.eval().requires_grad_(False)
                     wm.dynamics = dyn

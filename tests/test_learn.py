@@ -242,20 +242,23 @@ def test_final_stage2_refit_fits_new_dynamics_on_the_same_replay_and_resumes(lea
 
 
 def test_final_refit_trains_its_own_network_which_the_checkpoints_and_a_resume_keep(tmp_path):
-    """``learn.final_refit_depth`` / ``final_refit_mlp_dim``: the refit builds a deeper network than the loop's
-    (tiny: depth 1, mlp 64); world_model.pt and the agent load it, and a finished run resumed keeps it."""
+    """``learn.final_refit_depth`` / ``final_refit_mlp_dim`` / ``final_refit_dropout``: the refit builds a deeper
+    network than the loop's (tiny: depth 1, mlp 64, dropout 0.1), without dropout; world_model.pt and the agent load
+    it, and a finished run resumed keeps it."""
     from agent.player import load_agent
     from worldmodel import load_world_model
 
     over = [*TINY, "learn.final_stage2_refit=true", "vjepa2_world_model.stage2.num_epochs=1",
             "learn.final_refit_depth=2", "learn.final_refit_mlp_dim=96", "learn.final_refit_heads_on_rollout=true",
-            f"run.runs_dir={tmp_path}"]
+            "learn.final_refit_dropout=0", f"run.runs_dir={tmp_path}"]
     cfg = load_config("tiny", over)
     s = learn(cfg, progress=False, echo=lambda m: None)
     kwargs = torch.load(s["world_model"], weights_only=True)["world_model_kwargs"]
-    assert (kwargs["depth"], kwargs["mlp_dim"]) == (2, 96)
+    assert (kwargs["depth"], kwargs["mlp_dim"], kwargs["dropout"]) == (2, 96, 0.0)
     loop = torch.load(f"{s['run_dir']}/stage2/best.pt", weights_only=True)
-    assert (loop["world_model_kwargs"]["depth"], loop["world_model_kwargs"]["mlp_dim"]) == (1, 64)
+    loop_net = loop["world_model_kwargs"]
+    assert (loop_net["depth"], loop_net["mlp_dim"], loop_net["dropout"]) == (1, 64, cfg.models.world_model.dropout)
+    assert cfg.models.world_model.dropout > 0
     # learn.final_refit_heads_on_rollout: the refit's loss scores the heads on rollout latents, the loop's does not
     refit_cfg = torch.load(f"{s['run_dir']}/stage2_final/best.pt", weights_only=True)["config"]
     assert refit_cfg["vjepa2_world_model"]["stage2"]["heads_on_rollout"] is True
@@ -329,6 +332,10 @@ def test_a_refit_network_without_the_refit_is_refused():
         load_config("tiny", ["learn.final_refit_depth=4"])
     with pytest.raises(UserError, match="final_refit_heads_on_rollout.*final_stage2_refit"):
         load_config("tiny", ["learn.final_refit_heads_on_rollout=true"])
+    with pytest.raises(UserError, match="final_refit_dropout.*final_stage2_refit"):
+        load_config("tiny", ["learn.final_refit_dropout=0"])
+    with pytest.raises(UserError, match="final_refit_dropout.*probability"):
+        load_config("tiny", ["learn.final_stage2_refit=true", "learn.final_refit_dropout=1.5"])
 
 
 def test_resume_drops_episodes_written_after_the_checkpoint_and_replays_the_game_in_progress(learn_run, tmp_path):
