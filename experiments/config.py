@@ -134,7 +134,9 @@ class LearnConfig:
     # Dropout of the refit's network (-1 = as models.world_model.dropout, 0.1): the refit sees the whole replay a few
     # times (60 epochs of 4096 sequences over ~86k at atari100k) and its train loss stays at its validation loss, so
     # dropout only slows it. On the replay and final encoder of an atari100k loop (seed 0, `pretrain --stage 2`, depth
-    # 4 / mlp 512) 0 gave a best validation latent loss of 0.510 against 0.585, at 1.3x the sequences/s.
+    # 4 / mlp 512) 0 gave a best validation latent loss of 0.510 against 0.585, at 1.3x the sequences/s. End to end
+    # at atari100k (3 seeds): 12.60 against 11.27 on the tuning games (games-only CI -0.60 to +3.30), 12.20 against
+    # 12.17 held out; not taken (docs/results.md, "the final refit without dropout").
     final_refit_dropout: float = -1.0
     # Score the refit's reward and continuation heads on rollout latents too (vjepa2_world_model.stage2.heads_on_rollout
     # for the refit alone): on in every Stage-2 update the atari100k loop lost 1.57 on the tuning games, while a refit
