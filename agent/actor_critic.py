@@ -82,11 +82,20 @@ class AgentConfig:
     # Sampling stays the default: greedy scored -0.55 (95% CI -1.06 to -0.06) over 360 paired tuning games of 12
     # atari100k agents (docs/results.md).
     eval_policy: str = "sample"
+    # Temperature of sampled evaluation play: actions drawn with probabilities proportional to pi(a|z)^(1/T), so
+    # T < 1 sharpens the policy towards its mode without the greedy mode's stuck games (T -> 0 is greedy, 1 the policy
+    # as trained). Evaluation only: the loop's collection and imagination always use the policy itself.
+    eval_temperature: float = 1.0
 
     @property
     def greedy_eval(self) -> bool:
         """Whether evaluation games take the actor's most likely action (``eval_policy == "greedy"``)."""
         return self.eval_policy == "greedy"
+
+    @property
+    def eval_policy_label(self) -> str:
+        """How evaluation games are played, as result tables name it: "greedy", "sample" or "sample at T=0.5"."""
+        return self.eval_policy if self.eval_temperature == 1.0 else f"sample at T={self.eval_temperature:g}"
 
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
@@ -112,6 +121,11 @@ class AgentConfig:
                     "a weight >= 0 (0 turns self-imitation off)")
         check_range(self.eval_policy in ("sample", "greedy"), f"{path}.eval_policy", self.eval_policy,
                     '"sample" (draw from the policy) or "greedy" (its most likely action)')
+        check_range(0.0 < self.eval_temperature <= 10.0, f"{path}.eval_temperature", self.eval_temperature,
+                    "a temperature in (0, 10] (1 samples the policy as trained)")
+        check_range(self.eval_policy == "sample" or self.eval_temperature == 1.0, f"{path}.eval_temperature",
+                    self.eval_temperature, f'1 when {path}.eval_policy is "greedy" (a temperature only changes '
+                    "sampled play)")
         check_range(self.checkpoint_every >= 1 and self.eval_every >= 0 and self.eval_episodes >= 1,
                     f"{path}.checkpoint_every", self.checkpoint_every,
                     f"{path}.checkpoint_every >= 1, {path}.eval_every >= 0, {path}.eval_episodes >= 1")

@@ -23,16 +23,20 @@ CHECKPOINT_KIND = "agent"
 
 
 class ActorCriticAgent:
-    """Acts with ``actor(encode(obs))``; ``deterministic`` picks the mode instead of sampling."""
+    """Acts with ``actor(encode(obs))``; ``deterministic`` picks the mode instead of sampling, and ``temperature``
+    T samples with probabilities proportional to ``pi(a|z)^(1/T)`` (1 = the policy itself)."""
 
     def __init__(self, model: LatentWorldModel, actor: Actor, critic: Critic | None = None, deterministic: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, temperature: float = 1.0):
         if actor.latent_dim != model.latent_dim or actor.num_actions != model.num_actions:
             raise UserError(f"the agent is for latent_dim={actor.latent_dim}, num_actions={actor.num_actions} but the "
                             f"world model has {model.latent_dim}, {model.num_actions}; pass the world model the agent "
                             "was trained on")
         self.model, self.actor, self.critic = model, actor.eval(), critic.eval() if critic is not None else None
         self.deterministic = deterministic
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.last_value: float | None = None  # V(z) of the latest observation, when a critic is attached
         self.last_info: dict[str, Any] = {}  # {"predicted_return": V(z)} for plan-in-env's video overlay
@@ -56,8 +60,9 @@ class ActorCriticAgent:
         logp = self.actor.log_probs(z)  # [B, A]
         if deterministic:
             a = logp.argmax(-1)
-        else:
-            a = torch.multinomial(logp.exp().cpu(), 1, generator=self.generator).squeeze(-1)
+        else:  # at T = 1 the same draws as the policy's own probabilities
+            probs = logp.exp() if self.temperature == 1.0 else torch.softmax(logp / self.temperature, dim=-1)  # [B, A]
+            a = torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(-1)
         return a.cpu().numpy().astype(np.int64)
 
     def act(self, obs: np.ndarray) -> int:

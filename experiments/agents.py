@@ -256,10 +256,11 @@ def _build_actor_critic(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAge
     parts = load_world_model_parts(inputs, seed, cfg.environment)
     assert parts.actor_critic is not None, "actor-critic needs inputs.agent_checkpoint (see check_needs)"
     parts.actor_critic.deterministic = cfg.agent.greedy_eval
+    parts.actor_critic.temperature = cfg.agent.eval_temperature
     steps, hp = _world_model_hyperparams(inputs, parts)
     return BuiltAgent(parts.actor_critic, steps, {"agent": dataclasses.asdict(cfg.agent), **hp,
                                                   "agent_checkpoint": str(inputs.agent_checkpoint),
-                                                  "policy": cfg.agent.eval_policy})
+                                                  "policy": cfg.agent.eval_policy_label})
 
 
 def _build_sb3(algo: str, pipeline: str = "project") -> Callable[[Config, AgentInputs, int], BuiltAgent]:
@@ -311,12 +312,13 @@ def _build_learn(cfg: Config, inputs: AgentInputs, seed: int) -> BuiltAgent:
                                                        agent_checkpoint=Path(s["agent"]), model=None), seed,
                                     cfg.environment)
     parts.actor_critic.deterministic = cfg.agent.greedy_eval
+    parts.actor_critic.temperature = cfg.agent.eval_temperature
     curve = [{k: v for k, v in p.items() if k != "eval_seeds"} for p in s["curve"][:-1]]
     for p in curve:
         if inputs.on_point is not None:
             inputs.on_point(p)
     return BuiltAgent(parts.actor_critic, int(s["env_steps"]),
-                      {**_learn_hyperparams(cfg, s), "policy": cfg.agent.eval_policy},
+                      {**_learn_hyperparams(cfg, s), "policy": cfg.agent.eval_policy_label},
                       curve=curve, train_seconds=float(s["wall_clock_s"]),
                       build_wall_clock_s=float(s["wall_clock_s"]))  # the learn run's every call
 

@@ -737,7 +737,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
     def evaluate_now(episodes: int, desc: str) -> dict[str, Any]:
         t = time.perf_counter()
         agent = ActorCriticAgent(wm, ac.play_actor, ac.critic, deterministic=cfg.agent.greedy_eval,
-                               seed=cfg.run.seed)
+                               seed=cfg.run.seed, temperature=cfg.agent.eval_temperature)
         eps = evaluate(agent, cfg, episodes=episodes, desc=desc, progress=False)
         ac.actor.eval()
         lr.timings["eval"] += time.perf_counter() - t

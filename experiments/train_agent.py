@@ -54,7 +54,7 @@ def encode_start_latents(model: LatentModel, data_dir: str | Path, count: int, s
 
 def _evaluate(model: LatentModel, ac: ActorCritic, cfg: Config, episodes: int, desc: str) -> dict[str, float]:
     agent = ActorCriticAgent(model, ac.play_actor, ac.critic, deterministic=cfg.agent.greedy_eval,
-                           seed=cfg.run.seed)
+                           seed=cfg.run.seed, temperature=cfg.agent.eval_temperature)
     try:
         return summarize_returns(evaluate(agent, cfg, episodes=episodes, desc=desc, progress=False))
     finally:

@@ -357,6 +357,33 @@ def test_wrapper_act_predict_and_sb3_evaluate_policy():
         ActorCriticAgent(LinearObsModel(latent_dim=5), ac.actor)
 
 
+def test_sampling_temperature_sharpens_the_policy_and_leaves_t1_draws_alone():
+    cfg = agent_cfg()
+    model = LinearObsModel()
+    ac = ActorCritic(model.latent_dim, model.num_actions, cfg.agent)
+    with torch.no_grad():  # a policy with a clear mode: pi = softmax([1, 0, 0, 0]) before unimix
+        ac.actor.net[-1].bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    obs = np.repeat(np.zeros((4, 64, 64), np.uint8)[None], 4000, axis=0)
+
+    def share_of_mode(temperature: float) -> float:
+        agent = ActorCriticAgent(model, ac.actor, seed=7, temperature=temperature)
+        return float((agent.predict(obs, deterministic=False)[0] == 0).mean())
+
+    with torch.no_grad():
+        pi = ac.actor.log_probs(model.encode(obs[:1]).float()).exp()[0]  # [A]
+    assert abs(share_of_mode(1.0) - float(pi[0])) < 0.03  # T = 1 samples the policy itself
+    sharp = torch.softmax(pi.log() / 0.25, -1)[0]
+    assert abs(share_of_mode(0.25) - float(sharp)) < 0.03 and share_of_mode(0.25) > share_of_mode(1.0) + 0.2
+    # the default temperature draws exactly what the agent drew before temperatures existed
+    a = ActorCriticAgent(model, ac.actor, seed=3).predict(obs[:64], deterministic=False)[0]
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        logp = ac.actor.log_probs(model.encode(obs[:64]).float())
+    assert np.array_equal(a, torch.multinomial(logp.exp(), 1, generator=gen).squeeze(-1).numpy())
+    with pytest.raises(ValueError, match="temperature"):
+        ActorCriticAgent(model, ac.actor, temperature=0.0)
+
+
 # ------------------------------------------------------------------------------------------ training loop
 def test_train_resume_and_load(tiny_data, tmp_path, monkeypatch):
     from experiments import train_agent as ta

@@ -157,6 +157,12 @@ def test_cem_with_an_agent_gets_its_critic_and_prior_from_one_wiring(agent_files
     assert all(greedy.agent.act(obs) == best for _ in range(5))  # the mode, every time
     with pytest.raises(UserError, match="agent.eval_policy"):
         load_config("tiny", ["agent.eval_policy=argmax"])
+    cool = build_agent("actor-critic", load_config("tiny", ["agent.eval_temperature=0.5"]), inputs, seed=3)
+    assert not cool.agent.deterministic and cool.agent.temperature == 0.5
+    assert cool.hyperparams["policy"] == "sample at T=0.5" and ac.agent.temperature == 1.0
+    for bad in (["agent.eval_temperature=0"], ["agent.eval_temperature=0.5", "agent.eval_policy=greedy"]):
+        with pytest.raises(UserError, match="agent.eval_temperature"):
+            load_config("tiny", bad)
 
 
 def test_world_model_agents_need_their_inputs_in_one_sentence(tmp_path):
