@@ -128,11 +128,26 @@ def _first_difference(theirs: Any, ours: Any, path: str = "") -> str:
 LEGACY_HYPERPARAM_SECTIONS = ("learn", "agent")
 
 
+def with_later_keys(theirs: Any, defaults: Any) -> Any:
+    """``theirs`` (settings recorded by an older commit) with every key it lacks and ``defaults`` has filled in from
+    ``defaults``: a key added later defaults to the behaviour before it existed, so an older pair was made with the
+    key's default (recursive over nested sections; values that are not sections are kept as recorded)."""
+    if not isinstance(theirs, dict) or not isinstance(defaults, dict):
+        return theirs
+    out = {k: with_later_keys(v, defaults.get(k)) for k, v in theirs.items()}
+    out.update({k: v for k, v in defaults.items() if k not in theirs})
+    return out
+
+
 def pair_mismatch(res: dict[str, Any], settings: dict[str, Any]) -> str | None:
     """Why a finished pair was made with other settings than ``settings`` (None when it was not, or when it does
-    not record them: a pair from before settings were recorded is checked on what its hyperparams show)."""
+    not record them: a pair from before settings were recorded is checked on what its hyperparams show). Keys added
+    after the pair was made count at their code default (:func:`with_later_keys`): at the default the pair matches,
+    set otherwise it does not."""
     if "settings" in res:
-        return None if res["settings"] == settings else _first_difference(res["settings"], settings)
+        defaults = Config().to_dict()  # the sections the pair recorded, each with its later keys at their default
+        theirs = json.loads(json.dumps({k: with_later_keys(v, defaults.get(k)) for k, v in res["settings"].items()}))
+        return None if theirs == settings else _first_difference(theirs, settings)
     hp = res.get("hyperparams") or {}
     for section in LEGACY_HYPERPARAM_SECTIONS:
         theirs, ours = hp.get(section), settings.get(section)

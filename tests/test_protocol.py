@@ -228,6 +228,22 @@ def test_pairs_from_before_recorded_settings_are_checked_on_their_hyperparams():
     assert "learn" not in pair_settings(cfg, "dqn", CompareOptions())
 
 
+def test_recorded_settings_count_keys_added_later_at_their_default():
+    """A pair whose recorded settings predate a key matches at the key's code default (the behaviour before the key
+    existed) and not when the comparison sets the key otherwise."""
+    from experiments.compare import CompareOptions, pair_mismatch, pair_settings
+
+    settings = pair_settings(load_config("tiny"), "learn", CompareOptions())
+    older = {k: dict(v) if isinstance(v, dict) else v for k, v in settings.items()}
+    del older["agent"]["eval_temperature"], older["learn"]["final_refit_dropout"]  # keys of later commits
+    pair = {"agent": "learn", "seed": 0, "settings": older}
+    assert pair_mismatch(pair, settings) is None
+    cooler = pair_settings(load_config("tiny", ["agent.eval_temperature=0.5"]), "learn", CompareOptions())
+    assert pair_mismatch(pair, cooler) == "agent.eval_temperature: 1.0 there, 0.5 here"
+    assert pair_mismatch({**pair, "settings": {**older, "agent": {**older["agent"], "entropy_coef": 9.0}}},
+                         settings).startswith("agent.entropy_coef: 9.0 there")
+
+
 def test_world_model_stack_resumes_an_interrupted_pretraining_and_refuses_other_settings(tmp_path):
     from pathlib import Path
 
