@@ -50,7 +50,8 @@ from experiments import distributed
 from experiments.agents import LEARN_AGENTS, REGISTRY, AgentInputs, AgentSpec, agent_names, check_needs, get_spec
 from experiments.config import Config
 from experiments.play import evaluate, summarize_returns
-from experiments.runlog import NullRun, RunLogger, seed_everything, setup_torch, tqdm, write_json
+from experiments.runlog import (NullRun, RunLogger, platform_differences, platform_record, seed_everything, setup_torch,
+                                tqdm, write_json)
 from experiments.world_model_stack import STACK_SECTIONS
 
 RESULT_FILE = "result.json"
@@ -199,10 +200,12 @@ def load_reference(cfg: Config, reference: Path) -> list[dict[str, Any]]:
 
 
 def import_reference(out: Path, reference: Path, pairs: list[dict[str, Any]], cfg: Config,
-                     opts: CompareOptions) -> tuple[int, list[str]]:
+                     opts: CompareOptions) -> tuple[int, list[str], list[str]]:
     """Copy the ``pairs`` of ``reference`` that ``out`` lacks and that were made with this comparison's settings;
-    returns how many, and why each of the others was left out."""
-    added, skipped = 0, []
+    returns how many, why each of the others was left out, and the imported pairs made on another platform (their
+    numbers stand, but a rerun here would not repeat them bit for bit)."""
+    added, skipped, elsewhere = 0, [], []
+    here = platform_record()
     for res in pairs:
         folder = pair_dir(out, res["agent"], int(res["seed"]))
         if (folder / RESULT_FILE).is_file():
@@ -214,7 +217,10 @@ def import_reference(out: Path, reference: Path, pairs: list[dict[str, Any]], cf
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / RESULT_FILE, {**res, "imported_from": str(reference)})
         added += 1
-    return added, skipped
+        diff = platform_differences(res.get("platform"), here)
+        if diff:
+            elsewhere.append(f"{res['agent']} seed {res['seed']} ({'; '.join(diff)})")
+    return added, skipped, elsewhere
 
 
 def check_finished_pairs(out: Path, pairs: list[tuple[str, int]], cfg: Config, opts: CompareOptions) -> None:
@@ -307,6 +313,7 @@ def run_pair(spec: AgentSpec, cfg: Config, inputs: AgentInputs, seed: int, out: 
             "hyperparams": ({k: v for k, v in built.hyperparams.items() if k != "wall_clock_excludes"}
                             if (extra or {}).get("world_model_per_seed") else built.hyperparams), "curve": curve,
             "eval_seeds": [e["seed"] for e in episodes], "evaluation_block": cfg.evaluation.block,
+            "platform": platform_record(inputs.device),  # where it was made: a rerun elsewhere differs bit-wise
             **({"settings": settings} if settings is not None else {}), **(extra or {}),
         }
         if main:
@@ -350,11 +357,16 @@ def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | No
         _check_out(out, cfg)
         check_finished_pairs(out, pairs, cfg, opts)
         for ref, ref_pairs in references.items():
-            added, skipped = import_reference(out, ref, ref_pairs, cfg, opts)
+            added, skipped, elsewhere = import_reference(out, ref, ref_pairs, cfg, opts)
             if progress:
                 click.echo(f"imported {added} finished agent/seed pairs from {ref}")
                 if skipped:
                     click.echo(f"not imported (made with other settings): {'; '.join(skipped)}")
+                if elsewhere:
+                    click.echo(f"note: {len(elsewhere)} imported pairs were made on another platform or do not "
+                               "record theirs: a rerun here may give other numbers, not these (README, "
+                               f"Reproducibility): {'; '.join(elsewhere[:3])}"
+                               + (" ..." if len(elsewhere) > 3 else ""))
         return [(a, s) for a, s in pairs if not (pair_dir(out, a, s) / RESULT_FILE).is_file()]
 
     group = f"compare-{cfg.preset}-{out.resolve().name}"

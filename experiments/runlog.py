@@ -2,8 +2,9 @@
 
 Every command writes to ``runs/<command>/<time>-<preset>-s<seed>/`` holding ``config.yaml`` (the
 resolved config), ``metrics.jsonl`` (one JSON object per logged step, namespaced keys such as
-``train/loss``) and ``wandb/`` (offline unless ``run.wandb=online``; wandb's cache and config
-folders are kept inside the run folder so nothing lands in the home folder).
+``train/loss``), ``provenance.json`` (:func:`platform_record` of every start: commit, library versions, CPU, so a
+number can be traced to where it was made) and ``wandb/`` (offline unless ``run.wandb=online``; wandb's cache and
+config folders are kept inside the run folder so nothing lands in the home folder).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +43,68 @@ def tqdm(*args: Any, **kwargs: Any) -> _tqdm:
         return _tqdm(*args, **kwargs)
     kwargs.setdefault("mininterval", 30.0)
     return _LogTqdm(*args, **kwargs)
+
+
+REPO = Path(__file__).resolve().parents[1]
+# What a platform record compares: two runs of one command agree bit for bit only where these agree (and the
+# threads); across CPUs the float kernels differ (AVX2 against AVX-512 reorder sums), so the numbers do too.
+PLATFORM_KEYS = ("cpu", "cpu_capability", "torch", "device_name")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def platform_record(device: torch.device | str | None = None) -> dict[str, Any]:
+    """Where a run's numbers were made, besides its config and seed: the commit (and whether tracked files differed
+    from it), library versions, the CPU and the kernels torch picks on it, threads, and the GPU if one is used.
+
+    One command on one machine repeats its numbers bit for bit (``run.threads`` fixed); on another CPU or torch
+    build float sums are ordered differently and a long run's numbers drift apart (README, "Reproducibility").
+    """
+    from importlib import metadata
+
+    def version(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    dev = torch.device(device) if device is not None else None
+    commit = _git("rev-parse", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit,
+        "commit_dirty": None if dirty is None else bool(dirty), "python": platform.python_version(),
+        "torch": torch.__version__, "numpy": np.__version__, "gymnasium": version("gymnasium"),
+        "ale_py": version("ale-py"), "stable_baselines3": version("stable-baselines3"),
+        "os": f"{platform.system()} {platform.release()}", "cpu": _cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "device": str(dev) if dev is not None else None,
+        "device_name": torch.cuda.get_device_name(dev) if dev is not None and dev.type == "cuda" else None,
+    }
+
+
+def platform_differences(theirs: dict[str, Any] | None, ours: dict[str, Any]) -> list[str]:
+    """The :data:`PLATFORM_KEYS` on which ``theirs`` (a recorded platform; None for records made before platforms
+    were recorded) differs from ``ours``, as ``key: theirs there, ours here``."""
+    if theirs is None:
+        return ["platform: not recorded there"]
+    return [f"{k}: {theirs.get(k)} there, {ours.get(k)} here" for k in PLATFORM_KEYS if theirs.get(k) != ours.get(k)]
 
 
 def seed_everything(seed: int) -> None:
@@ -164,6 +229,7 @@ class RunLogger:
                         stale.unlink(missing_ok=True)
             save_config(cfg, self.dir / "config.yaml")
             self._metrics = open(self.dir / "metrics.jsonl", "a")
+            self._record_platform(command)
         except OSError as err:
             fix = ("copy the run folder to a writable place and resume the copy" if resume else
                    "set run.runs_dir to a writable folder (e.g. --set run.runs_dir=/tmp/runs)")
@@ -171,6 +237,20 @@ class RunLogger:
         self._wandb = None
         if cfg.run.wandb != "disabled":
             self._wandb = self._init_wandb(command, resume, group, name)
+
+    def _record_platform(self, command: str) -> None:
+        """Append this start's :func:`platform_record` to ``provenance.json`` (a resumed run lists every start)."""
+        path = self.dir / "provenance.json"
+        starts: list[dict[str, Any]] = []
+        if path.is_file():
+            try:
+                starts = list(json.loads(path.read_text()).get("starts", []))
+            except (ValueError, AttributeError):  # unreadable: start the list again rather than lose the run
+                starts = []
+        device = self.cfg.run.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        write_json(path, {"command": command, "starts": [*starts, platform_record(device)]})
 
     def _init_wandb(self, command: str, resume: bool, group: str | None, name: str | None):
         wdir = self.dir / "wandb"

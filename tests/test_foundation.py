@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from gymnasium.utils.env_checker import check_env
 
@@ -293,6 +294,24 @@ def test_run_folder_has_config_metrics_and_offline_wandb(cli, tmp_path):
     offline = list(run_dir.rglob("offline-run-*"))
     assert offline and all(str(p).startswith(str(run_dir)) for p in offline)  # nothing outside the run folder
     assert (run_dir / "demo_summary.json").is_file()
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert prov["command"] == "demo" and len(prov["starts"]) == 1
+    start = prov["starts"][0]
+    assert start["torch"] == torch.__version__ and start["cpu_capability"] and start["device"] == "cpu"
+
+
+def test_a_resumed_run_records_every_start_and_platform_differences_name_their_key(tmp_path):
+    from experiments.runlog import RunLogger, platform_differences, platform_record
+
+    cfg = load_config("tiny", ["run.wandb=disabled"])
+    RunLogger(cfg, "learn", run_dir=tmp_path / "r").close()
+    RunLogger(cfg, "learn", run_dir=tmp_path / "r", resume=True).close()
+    starts = json.loads((tmp_path / "r" / "provenance.json").read_text())["starts"]
+    assert len(starts) == 2 and starts[0]["commit"] == starts[1]["commit"]
+    here = platform_record()
+    assert platform_differences(here, here) == []
+    assert platform_differences({**here, "torch": "2.0.0"}, here) == [f"torch: 2.0.0 there, {here['torch']} here"]
+    assert platform_differences(None, here) == ["platform: not recorded there"]
 
 
 def test_random_actions_cover_action_space(tiny_data):

@@ -179,6 +179,8 @@ def test_a_world_model_per_seed_and_tables_that_extend(tmp_path):
                *common)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "imported 4 finished agent/seed pairs" in res.stdout and "0 already finished, 2 to run" in res.stdout
+    assert "another platform" not in res.stdout  # made here: a rerun repeats them
+    assert all(r["platform"]["cpu_capability"] and r["platform"]["torch"] for r in results)
     names = [a["agent"] for a in json.loads((out2 / "results.json").read_text())["agents"]]
     assert names == ["dqn-sb3", "actor-critic", "random"]
     assert not (out2 / "world-models").exists()
@@ -187,6 +189,15 @@ def test_a_world_model_per_seed_and_tables_that_extend(tmp_path):
                *common)
     assert res.returncode == 0 and "not running ppo-sb3 seed 0, ppo-sb3 seed 1" in res.stdout
     assert not (out2 / "ppo-sb3").exists() and "| random | 2 |" in (out2 / "results.md").read_text()
+    # pairs made on another CPU are imported (their numbers stand) with a note that a rerun here would differ
+    moved = json.loads(ref.read_text())
+    for pair in moved["pairs"]:
+        pair["platform"] = {**pair["platform"], "cpu_capability": "AVX512"}
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    res = _cli("compare-baselines", "--seeds", "2", "--agents", "random", "--only-finished", "--reference",
+               str(tmp_path / "moved.json"), "--out", str(tmp_path / "c5"), *common)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "4 imported pairs were made on another platform" in res.stdout and "AVX512 there" in res.stdout
     # a reference made with other settings is refused in one sentence
     res = _cli("compare-baselines", "--agents", "random", "--reference", str(ref), "--out", str(tmp_path / "c3"),
                *common, "--set", "evaluation.episodes=3")
