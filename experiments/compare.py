@@ -50,8 +50,16 @@ from experiments import distributed
 from experiments.agents import LEARN_AGENTS, REGISTRY, AgentInputs, AgentSpec, agent_names, check_needs, get_spec
 from experiments.config import Config
 from experiments.play import evaluate, summarize_returns
-from experiments.runlog import (NullRun, RunLogger, platform_differences, platform_record, seed_everything, setup_torch,
-                                tqdm, write_json)
+from experiments.runlog import (
+    NullRun,
+    RunLogger,
+    platform_differences,
+    platform_record,
+    seed_everything,
+    setup_torch,
+    tqdm,
+    write_json,
+)
 from experiments.world_model_stack import STACK_SECTIONS
 
 RESULT_FILE = "result.json"
