@@ -371,10 +371,10 @@ def compare_baselines(cfg: Config, agents: list[str], seeds: int, out: Path | No
                 if skipped:
                     click.echo(f"not imported (made with other settings): {'; '.join(skipped)}")
                 if elsewhere:
-                    click.echo(f"note: {len(elsewhere)} imported pairs were made on another platform or do not "
-                               "record theirs: a rerun here may give other numbers, not these (README, "
-                               f"Reproducibility): {'; '.join(elsewhere[:3])}"
-                               + (" ..." if len(elsewhere) > 3 else ""))
+                    click.echo("note: imported pairs made on another platform, or without a record of theirs (a "
+                               "rerun here may give other numbers; README, Reproducibility): "
+                               f"{'; '.join(elsewhere[:3])}"
+                               + (f" and {len(elsewhere) - 3} more" if len(elsewhere) > 3 else ""))
         return [(a, s) for a, s in pairs if not (pair_dir(out, a, s) / RESULT_FILE).is_file()]
 
     group = f"compare-{cfg.preset}-{out.resolve().name}"
