@@ -275,7 +275,6 @@ def run_pair(spec: AgentSpec, cfg: Config, inputs: AgentInputs, seed: int, out: 
     distributed.barrier()
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed))
     seed_everything(seed)
-    made_on = platform_record(inputs.device)  # at the start: the commit that trains it, not one checked out meanwhile
     t0 = time.perf_counter()
     run_cm = (RunLogger(cfg, "compare-baselines", run_dir=folder, group=group, name=f"{spec.name}-s{seed}") if main
               else NullRun(folder))  # under torchrun the other ranks only play their share of the games
@@ -322,7 +321,9 @@ def run_pair(spec: AgentSpec, cfg: Config, inputs: AgentInputs, seed: int, out: 
             "hyperparams": ({k: v for k, v in built.hyperparams.items() if k != "wall_clock_excludes"}
                             if (extra or {}).get("world_model_per_seed") else built.hyperparams), "curve": curve,
             "eval_seeds": [e["seed"] for e in episodes], "evaluation_block": cfg.evaluation.block,
-            "platform": made_on,  # where it was made: a rerun elsewhere differs bit-wise
+            # where it was made, as its folder's provenance.json recorded it at the start (the commit that trained
+            # it, not one checked out meanwhile): a rerun elsewhere differs bit-wise
+            "platform": run.platform,
             **({"settings": settings} if settings is not None else {}), **(extra or {}),
         }
         if main:

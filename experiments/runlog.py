@@ -250,7 +250,8 @@ class RunLogger:
         device = self.cfg.run.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        write_json(path, {"command": command, "starts": [*starts, platform_record(device)]})
+        self.platform = platform_record(device)
+        write_json(path, {"command": command, "starts": [*starts, self.platform]})
 
     def _init_wandb(self, command: str, resume: bool, group: str | None, name: str | None):
         wdir = self.dir / "wandb"
@@ -336,6 +337,7 @@ class NullRun:
     """What a data-parallel rank other than 0 logs into: the run folder's path (rank 0's, broadcast), no writes."""
 
     created = False
+    platform = None  # the rank that writes (rank 0) records it
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
