@@ -114,6 +114,9 @@ class LearnConfig:
     # (0 = the actor plays every step): the world model sees other actions than the actor's in the actor's states.
     explore_fraction: float = 0.0
     explore_hold: int = 4
+    # Temperature of the actor's sampling in collection: probabilities proportional to pi(a|z)^(1/T) (1 = the policy as
+    # trained, the default). Evaluation games have their own (agent.eval_temperature); imagination always uses pi.
+    collect_temperature: float = 1.0
     num_envs: int = 1  # envs the actor plays in lockstep (one batched encoder pass a round); the steps of all count
     stage2_train_ratio: float = 16.0  # Stage-2 replayed transitions (sequences x T) per new env step
     stage2_lr: float = 3e-4  # constant Stage-2 learning rate in the loop (the prefill fit uses stage2's schedule)
@@ -198,6 +201,8 @@ class LearnConfig:
                     f"{path}.final_refit_heads_on_rollout", self.final_refit_heads_on_rollout,
                     f"false unless {path}.final_stage2_refit is true (it sets the refit's loss)")
         check_range(self.explore_hold >= 1, f"{path}.explore_hold", self.explore_hold, "an integer >= 1")
+        check_range(0.0 < self.collect_temperature <= 10.0, f"{path}.collect_temperature", self.collect_temperature,
+                    "a temperature in (0, 10] (1 samples the policy as trained)")
         check_range(0.0 <= self.recent_fraction <= 1.0, f"{path}.recent_fraction", self.recent_fraction,
                     "a fraction in [0, 1]")
 

@@ -631,7 +631,8 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
     ac.seed(cfg.run.seed)
     np_rng = np.random.default_rng(cfg.run.seed + 3)
     players = Players(cfg, cfg.run.seed, L.num_envs)
-    actor = ActorCriticAgent(wm, ac.play_actor, ac.critic, deterministic=False, seed=cfg.run.seed + 1)
+    actor = ActorCriticAgent(wm, ac.play_actor, ac.critic, deterministic=False, seed=cfg.run.seed + 1,
+                           temperature=L.collect_temperature)
     env_steps, iteration, curve, next_eval = prefill["env_steps"], 0, [], L.eval_every
     next_refresh = L.encoder_every if L.encoder_every else None
     done_loop = final_done = False
@@ -800,7 +801,7 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
                     # the new agent plays the steps left (learn.final_collect_steps), the player's draws go on
                     generator = actor.generator.get_state()
                     actor = ActorCriticAgent(wm, ac.play_actor, ac.critic, deterministic=False,
-                                             seed=cfg.run.seed + 1)
+                                             seed=cfg.run.seed + 1, temperature=L.collect_temperature)
                     actor.generator.set_state(generator)
                 else:
                     row.update(train_agent(L.final_agent_updates))

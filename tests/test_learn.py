@@ -101,6 +101,8 @@ def test_learn_refuses_bad_settings(tmp_path):
     assert r.exit_code == 2 and "learn.recent_fraction" in r.stderr and "Traceback" not in r.output
     r = invoke("learn", "--preset", "tiny", "--set", "learn.explore_fraction=1", "--set", f"run.runs_dir={tmp_path}")
     assert r.exit_code == 2 and "learn.explore_fraction" in r.stderr and "Traceback" not in r.output
+    r = invoke("learn", "--preset", "tiny", "--set", "learn.collect_temperature=0", "--set", f"run.runs_dir={tmp_path}")
+    assert r.exit_code == 2 and "learn.collect_temperature" in r.stderr and "Traceback" not in r.output
     r = invoke("learn", "--preset", "tiny", "--set", "learn.final_agent_reset=true", "--set",
                "learn.final_agent_updates=0", "--set", f"run.runs_dir={tmp_path}")
     assert r.exit_code == 2 and "learn.final_agent_updates" in r.stderr and "Traceback" not in r.output
@@ -281,19 +283,22 @@ def test_final_collect_steps_run_the_final_phase_early_and_let_its_agent_play_th
     ends with the same weights and returns."""
     import experiments.learn as learn_module
 
-    played = []  # the actor module of every collection round
+    played, temperatures = [], []  # the actor module and the sampling temperature of every collection round
     real_play = learn_module.Players.play
 
     def spy(self, actor, steps, on_episode):
         played.append(actor.actor)
+        temperatures.append(actor.temperature)
         return real_play(self, actor, steps, on_episode)
 
     monkeypatch.setattr(learn_module.Players, "play", spy)
     over = [*TINY, "learn.final_stage2_refit=true", "vjepa2_world_model.stage2.num_epochs=1",
-            "learn.final_refit_depth=2", "learn.final_agent_reset=true", "learn.final_collect_steps=200"]
+            "learn.final_refit_depth=2", "learn.final_agent_reset=true", "learn.final_collect_steps=200",
+            "learn.collect_temperature=0.5"]
     cfg = load_config("tiny", [*over, f"run.runs_dir={tmp_path / 'a'}"])
     s = learn(cfg, progress=False, echo=lambda m: None)
     assert len(played) == 3 and played[1] is played[2] and played[0] is not played[1]  # the new agent plays 400, 500
+    assert temperatures == [0.5] * 3  # learn.collect_temperature: the loop's actor and the final one collect with it
     assert s["finished"] and s["env_steps"] == BUDGET
     run = s["run_dir"]
     rows = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
