@@ -77,6 +77,19 @@ class FrameStackDataset(Dataset):
         """``[B, 2]`` future-event targets of items ``idx`` (:meth:`EpisodeStore.future_events`)."""
         return torch.from_numpy(self.store.future_events(self.index[idx], horizon))
 
+    def future(self, idx: np.ndarray, horizon: int) -> dict[str, torch.Tensor]:
+        """Items ``idx`` ``horizon`` steps on: ``obs [B, F, H, W]`` of frame ``t + horizon`` (the game's last frame
+        where it ends sooner), the actions taken from ``t`` on ``[B, horizon]`` (0 past the game's end) and ``valid
+        [B]``, whether the game lasts ``horizon`` more steps."""
+        st = self.store
+        g = self.index[idx].astype(np.int64)
+        last = (st.frame_offsets + st.frame_counts - 1)[st.episode_of[g]]  # each item's game's last frame
+        steps = g[:, None] + np.arange(horizon)[None, :]  # [B, k]
+        actions = np.where(steps < last[:, None], st.actions[np.minimum(steps, last[:, None])], 0)
+        return {"obs": torch.from_numpy(st.obs(np.minimum(g + horizon, last))),
+                "actions": torch.from_numpy(actions.astype(np.int64)),
+                "valid": torch.from_numpy(g + horizon <= last)}
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.batch(np.array([i])).items()}
 

@@ -126,18 +126,22 @@ class Stage1Task:
         obs = to_device(self.train_ds.batch(idx)["obs"], self.device)  # [B,F,H,W]
         events = (to_device(self.train_ds.events(idx, self.model.event_horizon), self.device)
                   if self.model.uses_events else None)  # [B, 2]
+        future = ({k: to_device(v, self.device)
+                   for k, v in self.train_ds.future(idx, self.model.future_horizon).items()}
+                  if self.model.uses_future else None)
         with autocast(self.cfg, self.device):
             if self.group.active:  # the global batch's masks and weights, drawn alike on every rank; this rank's rows
                 mask, weights = self.model.sample_mask(len(obs), self.device), self.model.token_weights(obs)
                 rows = distributed.shard(len(obs))
                 out = self.step_fn(obs[rows], mask[rows], None if weights is None else weights[rows],
-                                   None if events is None else events[rows])
+                                   None if events is None else events[rows],
+                                   None if future is None else {k: v[rows] for k, v in future.items()})
             else:
-                out = self.step_fn(obs, None, None, events)
+                out = self.step_fn(obs, None, None, events, future)
         grad_norm = optimizer_step(out["loss"], self.params, self.opt, self.sched,
                                    self.cfg.vjepa2_world_model.stage1.grad_clip)
         self.model.update_target()
-        parts = ("jepa_loss", "motion_map_loss", "motion_axes_loss", "event_loss")
+        parts = ("jepa_loss", "motion_map_loss", "motion_axes_loss", "event_loss", "future_loss")
         values = distributed.means({"loss": out["loss"].item(), **{k: float(out[k]) for k in parts if k in out}})
         row = {"train/loss": values["loss"], "train/lr": self.sched.get_last_lr()[0], "train/grad_norm": grad_norm,
                **{f"train/{k}": v for k, v in values.items() if k != "loss"}}

@@ -183,11 +183,13 @@ def test_encoder_refresh_changes_the_encoder_the_world_model_and_the_agent_use(t
     from worldmodel.masked_prediction import load_encoder
 
     cfg = load_config("tiny", [*TINY, f"run.runs_dir={tmp_path}", "learn.encoder_every=100", "learn.encoder_updates=3",
-                               "learn.encoder_stage2_updates=2"])
+                               "learn.encoder_stage2_updates=2", "vjepa2_world_model.stage1.future_weight=1"])
     s = learn(cfg, progress=False, echo=lambda m: None)
     run = s["run_dir"]
     rows = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
     assert [r["stage1/refreshes"] for r in rows if "stage1/refreshes" in r] == [1, 2]  # at 300 and 400, not in the last
+    # the future-token auxiliary trains the prefill's Stage 1 and is scored on its validation frames
+    assert any(r.get("train/future_loss", 0) > 0 for r in rows) and any("val/future_loss" in r for r in rows)
     obs = torch.randint(0, 255, (8, 4, 64, 64), dtype=torch.uint8)
     before = load_encoder(f"{run}/stage1/best.pt")(obs)
     after = load_world_model(s["world_model"]).encode(obs)

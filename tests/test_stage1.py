@@ -415,6 +415,60 @@ def test_event_head_is_trained_from_z_and_saved_with_the_predictor(tmp_path):
             load_config("tiny", [f"vjepa2_world_model.stage1.{bad}"])
 
 
+def test_future_items_pair_a_frame_with_the_frame_k_steps_on_and_the_actions_between_within_its_game():
+    from envs.dataset import FrameStackDataset
+    from envs.replay import Episode
+
+    def episode(first, actions):
+        n = len(actions)
+        no = np.zeros(n, bool)
+        frames = (first + np.arange(n + 1, dtype=np.uint8))[:, None, None] * np.ones((1, 8, 8), np.uint8)
+        return Episode(frames=frames, actions=np.asarray(actions, np.int64), rewards=np.zeros(n, np.float32),
+                       terminated=no, truncated=no, life_loss=no, labels=np.zeros((n + 1, 5), np.int16))
+
+    # game A: frames 0-4 valued 10..14, actions 1 2 3 1; game B: frames 5-7 valued 50..52, actions 2 3
+    ds = FrameStackDataset([episode(10, [1, 2, 3, 1]), episode(50, [2, 3])])
+    fut = ds.future(np.arange(8), horizon=2)
+    assert fut["obs"].shape == (8, 4, 8, 8)
+    # the newest frame of each future stack: t + 2, or the game's last frame where the game ends sooner
+    np.testing.assert_array_equal(fut["obs"][:, -1, 0, 0].numpy(), [12, 13, 14, 14, 14, 52, 52, 52])
+    np.testing.assert_array_equal(fut["valid"].numpy(), [1, 1, 1, 0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(fut["actions"].numpy(),
+                                  [[1, 2], [2, 3], [3, 1], [1, 0], [0, 0], [2, 3], [3, 0], [0, 0]])
+
+
+def test_future_head_predicts_later_tokens_from_z_and_the_actions_and_trains_in_pretrain(tmp_path):
+    cfg = load_config("tiny", ["vjepa2_world_model.stage1.future_weight=0.5",
+                               "vjepa2_world_model.stage1.motion_map_weight=0"])
+    model = build_stage1_model(cfg)
+    assert model.uses_future and any(k.startswith("future_head.") for k in model.predictor.state_dict())
+    obs = torch.randint(0, 255, (4, 4, 64, 64), dtype=torch.uint8)
+    future = {"obs": torch.randint(0, 255, (4, 4, 64, 64), dtype=torch.uint8),
+              "actions": torch.tensor([[0, 1], [2, 3], [1, 1], [0, 0]]), "valid": torch.tensor([1, 1, 1, 0]).bool()}
+    out = model(obs, None, None, None, future)
+    assert torch.isclose(out["loss"], out["jepa_loss"] + 0.5 * out["future_loss"])
+    out["loss"].backward()
+    assert model.predictor.future_head.act.weight.grad.abs().sum() > 0  # the actions matter
+    assert model.online.patch_embed.weight.grad.abs().sum() > 0  # the gradient reaches the encoder
+    # an item whose game ends sooner adds nothing
+    only = model(obs[3:], None, None, None, {k: v[3:] for k, v in future.items()})
+    assert float(only["future_loss"]) == 0.0
+    assert "future_loss" not in model(obs) and not build_stage1_model(load_config("tiny")).uses_future
+    for bad in ("future_weight=-1", "future_horizon=0"):
+        with pytest.raises(UserError, match=bad.split("=")[0]):
+            load_config("tiny", [f"vjepa2_world_model.stage1.{bad}"])
+
+
+def test_pretrain_trains_and_validates_the_future_head(cli, tiny_data, tmp_path):
+    runs = tmp_path / "runs"
+    res = cli("pretrain", "--stage", "1", "--preset", "tiny", "--data", str(tiny_data), "--wandb", "disabled",
+              "--set", f"run.runs_dir={runs}", "--set", "vjepa2_world_model.stage1.future_weight=1",
+              "--set", "vjepa2_world_model.stage1.future_horizon=3")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(line) for line in open(next(runs.glob("pretrain/*/metrics.jsonl")))]
+    assert any(r.get("train/future_loss", 0) > 0 for r in rows) and any(r.get("val/future_loss", 0) > 0 for r in rows)
+
+
 def test_finer_motion_map_cells_locate_the_ball_within_a_patch():
     from worldmodel.masked_prediction import motion_map
 

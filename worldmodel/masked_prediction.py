@@ -75,6 +75,11 @@ class Stage1Config:
     # reach its encoder), asking z for where the ball is against the paddle and the bricks (0 = off)
     event_weight: float = 0.0
     event_horizon: int = 8
+    # auxiliary: from z_t and the next future_horizon actions, a decoder predicts the target encoder's tokens of frame
+    # t + future_horizon at every position (L1, motion-weighted per frame like the bottleneck target): to say where
+    # the ball will be, z_t must hold where it is and where it goes (0 = off)
+    future_weight: float = 0.0
+    future_horizon: int = 2
     batch_size: int = 128
     grad_clip: float = 1.0  # max global grad norm
     warmup_epochs: float = 0.5  # linear LR warm-up before cosine decay
@@ -96,6 +101,8 @@ class Stage1Config:
                     "a number >= 0 (0 = off)")
         check_range(self.event_weight >= 0.0, f"{path}.event_weight", self.event_weight, "a number >= 0 (0 = off)")
         check_range(self.event_horizon >= 1, f"{path}.event_horizon", self.event_horizon, "an integer >= 1")
+        check_range(self.future_weight >= 0.0, f"{path}.future_weight", self.future_weight, "a number >= 0 (0 = off)")
+        check_range(self.future_horizon >= 1, f"{path}.future_horizon", self.future_horizon, "an integer >= 1")
         check_range(0.0 <= self.ema_decay <= 1.0, f"{path}.ema_decay", self.ema_decay, "a value in [0, 1]")
         check_schedule(self, path)
         check_range(self.warmup_epochs >= 0, f"{path}.warmup_epochs", self.warmup_epochs, "a number of epochs >= 0")
@@ -163,6 +170,37 @@ class BottleneckPredictor(nn.Module):
         return self.out(self.hidden(h))  # [B, N, D]
 
 
+class FuturePredictor(nn.Module):
+    """Decoder ``(z [B, D], actions [B, k]) -> [B, N, D]``: the tokens of the frame ``k`` steps later, an MLP of the
+    latent, the one-hot actions taken in between and each patch's position."""
+
+    def __init__(self, dim: int, num_patches: int, mlp_dim: int, num_actions: int, horizon: int):
+        super().__init__()
+        grid = int(round(num_patches ** 0.5))
+        self.num_actions, self.horizon = num_actions, horizon
+        self.register_buffer("pos_embed", sincos_2d(grid, mlp_dim))  # [1, N, H], fixed
+        self.inp = nn.Linear(dim, mlp_dim)
+        self.act = nn.Linear(horizon * num_actions, mlp_dim, bias=False)
+        self.hidden = nn.Sequential(nn.GELU(), nn.Linear(mlp_dim, mlp_dim), nn.GELU())
+        self.out = nn.Linear(mlp_dim, dim)
+
+    def forward(self, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        assert actions.shape == (z.shape[0], self.horizon), f"actions {tuple(actions.shape)}, horizon {self.horizon}"
+        a = F.one_hot(actions.long(), self.num_actions).flatten(1).to(z.dtype)  # [B, k*A]
+        h = (self.inp(z) + self.act(a)).unsqueeze(1) + self.pos_embed  # [B, N, H]
+        return self.out(self.hidden(h))  # [B, N, D]
+
+
+def sample_motion_weights(obs: torch.Tensor, patch_size: int, strength: float) -> torch.Tensor:
+    """Per-patch weights ``[B, N]`` with mean 1 in every sample: ``1 + strength * m / mean(m)`` of the patch's pixel
+    motion, each frame normalised by its own mean (so a data-parallel rank's rows weigh as in the global batch)."""
+    x = obs.float()
+    motion = (x[:, 1:] - x[:, :-1]).abs().mean(dim=1, keepdim=True)  # [B, 1, H, W]
+    m = F.avg_pool2d(motion, patch_size).flatten(1)  # [B, N]
+    w = 1.0 + strength * m / m.mean(dim=1, keepdim=True).clamp_min(1e-8)
+    return w / w.mean(dim=1, keepdim=True)
+
+
 def motion_weights(obs: torch.Tensor, patch_size: int, strength: float) -> torch.Tensor:
     """Per-patch weights ``[B, N]`` with mean 1: ``1 + strength * m / mean(m)`` of the patch's pixel motion
     ``m = mean |f_t - f_{t-1}|`` over the stacked frames of uint8 or float ``obs [B, F, H, W]``."""
@@ -224,7 +262,8 @@ class MaskedPredictionModel(nn.Module):
                  ema_decay: float = 0.996, predictor_depth: int = 2, predictor_heads: int = 4,
                  predictor_mlp_dim: int = 256, predictor_dropout: float = 0.0, bottleneck_token_weight: float = 1.0,
                  motion_weighting: float = 0.0, motion_map_weight: float = 0.0, motion_map_cells: int = 0,
-                 event_weight: float = 0.0, event_horizon: int = 8, motion_axes_weight: float = 0.0):
+                 event_weight: float = 0.0, event_horizon: int = 8, motion_axes_weight: float = 0.0,
+                 future_weight: float = 0.0, future_horizon: int = 2, num_actions: int = 4):
         super().__init__()
         if target not in ("pooled", "tokens", "bottleneck"):
             raise ValueError(f"target must be 'pooled', 'tokens' or 'bottleneck', got {target!r}")
@@ -264,9 +303,13 @@ class MaskedPredictionModel(nn.Module):
         self.event_weight, self.event_horizon = float(event_weight), int(event_horizon)
         if self.event_weight > 0:
             self.predictor.add_module("event_head", nn.Linear(D, 2))  # logits: life lost, point scored
+        self.future_weight, self.future_horizon = float(future_weight), int(future_horizon)
+        if self.future_weight > 0:
+            self.predictor.add_module("future_head", FuturePredictor(D, encoder.num_patches, predictor_mlp_dim,
+                                                                     num_actions, self.future_horizon))
 
     @classmethod
-    def from_config(cls, encoder: MaskedViT, stage1: Stage1Config, predictor: PredictorConfig
+    def from_config(cls, encoder: MaskedViT, stage1: Stage1Config, predictor: PredictorConfig, num_actions: int = 4
                     ) -> MaskedPredictionModel:
         """The Stage-1 model of ``encoder`` (becomes the online encoder) with the objective of ``stage1`` and the
         predictor of ``predictor``."""
@@ -276,7 +319,8 @@ class MaskedPredictionModel(nn.Module):
                    bottleneck_token_weight=stage1.bottleneck_token_weight, motion_weighting=stage1.motion_weighting,
                    motion_map_weight=stage1.motion_map_weight, motion_map_cells=stage1.motion_map_cells,
                    event_weight=stage1.event_weight, event_horizon=stage1.event_horizon,
-                   motion_axes_weight=stage1.motion_axes_weight)
+                   motion_axes_weight=stage1.motion_axes_weight, future_weight=stage1.future_weight,
+                   future_horizon=stage1.future_horizon, num_actions=num_actions)
 
     def train(self, mode: bool = True) -> MaskedPredictionModel:
         super().train(mode)
@@ -304,12 +348,20 @@ class MaskedPredictionModel(nn.Module):
         """Whether the loss reads the future-event targets (``events`` of :meth:`forward`)."""
         return self.event_weight > 0
 
+    @property
+    def uses_future(self) -> bool:
+        """Whether the loss reads the frames ``future_horizon`` steps ahead (``future`` of :meth:`forward`)."""
+        return self.future_weight > 0
+
     def forward(self, obs: torch.Tensor, mask: torch.Tensor | None = None,
-                weights: torch.Tensor | None = None, events: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                weights: torch.Tensor | None = None, events: torch.Tensor | None = None,
+                future: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Loss and latents of one batch of uint8 ``[B, F, H, W]`` observations.
 
         ``events`` (``[B, 2]``, :meth:`envs.dataset.FrameStackDataset.events` at ``event_horizon``) are the targets
-        of the event auxiliary; without them that term is left out.
+        of the event auxiliary; without them that term is left out. ``future``
+        (:meth:`envs.dataset.FrameStackDataset.future` at ``future_horizon``: ``obs``, ``actions``, ``valid``) feeds
+        the future-token auxiliary the same way.
 
         ``mask`` and ``weights`` (the bottleneck target's token weights) default to ones drawn / computed from this
         batch; a data-parallel rank passes its rows of those of the global batch, so that the mean of the ranks'
@@ -355,6 +407,17 @@ class MaskedPredictionModel(nn.Module):
             ev = F.binary_cross_entropy_with_logits(logits, events.to(logits.dtype))
             out["event_loss"] = ev.detach()
             loss = loss + self.event_weight * ev
+        if self.future_weight > 0 and future is not None:
+            _, tgt = self.target_outputs(future["obs"])  # [B, N, D]
+            pred = self.predictor.future_head(o_pooled, future["actions"])  # [B, N, D]
+            err = (pred - tgt).abs().mean(-1)  # [B, N]
+            if self.motion_weighting > 0 and future["obs"].shape[1] > 1:
+                err = err * sample_motion_weights(future["obs"], self.online.patch_size, self.motion_weighting)
+            # frames without k later steps in their game count as 0: a plain mean over the batch keeps a rank's share
+            # additive (experiments/distributed.py)
+            fut = (err.mean(-1) * future["valid"].to(err.dtype)).mean()
+            out["future_loss"] = fut.detach()
+            loss = loss + self.future_weight * fut
         out["loss"] = loss
         return out
 
@@ -388,7 +451,7 @@ def validation_losses(model: MaskedPredictionModel, dataset: Any, seed: int, max
                                       batch_size: int = 256) -> dict[str, float]:
     """Mean losses in eval mode with masks from a fixed seed (comparable across epochs and splits):
     ``loss`` (the training objective), ``jepa_loss`` (the masked-latent L1 alone) and, when the
-    auxiliary losses are on, ``motion_map_loss``, ``motion_axes_loss`` and ``event_loss``."""
+    auxiliary losses are on, ``motion_map_loss``, ``motion_axes_loss``, ``event_loss`` and ``future_loss``."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -402,8 +465,11 @@ def validation_losses(model: MaskedPredictionModel, dataset: Any, seed: int, max
         mask = model.sample_mask(obs.shape[0], generator=gen).to(device)  # drawn on the CPU: the same on any device
         events = (dataset.events(idx[start:start + batch_size], model.event_horizon).to(device)
                   if model.uses_events else None)
-        out = model(obs, mask, None, events)
-        for key in ("loss", "jepa_loss", "motion_map_loss", "motion_axes_loss", "event_loss"):
+        future = ({k: v.to(device) for k, v in dataset.future(idx[start:start + batch_size],
+                                                               model.future_horizon).items()}
+                  if model.uses_future else None)
+        out = model(obs, mask, None, events, future)
+        for key in ("loss", "jepa_loss", "motion_map_loss", "motion_axes_loss", "event_loss", "future_loss"):
             if key in out:
                 totals[key] = totals.get(key, 0.0) + float(out[key]) * obs.shape[0]
         count += obs.shape[0]
