@@ -67,6 +67,20 @@ def test_torchrun_stage1_matches_one_process_and_writes_once(tiny_data, single, 
             assert torch.allclose(a[part][k], b[part][k], atol=1e-4), f"{part}.{k}"
 
 
+def test_torchrun_stage1_future_term_matches_one_process(tiny_data, tmp_path):
+    """The future-token auxiliary (``stage1.future_weight``): each rank's share of it adds up to the global batch's."""
+    future = ["--set", "vjepa2_world_model.stage1.future_weight=1", "--set", "vjepa2_world_model.stage1.num_epochs=1"]
+    runs = {}
+    for name, prefix in (("one", [sys.executable]), ("two", TORCHRUN)):
+        _run(prefix, [*STAGE1, "--data", str(tiny_data), *future, "--set", f"run.runs_dir={tmp_path / name}"])
+        runs[name] = _only(tmp_path / name / "pretrain")
+    ours, theirs = _losses(runs["two"]), _losses(runs["one"])
+    assert ours and [s for s, _ in ours] == [s for s, _ in theirs]
+    assert any("train/future_loss" in r for r in _rows(runs["two"]))
+    for (_, a), (_, b) in zip(ours, theirs):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
 @pytest.mark.slow
 def test_torchrun_resumes_after_a_kill(tiny_data, single, tmp_path):
     args = [*STAGE1, "--data", str(tiny_data), "--set", f"run.runs_dir={tmp_path}", "--set",
