@@ -177,7 +177,6 @@ def test_scoring_sequences_are_oversampled():
     assert plain < 0.06 and 0.25 <= over < 0.32
 
 
-@pytest.mark.slow
 def test_encoder_refresh_changes_the_encoder_the_world_model_and_the_agent_use(tmp_path):
     from worldmodel import load_world_model
     from worldmodel.masked_prediction import load_encoder
