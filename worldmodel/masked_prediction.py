@@ -191,12 +191,17 @@ class FuturePredictor(nn.Module):
         return self.out(self.hidden(h))  # [B, N, D]
 
 
+def patch_motion(obs: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Each patch's pixel motion ``[B, N]``: ``mean |f_t - f_{t-1}|`` over the stacked frames of ``obs``."""
+    x = obs.float()
+    motion = (x[:, 1:] - x[:, :-1]).abs().mean(dim=1, keepdim=True)  # [B, 1, H, W]
+    return F.avg_pool2d(motion, patch_size).flatten(1)
+
+
 def sample_motion_weights(obs: torch.Tensor, patch_size: int, strength: float) -> torch.Tensor:
     """Per-patch weights ``[B, N]`` with mean 1 in every sample: ``1 + strength * m / mean(m)`` of the patch's pixel
     motion, each frame normalised by its own mean (so a data-parallel rank's rows weigh as in the global batch)."""
-    x = obs.float()
-    motion = (x[:, 1:] - x[:, :-1]).abs().mean(dim=1, keepdim=True)  # [B, 1, H, W]
-    m = F.avg_pool2d(motion, patch_size).flatten(1)  # [B, N]
+    m = patch_motion(obs, patch_size)  # [B, N]
     w = 1.0 + strength * m / m.mean(dim=1, keepdim=True).clamp_min(1e-8)
     return w / w.mean(dim=1, keepdim=True)
 
@@ -204,9 +209,7 @@ def sample_motion_weights(obs: torch.Tensor, patch_size: int, strength: float) -
 def motion_weights(obs: torch.Tensor, patch_size: int, strength: float) -> torch.Tensor:
     """Per-patch weights ``[B, N]`` with mean 1: ``1 + strength * m / mean(m)`` of the patch's pixel motion
     ``m = mean |f_t - f_{t-1}|`` over the stacked frames of uint8 or float ``obs [B, F, H, W]``."""
-    x = obs.float()
-    motion = (x[:, 1:] - x[:, :-1]).abs().mean(dim=1, keepdim=True)  # [B, 1, H, W]
-    m = F.avg_pool2d(motion, patch_size).flatten(1)  # [B, N]
+    m = patch_motion(obs, patch_size)  # [B, N]
     w = 1.0 + strength * m / m.mean().clamp_min(1e-8)
     return w / w.mean()
 
