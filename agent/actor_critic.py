@@ -109,6 +109,8 @@ class AgentConfig:
                     "a value in [0, 1) (0 plays the actor's last iterate)")
         check_range(self.life_loss_penalty >= 0.0, f"{path}.life_loss_penalty", self.life_loss_penalty,
                     "a number >= 0")
+        check_range(self.entropy_coef >= 0.0, f"{path}.entropy_coef", self.entropy_coef, "a weight >= 0")
+        check_range(self.hidden_dim >= 1, f"{path}.hidden_dim", self.hidden_dim, "an integer >= 1")
         check_range(self.life_loss_scale >= 1.0, f"{path}.life_loss_scale", self.life_loss_scale,
                     "a number >= 1 (1 reads the model's life-loss probability as it is)")
         check_range(0.0 <= self.return_norm_decay < 1.0, f"{path}.return_norm_decay", self.return_norm_decay,

@@ -95,6 +95,13 @@ class BaselinesConfig:
     eval_every: int = 25_000  # learning-curve evaluation period in agent steps
     eval_episodes: int = 3  # episodes per learning-curve point
 
+    def validate(self, path: str) -> None:
+        """Range checks of this section, whose key prefix is ``path``."""
+        check_range(self.agent_steps >= 1, f"{path}.agent_steps", self.agent_steps, "an integer >= 1")
+        check_range(self.eval_every >= 0, f"{path}.eval_every", self.eval_every,
+                    "an integer >= 0 (0 = no learning-curve points, only the final games)")
+        check_range(self.eval_episodes >= 1, f"{path}.eval_episodes", self.eval_episodes, "an integer >= 1")
+
 
 @dataclass
 class LearnConfig:
@@ -362,6 +369,7 @@ def validate(cfg: Config) -> Config:
     cfg.planner.validate("planner")
     cfg.agent.validate("agent")
     cfg.evaluation.validate("evaluation")
+    cfg.baselines.validate("baselines")
     cfg.learn.validate("learn")
     check_range(cfg.learn.final_collect_steps < cfg.baselines.agent_steps, "learn.final_collect_steps",
                 cfg.learn.final_collect_steps, f"an integer below the budget baselines.agent_steps "

@@ -70,6 +70,8 @@ class PlannerConfig:
         check_range(0 <= self.policy_samples <= self.samples, f"{path}.policy_samples", self.policy_samples,
                     f"an integer in [0, {path}.samples={self.samples}]")
         check_range(self.history_steps >= 0, f"{path}.history_steps", self.history_steps, "an integer >= 0")
+        check_range(self.life_loss_penalty >= 0.0, f"{path}.life_loss_penalty", self.life_loss_penalty,
+                    "a number >= 0 (0 scores a lost life by the points it forfeits alone)")
         check_range(0.0 <= self.warm_start_mix <= 1.0, f"{path}.warm_start_mix", self.warm_start_mix,
                     "a value in [0, 1]")
 

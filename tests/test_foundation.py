@@ -342,6 +342,14 @@ def test_new_run_dir_never_shares_a_folder_between_concurrent_runs(tmp_path):
     ("vjepa2_world_model.stage2.grad_clip=0", "vjepa2_world_model.stage2.grad_clip"),
     ("vjepa2_world_model.stage1.warmup_epochs=-5", "vjepa2_world_model.stage1.warmup_epochs"),
     ("agent.grad_clip=-1", "agent.grad_clip"),
+    ("models.world_model.depth=0", "models.world_model.depth"),
+    ("models.world_model.hidden_dim=0", "models.world_model.hidden_dim"),
+    ("models.predictor.depth=0", "models.predictor.depth"),
+    ("models.encoder.params.vit.mlp_dim=0", "models.encoder.params.vit.mlp_dim"),
+    ("baselines.agent_steps=0", "baselines.agent_steps"),
+    ("baselines.eval_episodes=0", "baselines.eval_episodes"),
+    ("vjepa2_world_model.stage2.reward_pos_weight=0", "vjepa2_world_model.stage2.reward_pos_weight"),
+    ("agent.hidden_dim=0", "agent.hidden_dim"),
 ])
 def test_out_of_range_values_name_their_key(override, key):
     from envs.errors import UserError
@@ -349,6 +357,41 @@ def test_out_of_range_values_name_their_key(override, key):
 
     with pytest.raises(UserError, match=f"'{key}'.*out of range"):
         load_config("tiny", [override])
+
+
+def test_a_negative_value_of_any_numeric_key_is_refused_naming_that_key():
+    """Every number in the config (sizes, counts, weights, rates, probabilities) is refused at -1 in one sentence
+    naming its own key, so no bad value reaches a run; the only key where -1 means something is listed."""
+    import dataclasses
+
+    from envs.errors import UserError
+    from experiments.config import load_config
+
+    sentinels = {"learn.final_refit_dropout"}  # -1 = the refit keeps the loop's dropout
+
+    def numeric_keys(obj, prefix):
+        for f in dataclasses.fields(obj):
+            value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                yield from numeric_keys(value, key + ".")
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                yield key
+
+    keys = list(numeric_keys(load_config("tiny"), ""))
+    assert len(keys) > 100 and "models.world_model.depth" in keys
+    accepted = []
+    for key in keys:
+        if key in sentinels:
+            continue
+        try:
+            load_config("tiny", [f"{key}=-1"])
+            accepted.append(key)
+        except UserError as e:
+            assert key in str(e), f"{key}=-1 was refused without naming {key}: {e}"
+    assert not accepted, f"-1 accepted for {accepted}"
+    with pytest.raises(UserError, match="teacher_forcing_weight"):  # no dynamics loss at all
+        load_config("tiny", ["vjepa2_world_model.stage2.teacher_forcing_weight=0",
+                             "vjepa2_world_model.stage2.rollout_weight=0"])
 
 
 def test_runs_dir_that_is_a_file_is_refused(tmp_path):

@@ -81,6 +81,14 @@ class Stage2Config:
                     "a fraction in [0, 1)")
         check_range(0.0 <= self.teacher_forcing_ratio <= 1.0, f"{path}.teacher_forcing_ratio",
                     self.teacher_forcing_ratio, "a probability in [0, 1]")
+        for key in ("teacher_forcing_weight", "rollout_weight", "reward_weight", "continue_weight"):
+            check_range(getattr(self, key) >= 0.0, f"{path}.{key}", getattr(self, key), "a loss weight >= 0")
+        check_range(self.teacher_forcing_weight + self.rollout_weight > 0.0, f"{path}.teacher_forcing_weight",
+                    self.teacher_forcing_weight, f"a weight > 0 here or in {path}.rollout_weight (both 0 would train "
+                    "no dynamics)")
+        for key in ("continue_pos_weight", "reward_pos_weight"):
+            check_range(getattr(self, key) > 0.0, f"{path}.{key}", getattr(self, key),
+                        "a positive weight of the rare steps (1 = plain mean)")
 
 
 def scheduled_sampling_mask(batch: int, steps: int, ratio: float, device: torch.device | str = "cpu",

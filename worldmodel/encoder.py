@@ -72,6 +72,7 @@ class VitConfig:
 
         ``heads`` must also divide ``models.shared_latent_dim``: ``experiments.config.validate`` checks that."""
         check_range(self.depth >= 1, f"{path}.depth", self.depth, "an integer >= 1")
+        check_range(self.mlp_dim >= 1, f"{path}.mlp_dim", self.mlp_dim, "an integer >= 1")
         check_range(0.0 <= self.dropout < 1.0, f"{path}.dropout", self.dropout, "a value in [0, 1)")
         check_range(self.readout_channels >= 1, f"{path}.readout_channels", self.readout_channels, "an integer >= 1")
         check_range(self.keypoint_temperature > 0, f"{path}.keypoint_temperature", self.keypoint_temperature,

@@ -43,8 +43,11 @@ class PredictorConfig:
     dropout: float = 0.0
 
     def validate(self, path: str) -> None:
-        """Nothing to check within the section: ``experiments.config.validate`` checks that ``heads`` divides
+        """Range checks of this section; ``experiments.config.validate`` checks that ``heads`` divides
         ``models.shared_latent_dim``."""
+        check_range(self.depth >= 1, f"{path}.depth", self.depth, "an integer >= 1")
+        check_range(self.mlp_dim >= 1, f"{path}.mlp_dim", self.mlp_dim, "an integer >= 1")
+        check_range(0.0 <= self.dropout < 1.0, f"{path}.dropout", self.dropout, "a value in [0, 1)")
 
 
 @dataclass
@@ -106,6 +109,8 @@ class Stage1Config:
         check_range(0.0 <= self.ema_decay <= 1.0, f"{path}.ema_decay", self.ema_decay, "a value in [0, 1]")
         check_schedule(self, path)
         check_range(self.warmup_epochs >= 0, f"{path}.warmup_epochs", self.warmup_epochs, "a number of epochs >= 0")
+        check_range(self.probe_every >= 0, f"{path}.probe_every", self.probe_every,
+                    "an integer >= 0 (0 = the probes only after the last epoch)")
         check_range(self.grad_clip > 0, f"{path}.grad_clip", self.grad_clip, "a positive max gradient norm")
 
 

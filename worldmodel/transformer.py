@@ -44,6 +44,10 @@ class WorldModelNetConfig:
 
     def validate(self, path: str) -> None:
         """Range checks of this section, whose key prefix is ``path``; raises :class:`envs.errors.UserError`."""
+        check_range(self.depth >= 1, f"{path}.depth", self.depth, "an integer >= 1")
+        check_range(self.mlp_dim >= 1, f"{path}.mlp_dim", self.mlp_dim, "an integer >= 1")
+        check_range(self.hidden_dim >= 1, f"{path}.hidden_dim", self.hidden_dim, "an integer >= 1")
+        check_range(0.0 <= self.dropout < 1.0, f"{path}.dropout", self.dropout, "a value in [0, 1)")
         check_range(self.heads >= 1 and self.hidden_dim % self.heads == 0, f"{path}.heads", self.heads,
                     f"a divisor of {path}.hidden_dim ({self.hidden_dim})")
         check_range(self.reward_bins == 0 or (self.reward_bins >= 3 and self.reward_bins % 2 == 1),
