@@ -408,6 +408,20 @@ def load_stage1_encoder(path: str | Path, cfg: Config) -> torch.nn.Module:
     return enc
 
 
+def refit_split(source: dict[str, Any], data: str | Path, cfg: Config) -> str:
+    """The episode split for Stage 2 over ``data`` from the checkpoint ``source`` whose encoder it reuses: that run's
+    own split (``"stable"`` for a `learn` run's ``world_model.pt``) when ``data`` is the replay it was trained on with
+    the same seed and validation share, so that a refit after the fact holds out the episodes the loop's own refit
+    held out; otherwise pretrain's ``"permutation"``."""
+    split = source.get("episode_split")
+    if not split or not source.get("data_dir") or Path(source["data_dir"]).resolve() != Path(data).resolve():
+        return "permutation"
+    run = source.get("config", {}).get("run", {})
+    val = source.get("config", {}).get("data", {}).get("val_fraction")
+    same = run.get("seed") == cfg.run.seed and val == cfg.data.val_fraction
+    return split if same else "permutation"
+
+
 def pretrain_stage2(cfg: Config, stage1_checkpoint: str | Path | None = None, data: str | Path | None = None,
                     resume: str | Path | None = None, run_dir: str | Path | None = None,
                     max_epochs: int | None = None, max_steps: int | None = None, progress: bool = True,
@@ -419,9 +433,11 @@ def pretrain_stage2(cfg: Config, stage1_checkpoint: str | Path | None = None, da
     those of :func:`pretrain_stage1`.
     """
     ckpt = latest = None
+    split = "permutation"  # pretrain's episode split; a refit over a learn run's own replay keeps the loop's
     if resume is not None:
         latest, ckpt, cfg = _resume(resume, STAGE2_DIR)
         data, stage1_checkpoint = ckpt["data_dir"], ckpt.get("stage1_checkpoint")
+        split = ckpt.get("episode_split", split)
         run_dir = resume
     elif stage1_checkpoint is None:
         raise UserError("stage 2 needs a stage-1 encoder; pass --stage1-checkpoint runs/pretrain/<run>/stage1/best.pt")
@@ -439,21 +455,26 @@ def pretrain_stage2(cfg: Config, stage1_checkpoint: str | Path | None = None, da
         encoder = encoder_from_checkpoint(ckpt, latest).eval().requires_grad_(False)
     else:
         encoder = load_stage1_encoder(stage1_checkpoint, cfg)
+        source = load_checkpoint(stage1_checkpoint)
         if data is None:
-            data = load_checkpoint(stage1_checkpoint).get("data_dir")
+            data = source.get("data_dir")
             if not data:
                 raise UserError(f"stage-1 checkpoint {stage1_checkpoint} does not record its data folder; pass --data")
+        split = refit_split(source, data, cfg)
     encoder = encoder.to(device)
     enc_fp = encoder_fingerprint(encoder)
 
     with open_run(cfg, "pretrain", run_dir=run_dir, resume=run_dir is not None) as run:
         echo(f"run folder: {run.dir}")
         data = Path(data)
-        train_seq, val_seq, cache = load_sequences(cfg, data, encoder, device, progress)  # shared under torchrun
+        train_seq, val_seq, cache = load_sequences(cfg, data, encoder, device, progress, split=split)  # shared
         echo(f"stage 2: latents {'encoded' if cache['rebuilt'] else 'loaded from cache'} in {cache['seconds']:.1f}s "
              f"({cache['path']}); {len(train_seq)} train / {len(val_seq)} val sequences of {s2.sequence_length}")
+        if split != "permutation":
+            echo(f"stage 2: the {split} episode split of the run that wrote {stage1_checkpoint} (its validation "
+                 "episodes stay unseen)")
         extra = {"data_dir": str(data), "stage1_checkpoint": str(stage1_checkpoint) if stage1_checkpoint else "",
-                 "encoder_kwargs": encoder.vit.kwargs, "encoder_fingerprint": enc_fp,
+                 "episode_split": split, "encoder_kwargs": encoder.vit.kwargs, "encoder_fingerprint": enc_fp,
                  "encoder": {k: v.detach().cpu() for k, v in encoder.vit.state_dict().items()}}
         task = Stage2Task(cfg, train_seq, val_seq, device, np_rng, extra)
         state = TrainState()

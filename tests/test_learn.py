@@ -443,3 +443,26 @@ def test_the_loop_self_imitates_its_replay(tmp_path):
     rows = [json.loads(line) for line in open(f"{s['run_dir']}/metrics.jsonl")]
     sil = [r["train/sil_positive"] for r in rows if "train/sil_positive" in r]
     assert len(sil) == s["iterations"] and all(0.0 <= v <= 1.0 for v in sil)
+
+
+def test_a_refit_after_the_fact_holds_out_the_loops_validation_episodes(learn_run, tmp_path):
+    """`pretrain --stage 2 --stage1-checkpoint RUN/world_model.pt --data RUN/data` splits the replay's episodes as the
+    loop did (its stable split, recorded in the checkpoint), so the refit never trains on the episodes the loop's own
+    refit validated on; with another seed or another replay it splits as pretrain always has."""
+    from experiments.pretrain import pretrain_stage2, refit_split
+    from worldmodel.checkpoint import load_checkpoint
+
+    cfg, s = learn_run
+    source = load_checkpoint(s["world_model"])
+    data = source["data_dir"]
+    assert source["episode_split"] == "stable"
+    assert refit_split(source, data, cfg) == "stable"
+    assert refit_split(source, data, load_config("tiny", [*TINY, "run.seed=3"])) == "permutation"
+    assert refit_split(source, tmp_path, cfg) == "permutation"
+    assert refit_split({k: v for k, v in source.items() if k != "episode_split"}, data, cfg) == "permutation"
+
+    refit_cfg = load_config("tiny", [*TINY, f"run.runs_dir={tmp_path}"])
+    r = pretrain_stage2(refit_cfg, stage1_checkpoint=s["world_model"], data=data, max_epochs=1, progress=False,
+                        echo=lambda m: None)
+    best = load_checkpoint(r["best_checkpoint"])
+    assert best["episode_split"] == "stable"  # evaluate --stage 2 of the refit reads the same validation games
