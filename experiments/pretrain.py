@@ -467,12 +467,12 @@ def pretrain_stage2(cfg: Config, stage1_checkpoint: str | Path | None = None, da
     with open_run(cfg, "pretrain", run_dir=run_dir, resume=run_dir is not None) as run:
         echo(f"run folder: {run.dir}")
         data = Path(data)
-        train_seq, val_seq, cache = load_sequences(cfg, data, encoder, device, progress, split=split)  # shared
-        echo(f"stage 2: latents {'encoded' if cache['rebuilt'] else 'loaded from cache'} in {cache['seconds']:.1f}s "
-             f"({cache['path']}); {len(train_seq)} train / {len(val_seq)} val sequences of {s2.sequence_length}")
         if split != "permutation":
             echo(f"stage 2: the {split} episode split of the run that wrote {stage1_checkpoint} (its validation "
                  "episodes stay unseen)")
+        train_seq, val_seq, cache = load_sequences(cfg, data, encoder, device, progress, split=split)  # shared
+        echo(f"stage 2: latents {'encoded' if cache['rebuilt'] else 'loaded from cache'} in {cache['seconds']:.1f}s "
+             f"({cache['path']}); {len(train_seq)} train / {len(val_seq)} val sequences of {s2.sequence_length}")
         extra = {"data_dir": str(data), "stage1_checkpoint": str(stage1_checkpoint) if stage1_checkpoint else "",
                  "episode_split": split, "encoder_kwargs": encoder.vit.kwargs, "encoder_fingerprint": enc_fp,
                  "encoder": {k: v.detach().cpu() for k, v in encoder.vit.state_dict().items()}}
