@@ -86,6 +86,12 @@ class AgentConfig:
     # T < 1 sharpens the policy towards its mode without the greedy mode's stuck games (T -> 0 is greedy, 1 the policy
     # as trained). Evaluation only: the loop's collection and imagination always use the policy itself.
     eval_temperature: float = 1.0
+    # Real steps of history before each imagination start given to the world model as context (``imagine``'s
+    # ``context``), as the CEM planner does: Stage 2 learned to predict with up to ``sequence_length - 1`` such steps
+    # and is least accurate from a single latent (open-loop error 0.69x against 0.47x copy-last one step ahead on the
+    # demo world model, docs/research_log.md "History"). 0 imagines from the start latent alone. Starts nearer their
+    # episode's first frame than this repeat that frame (action NOOP) for the missing steps.
+    imagine_context: int = 0
 
     @property
     def greedy_eval(self) -> bool:
@@ -128,6 +134,8 @@ class AgentConfig:
         check_range(self.eval_policy == "sample" or self.eval_temperature == 1.0, f"{path}.eval_temperature",
                     self.eval_temperature, f'1 when {path}.eval_policy is "greedy" (a temperature only changes '
                     "sampled play)")
+        check_range(self.imagine_context >= 0, f"{path}.imagine_context", self.imagine_context,
+                    "an integer >= 0 (0 imagines from the start latent alone)")
         check_range(self.checkpoint_every >= 1 and self.eval_every >= 0 and self.eval_episodes >= 1,
                     f"{path}.checkpoint_every", self.checkpoint_every,
                     f"{path}.checkpoint_every >= 1, {path}.eval_every >= 0, {path}.eval_episodes >= 1")
@@ -301,24 +309,92 @@ class RealTransitions:
                 "returns": self.returns[i].to(device)}
 
 
+class ImaginationStarts:
+    """Real latents that imagination starts from, each with the ``agent.imagine_context`` real steps before it.
+
+    ``latents [M, D]``: every latent the starts and their histories need; ``start_rows long [N]``: the row of each
+    start; ``context_rows long [N, K]`` and ``context_actions long [N, K]``: the rows of the K steps before each start
+    (oldest first) and the actions taken in them. Built with :meth:`from_episodes`, which repeats an episode's
+    first frame with action 0 (NOOP) where a start has fewer than K steps before it.
+    """
+
+    def __init__(self, latents: torch.Tensor, start_rows: torch.Tensor, context_rows: torch.Tensor,
+                 context_actions: torch.Tensor):
+        N, K = context_rows.shape
+        assert latents.ndim == 2 and start_rows.shape == (N,) and context_actions.shape == (N, K), (
+            f"ImaginationStarts: latents {tuple(latents.shape)}, start_rows {tuple(start_rows.shape)}, context_rows "
+            f"{tuple(context_rows.shape)}, context_actions {tuple(context_actions.shape)}")
+        self.latents, self.start_rows = latents, start_rows.long()
+        self.context_rows, self.context_actions = context_rows.long(), context_actions.long()
+
+    @classmethod
+    def from_episodes(cls, latents: torch.Tensor, actions: np.ndarray, episode_first: np.ndarray, frames: np.ndarray,
+                      context: int) -> ImaginationStarts:
+        """Starts at global frames ``frames [N]`` of a replay laid out episode after episode.
+
+        ``latents [M, D]`` are indexed by global frame; ``actions [G]``: the action taken in each frame;
+        ``episode_first [G]``: the global index of each frame's episode's first frame; ``context``: K.
+        """
+        frames = np.asarray(frames, dtype=np.int64)
+        prev = frames[:, None] - context + np.arange(context)[None, :]  # [N, K]: the K frames before, oldest first
+        first = np.asarray(episode_first, dtype=np.int64)[frames][:, None]  # [N, 1]
+        inside = prev >= first
+        rows = np.where(inside, prev, first)
+        acts = np.where(inside, np.asarray(actions, dtype=np.int64)[np.maximum(prev, 0)], 0)
+        return cls(latents, torch.from_numpy(frames), torch.from_numpy(rows), torch.from_numpy(acts))
+
+    def to(self, device: torch.device | str) -> ImaginationStarts:
+        """The same starts with their latents on ``device`` (the index tables stay on the CPU)."""
+        return ImaginationStarts(self.latents.to(device), self.start_rows, self.context_rows, self.context_actions)
+
+    @property
+    def context(self) -> int:
+        return int(self.context_rows.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.start_rows.shape[0])
+
+    def batch(self, idx: torch.Tensor, device: torch.device | str) -> dict[str, torch.Tensor | None]:
+        """``z0 [B, D]`` and, with K > 0, ``context [B, K, D]`` and ``context_actions [B, K]`` of starts ``idx``."""
+        idx = idx.cpu()
+        rows = self.start_rows[idx].to(self.latents.device)
+        z0 = self.latents[rows].to(device)
+        if self.context == 0:
+            return {"z0": z0, "context": None, "context_actions": None}
+        ctx = self.latents[self.context_rows[idx].to(self.latents.device)].to(device)  # [B, K, D]
+        return {"z0": z0, "context": ctx, "context_actions": self.context_actions[idx].to(device)}
+
+
+def check_imagine_context(cfg: AgentConfig, model: LatentWorldModel, path: str = "agent") -> None:
+    """Refuse an ``agent.imagine_context`` longer than the history the world model was trained with."""
+    if cfg.imagine_context == 0:
+        return
+    limit = int(model.context_length) - 1
+    check_range(cfg.imagine_context <= limit, f"{path}.imagine_context", cfg.imagine_context,
+                f"at most {limit} (this world model's Stage 2 saw {limit} steps of history: sequence_length - 1)")
+
+
 PolicyFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def imagine_with_policy(model: LatentWorldModel, z0: torch.Tensor, policy_fn: PolicyFn, horizon: int
+def imagine_with_policy(model: LatentWorldModel, z0: torch.Tensor, policy_fn: PolicyFn, horizon: int,
+                        context: torch.Tensor | None = None, context_actions: torch.Tensor | None = None
                         ) -> dict[str, torch.Tensor]:
     """Roll the policy out in the world model, choosing each action from the latest imagined latent.
 
     Uses ``model.imagine_policy(z0, policy_fn, horizon)`` when the model provides a step-wise rollout (a
     ``PolicyWorldModel``); otherwise calls ``imagine`` on growing action prefixes (exact for a causal,
-    deterministic model: the first h outputs do not depend on later actions).
+    deterministic model: the first h outputs do not depend on later actions). ``context [B, K, D]`` /
+    ``context_actions [B, K]``: the real steps before each start (``agent.imagine_context``), passed on to the model.
 
     Returns a dict: ``latents [B, H+1, D]`` (z_0 first), ``actions long [B, H]``, ``rewards [B, H]``,
     ``continues [B, H]``.
     """
     B, D = z0.shape
+    ctx = {} if context is None else {"context": context, "context_actions": context_actions}
     if hasattr(model, "imagine_policy"):
-        latents, actions, rewards, continues = model.imagine_policy(z0, policy_fn, horizon)
+        latents, actions, rewards, continues = model.imagine_policy(z0, policy_fn, horizon, **ctx)
     else:
         acts = torch.empty(B, 0, dtype=torch.long, device=z0.device)
         z = z0
@@ -326,7 +402,7 @@ def imagine_with_policy(model: LatentWorldModel, z0: torch.Tensor, policy_fn: Po
         for _ in range(horizon):
             a = policy_fn(z).long().view(B, 1)
             acts = torch.cat([acts, a], dim=1)
-            zs, rs, cs = model.imagine(z0, acts)  # [B, h, D], [B, h], [B, h]
+            zs, rs, cs = model.imagine(z0, acts, **ctx)  # [B, h, D], [B, h], [B, h]
             z = zs[:, -1]
             lat.append(z)
             rew.append(rs[:, -1])
@@ -387,19 +463,23 @@ class ActorCritic(nn.Module):
         probs = self.actor.log_probs(z).exp().cpu()
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).to(z.device)
 
-    def imagine(self, model: PolicyWorldModel, z0: torch.Tensor) -> dict[str, torch.Tensor]:
-        """An imagined rollout of the current actor (sampled actions) from start latents ``z0 [B, D]``."""
-        return imagine_with_policy(model, z0, self._sample_actions, self.cfg.imagine_horizon)
+    def imagine(self, model: PolicyWorldModel, z0: torch.Tensor, context: torch.Tensor | None = None,
+                context_actions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """An imagined rollout of the current actor (sampled actions) from start latents ``z0 [B, D]``, after the
+        real history ``context [B, K, D]`` / ``context_actions [B, K]`` when given."""
+        return imagine_with_policy(model, z0, self._sample_actions, self.cfg.imagine_horizon, context,
+                                   context_actions)
 
-    def update(self, model: PolicyWorldModel, z0: torch.Tensor, real: RealTransitions | None = None
-               ) -> dict[str, float]:
+    def update(self, model: PolicyWorldModel, z0: torch.Tensor, real: RealTransitions | None = None,
+               context: torch.Tensor | None = None, context_actions: torch.Tensor | None = None) -> dict[str, float]:
         """One actor and one critic step on a fresh imagined batch; returns plain-float metrics.
 
-        With ``agent.self_imitation > 0`` and ``real`` given, ``agent.batch_size`` real transitions add the
+        ``context`` / ``context_actions``: the real steps before each start (:class:`ImaginationStarts`). With
+        ``agent.self_imitation > 0`` and ``real`` given, ``agent.batch_size`` real transitions add the
         self-imitation terms to both losses."""
         c = self.cfg
         sil = real.sample(c.batch_size, self.generator, z0.device) if c.self_imitation > 0 and real else None
-        traj = self.imagine(model, z0)
+        traj = self.imagine(model, z0, context, context_actions)
         z, a, r, cont = traj["latents"], traj["actions"], traj["rewards"], traj["continues"]  # [B,H+1,D] [B,H]..
         if c.life_loss_scale != 1.0:  # pessimistic reading of the model's life-loss probability
             cont = 1.0 - (c.life_loss_scale * (1.0 - cont)).clamp(max=1.0)

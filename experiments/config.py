@@ -368,6 +368,9 @@ def validate(cfg: Config) -> Config:
     cfg.data.validate("data")
     cfg.planner.validate("planner")
     cfg.agent.validate("agent")
+    seq = cfg.vjepa2_world_model.stage2.sequence_length
+    check_range(cfg.agent.imagine_context < seq, "agent.imagine_context", cfg.agent.imagine_context,
+                f"at most {seq - 1}: the history Stage 2 learns to use, vjepa2_world_model.stage2.sequence_length - 1")
     cfg.evaluation.validate("evaluation")
     cfg.baselines.validate("baselines")
     cfg.learn.validate("learn")

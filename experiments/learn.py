@@ -53,7 +53,7 @@ import click
 import numpy as np
 import torch
 
-from agent.actor_critic import ActorCritic, RealTransitions
+from agent.actor_critic import ActorCritic, ImaginationStarts, RealTransitions
 from agent.player import CHECKPOINT_KIND, ActorCriticAgent
 from envs.breakout import NUM_ACTIONS, make_env
 from envs.dataset import FrameStackDataset, TemporalSequenceDataset
@@ -277,6 +277,15 @@ class Replay:
     def frame_latents(self) -> torch.Tensor:
         """Latents ``[G, D]`` of every frame, oldest first (the actor-critic's imagination starts)."""
         return torch.cat(self.latents)
+
+    def starts(self, context: int, device: torch.device) -> ImaginationStarts:
+        """Every frame as an imagination start, with the ``context`` real steps before it (agent.imagine_context),
+        its latents on ``device``."""
+        counts = np.array([len(e) + 1 for e in self.episodes], dtype=np.int64)  # frames per episode
+        first = np.repeat(np.cumsum(counts) - counts, counts)  # [G]: each frame's episode's first frame
+        actions = np.concatenate([np.append(e.actions, 0) for e in self.episodes]).astype(np.int64)  # [G]
+        return ImaginationStarts.from_episodes(self.frame_latents(), actions, first, np.arange(len(first)),
+                                               context).to(device)
 
 
 def truncate_replay(root: Path, count: int) -> None:
@@ -702,7 +711,8 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
 
     def train_agent(updates: int, recent_fraction: float = L.recent_fraction) -> dict[str, float]:
         t = time.perf_counter()
-        z = replay.frame_latents().to(device)  # [G, D]
+        starts = replay.starts(cfg.agent.imagine_context, device)
+        z = starts.latents  # [G, D]
         G = len(z)
         recent = min(G, L.recent_steps)
         rows = []
@@ -712,7 +722,8 @@ def _loop(cfg: Config, run: RunLogger, lr: Learner, encoder: torch.nn.Module, s1
         for _ in range(updates):
             idx = torch.randint(G, (cfg.agent.batch_size - n_recent,), generator=ac.generator)
             idx_r = G - recent + torch.randint(recent, (n_recent,), generator=ac.generator)
-            rows.append(ac.update(wm, z[torch.cat([idx, idx_r]).to(device)], real))
+            b = starts.batch(torch.cat([idx, idx_r]), device)
+            rows.append(ac.update(wm, b["z0"], real, b["context"], b["context_actions"]))
         ac.actor.eval()
         ac.critic.eval()
         lr.timings["agent"] += time.perf_counter() - t

@@ -19,7 +19,7 @@ import click
 import numpy as np
 import torch
 
-from agent.actor_critic import ActorCritic, AgentConfig, RealTransitions
+from agent.actor_critic import ActorCritic, AgentConfig, ImaginationStarts, RealTransitions, check_imagine_context
 from agent.player import CHECKPOINT_KIND, ActorCriticAgent, load_agent_checkpoint
 from envs.errors import UserError
 from envs.replay import load_episodes
@@ -36,9 +36,10 @@ LatentModel = Any  # the world model, used through its protocol (encode, imagine
 
 @torch.no_grad()
 def encode_start_latents(model: LatentModel, data_dir: str | Path, count: int, seed: int, frame_stack: int,
-                         agent: AgentConfig, chunk: int = 256) -> tuple[torch.Tensor, RealTransitions]:
-    """Latents ``[N, D]`` of up to ``count`` replay observations drawn uniformly without replacement, and the same
-    frames as :class:`RealTransitions` for self-imitation (those with an action: each episode's last is left out)."""
+                         agent: AgentConfig, chunk: int = 256) -> tuple[ImaginationStarts, RealTransitions]:
+    """Up to ``count`` replay observations drawn uniformly without replacement as imagination starts, each with the
+    ``agent.imagine_context`` real steps before it (their latents encoded too), and the same frames as
+    :class:`RealTransitions` for self-imitation (those with an action: each episode's last is left out)."""
     from envs.dataset import EpisodeStore
 
     episodes, _ = load_episodes(data_dir)  # UserError on a missing, empty or corrupt folder
@@ -46,10 +47,18 @@ def encode_start_latents(model: LatentModel, data_dir: str | Path, count: int, s
     rng = np.random.default_rng(seed)
     n = min(count, store.num_frames)
     idx = np.sort(rng.choice(store.num_frames, size=n, replace=False))
-    out = [model.encode(store.obs(idx[i:i + chunk])).float().cpu() for i in range(0, n, chunk)]  # [chunk, D] each
-    z = torch.cat(out)
-    assert z.shape == (n, model.latent_dim), f"encoded latents {tuple(z.shape)}, expected [{n}, {model.latent_dim}]"
-    return z, RealTransitions.from_episodes(episodes, z, agent, frame_index=idx)
+    first = store.frame_offsets[store.episode_of]  # [G]: each frame's episode's first frame
+    starts = ImaginationStarts.from_episodes(torch.empty(0, model.latent_dim), store.actions, first, idx,
+                                             agent.imagine_context)
+    # Encode every frame the starts and their histories use; rows index into that sorted set.
+    need = np.unique(np.concatenate([idx, starts.context_rows.numpy().ravel()])) if agent.imagine_context else idx
+    out = [model.encode(store.obs(need[i:i + chunk])).float().cpu() for i in range(0, len(need), chunk)]
+    z = torch.cat(out)  # [M, D]
+    assert z.shape == (len(need), model.latent_dim), (
+        f"encoded latents {tuple(z.shape)}, expected [{len(need)}, {model.latent_dim}]")
+    row = (lambda g: torch.from_numpy(np.searchsorted(need, g)))
+    starts = ImaginationStarts(z, row(idx), row(starts.context_rows.numpy()), starts.context_actions)
+    return starts, RealTransitions.from_episodes(episodes, z[starts.start_rows], agent, frame_index=idx)
 
 
 def _evaluate(model: LatentModel, ac: ActorCritic, cfg: Config, episodes: int, desc: str) -> dict[str, float]:
@@ -70,7 +79,7 @@ class ActorCriticTask:
 
     name, lr_hint, num_epochs, patience = "actor-critic", "agent.actor_lr and agent.critic_lr", 1, 0
 
-    def __init__(self, cfg: Config, ac: ActorCritic, model: LatentModel, starts: torch.Tensor, world_model: Path,
+    def __init__(self, cfg: Config, ac: ActorCritic, model: LatentModel, starts: ImaginationStarts, world_model: Path,
                  data: Path, run: RunLogger, real: RealTransitions | None = None):
         self.cfg, self.ac, self.model, self.starts, self.world_model, self.data, self.run = (
             cfg, ac, model, starts, world_model, data, run)
@@ -88,7 +97,8 @@ class ActorCriticTask:
     def train_step(self, i: int, order: None, state: TrainState) -> tuple[dict[str, float], dict[str, float]]:
         a, ac = self.cfg.agent, self.ac
         idx = torch.randint(len(self.starts), (a.batch_size,), generator=ac.generator)
-        metrics = self.last_metrics = ac.update(self.model, self.starts[idx.to(self.starts.device)], self.real)
+        b = self.starts.batch(idx, self.starts.latents.device)
+        metrics = self.last_metrics = ac.update(self.model, b["z0"], self.real, b["context"], b["context_actions"])
         for k, v in metrics.items():
             self.acc.setdefault(k, []).append(v)
         step, row = ac.updates, {}
@@ -154,6 +164,7 @@ def train_agent(cfg: Config, world_model: str | Path | None = None, data: str | 
 
         model = load_world_model(world_model, device=device)
     check_frames(model, cfg.environment, world_model)
+    check_imagine_context(cfg.agent, model)
     data = world_model_data_dir(world_model) if data is None else Path(data)
 
     ac = ActorCritic(model.latent_dim, model.num_actions, cfg.agent, device)
@@ -169,7 +180,7 @@ def train_agent(cfg: Config, world_model: str | Path | None = None, data: str | 
     # Start latents (before the run folder exists, so bad data leaves nothing behind); a resumed run
     # draws them again with the same seed, so they are the same set.
     starts, real = encode_start_latents(model, data, a.start_latents, cfg.run.seed,
-                                        cfg.environment.frame_stack_size, a)  # [N, D]; the same frames
+                                        cfg.environment.frame_stack_size, a)  # N starts; the same frames
     starts = starts.to(device)
     encode_s = time.perf_counter() - t0
     with RunLogger(cfg, "train-agent", run_dir=resume, resume=resume is not None) as run:

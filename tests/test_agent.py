@@ -10,6 +10,7 @@ from torch import nn
 
 from agent.actor_critic import (
     ActorCritic,
+    ImaginationStarts,
     RealTransitions,
     ReturnNormalizer,
     imagine_with_policy,
@@ -433,6 +434,72 @@ def test_bad_agent_checkpoints(tmp_path):
     torch.save({"kind": "stage2"}, other)
     with pytest.raises(UserError, match="not an agent checkpoint"):
         load_agent_checkpoint(other)
+
+
+def test_imagination_after_real_history_matches_imagine_with_that_context():
+    """agent.imagine_context: the step-wise rollout after a per-rollout real history agrees with imagine() given the
+    same history, the history changes the rollout, and the actor-critic trains on it."""
+    from experiments.builders import build_world_model_transformer
+    from worldmodel.world_model import WorldModel
+
+    cfg = agent_cfg("agent.imagine_context=2")
+    torch.manual_seed(0)
+    dyn = build_world_model_transformer(cfg)
+    with torch.no_grad():
+        dyn.head.weight.normal_(0, 0.3)
+    wm = WorldModel(nn.Identity(), dyn)
+    B, K, h = 3, 2, dyn.max_len + 2
+    z0, ctx, ctx_a = torch.randn(B, wm.latent_dim), torch.randn(B, K, wm.latent_dim), torch.randint(0, 4, (B, K))
+    g = torch.Generator().manual_seed(1)
+    traj = imagine_with_policy(wm, z0, lambda z: torch.randint(0, 4, (z.shape[0],), generator=g), h, ctx, ctx_a)
+    lat, rew, con = wm.imagine(z0, traj["actions"], context=ctx, context_actions=ctx_a)
+    assert torch.allclose(traj["latents"][:, 1:], lat, atol=1e-5) and torch.allclose(traj["rewards"], rew, atol=1e-5)
+    assert torch.allclose(traj["continues"], con, atol=1e-6)
+    alone, _, _ = wm.imagine(z0, traj["actions"])
+    assert (alone - lat).abs().max() > 1e-3  # the history is read
+    with pytest.raises(ValueError, match="context"):
+        wm.imagine_policy(z0, lambda z: torch.zeros(len(z), dtype=torch.long), 2, ctx[:2], ctx_a[:2])
+    out = ActorCritic(wm.latent_dim, wm.num_actions, cfg.agent).update(wm, z0, None, ctx, ctx_a)
+    assert np.isfinite(out["train/actor_loss"]) and np.isfinite(out["train/critic_loss"])
+
+
+def test_imagination_starts_take_the_real_steps_before_each_start_inside_its_episode():
+    """Two episodes of 4 and 3 frames laid end to end; K = 2: the history of each start is the two frames before it
+    in its own episode, oldest first, with their actions; missing steps repeat the episode's first frame with NOOP."""
+    latents = torch.arange(7, dtype=torch.float32)[:, None].repeat(1, 3)  # frame g has latent g
+    actions = np.array([1, 2, 3, 0, 3, 1, 0])  # a dummy 0 at each episode's last frame
+    first = np.array([0, 0, 0, 0, 4, 4, 4])
+    s = ImaginationStarts.from_episodes(latents, actions, first, np.arange(7), 2)
+    assert len(s) == 7 and s.context == 2
+    assert s.context_rows.tolist() == [[0, 0], [0, 0], [0, 1], [1, 2], [4, 4], [4, 4], [4, 5]]
+    assert s.context_actions.tolist() == [[0, 0], [0, 1], [1, 2], [2, 3], [0, 0], [0, 3], [3, 1]]
+    b = s.batch(torch.tensor([3, 6]), "cpu")
+    assert b["z0"][:, 0].tolist() == [3.0, 6.0] and b["context"][..., 0].tolist() == [[1.0, 2.0], [4.0, 5.0]]
+    plain = ImaginationStarts.from_episodes(latents, actions, first, np.arange(7), 0).batch(torch.tensor([5]), "cpu")
+    assert plain["context"] is None and plain["z0"][0, 0] == 5.0
+
+
+def test_train_agent_imagines_after_real_history_and_refuses_more_than_the_model_saw(untrained_world_model,
+                                                                                      tiny_data, tmp_path):
+    from experiments.train_agent import encode_start_latents, train_agent
+    from worldmodel import load_world_model
+
+    cfg = agent_cfg(f"run.runs_dir={tmp_path}", "agent.updates=3", "agent.start_latents=40",
+                    "agent.checkpoint_every=3", "agent.imagine_context=2", "environment.max_episode_frames=200")
+    wm = load_world_model(untrained_world_model)
+    starts, _ = encode_start_latents(wm, tiny_data, 40, 0, 4, cfg.agent)
+    plain, _ = encode_start_latents(wm, tiny_data, 40, 0, 4, agent_cfg().agent)
+    idx = torch.arange(40)
+    assert torch.allclose(starts.batch(idx, "cpu")["z0"], plain.batch(idx, "cpu")["z0"], atol=1e-6)  # same starts
+    assert starts.batch(idx, "cpu")["context"].shape == (40, 2, wm.latent_dim)
+    s = train_agent(cfg, untrained_world_model, data=tiny_data, progress=False)
+    assert s["updates"] == 3 and np.isfinite(s["final_train"]["train/critic_loss"])
+    limit = wm.context_length - 1
+    with pytest.raises(UserError, match=f"agent.imagine_context.*at most {limit}"):
+        load_config("tiny", [f"agent.imagine_context={limit + 1}"])
+    big = agent_cfg(f"agent.imagine_context={limit + 1}", f"vjepa2_world_model.stage2.sequence_length={limit + 3}")
+    with pytest.raises(UserError, match=f"at most {limit}"):  # the world model decides, not the config
+        train_agent(big, untrained_world_model, data=tiny_data, progress=False)
 
 
 # ------------------------------------------------------------------------------------------ CLI end to end

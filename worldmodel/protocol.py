@@ -51,7 +51,9 @@ class PolicyWorldModel(LatentWorldModel, Protocol):
     the actions, rewards and continues it returns are ``[B, H]``.
     """
 
-    def imagine_policy(self, z0: torch.Tensor, policy_fn: Callable[[torch.Tensor], torch.Tensor], horizon: int
+    def imagine_policy(self, z0: torch.Tensor, policy_fn: Callable[[torch.Tensor], torch.Tensor], horizon: int,
+                       context: torch.Tensor | None = None, context_actions: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``z0 [B, D]``, ``policy_fn: z [B, D] -> long [B]`` -> latents ``[B, H, D]``, actions, rewards, continues."""
+        """``z0 [B, D]``, ``policy_fn: z [B, D] -> long [B]`` -> latents ``[B, H, D]``, actions, rewards, continues;
+        ``context [B, K, D]`` / ``context_actions [B, K]`` as in ``imagine``."""
         ...

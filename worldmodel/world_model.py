@@ -103,12 +103,16 @@ class WorldModel:
         return lat, symexp(rew), torch.sigmoid(cont)
 
     @torch.inference_mode()
-    def imagine_policy(self, z0: torch.Tensor, policy_fn: Callable[[torch.Tensor], torch.Tensor], horizon: int
+    def imagine_policy(self, z0: torch.Tensor, policy_fn: Callable[[torch.Tensor], torch.Tensor], horizon: int,
+                       context: torch.Tensor | None = None, context_actions: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like :meth:`imagine`, but each action is chosen from the latest imagined latent (added for the
         actor-critic, issue 6): ``policy_fn(z [B, D]) -> long [B]`` is called with ``z0``, then with the
         latent after each step. Same ``KVRollout`` as :meth:`imagine`, so for the same actions the outputs
         are the same.
+
+        ``context [B, K, D]`` / ``context_actions [B, K]``: real history before each ``z0`` (one per rollout, oldest
+        first, ``K < context_length``), fed to the rollout state before the first imagined step, as in :meth:`imagine`.
 
         Returns latents ``[B, H, D]``, the chosen actions long ``[B, H]``, rewards ``[B, H]`` and continue
         probabilities ``[B, H]``.
@@ -116,7 +120,15 @@ class WorldModel:
         dyn = self.dynamics
         z = z0.to(self.device).float()[:, None]  # [B, 1, D]
         B = z.shape[0]
-        state = KVRollout(dyn, B, horizon, z)
+        K = 0 if context is None else int(context.shape[1])
+        if context is not None and (context.shape != (B, K, self.latent_dim) or context_actions is None
+                                    or tuple(context_actions.shape) != (B, K) or K >= self.context_length):
+            raise ValueError(f"imagine_policy expects context [{B}, K, {self.latent_dim}] with context_actions "
+                             f"[{B}, K], K < {self.context_length}; got {tuple(context.shape)} and "
+                             f"{None if context_actions is None else tuple(context_actions.shape)}")
+        state = KVRollout(dyn, B, K + horizon, z)
+        if K:
+            state.prefill(context.to(self.device).float(), torch.as_tensor(context_actions, device=self.device).long())
         lat, acts, rew, cont = [], [], [], []
         for _ in range(horizon):
             a = torch.as_tensor(policy_fn(z[:, 0]), device=self.device).long().view(B, 1)  # [B, 1]
