@@ -617,3 +617,31 @@ def test_train_agent_self_imitates_its_start_frames(untrained_world_model, tiny_
     sil = [r["train/sil_positive"] for r in rows if "train/sil_positive" in r]
     assert sil and all(0.0 <= v <= 1.0 for v in sil)
     assert np.isfinite(s["final_train"]["train/sil_advantage"])
+
+
+def test_a_batched_prefill_of_real_history_equals_the_step_by_step_one():
+    """KVRollout.prefill(batched=True), the actor-critic's history: one causal pass per block leaves the same keys,
+    values and next predictions as K single steps; in train mode (dropout) it falls back to the steps."""
+    from experiments.builders import build_world_model_transformer
+    from worldmodel.transformer import KVRollout
+
+    torch.manual_seed(0)
+    dyn = build_world_model_transformer(agent_cfg()).eval()
+    with torch.no_grad():
+        dyn.head.weight.normal_(0, 0.3)
+    B, K = 4, dyn.max_len - 1
+    ctx, ctx_a = torch.randn(B, K, dyn.latent_dim), torch.randint(0, 4, (B, K))
+    z, a = torch.randn(B, 1, dyn.latent_dim), dyn.a_in(torch.randint(0, 4, (B, 1)))
+    with torch.no_grad():
+        steps, once = KVRollout(dyn, B, K + 3, ctx), KVRollout(dyn, B, K + 3, ctx)
+        steps.prefill(ctx, ctx_a)
+        once.prefill(ctx, ctx_a, batched=True)
+        assert once.t == steps.t == K
+        assert torch.allclose(once.k[:, :, :, :K], steps.k[:, :, :, :K], atol=1e-5)
+        assert torch.allclose(once.v[:, :, :, :K], steps.v[:, :, :, :K], atol=1e-5)
+        for x, y in zip(once.step(z, a), steps.step(z, a)):
+            assert torch.allclose(x, y, atol=1e-5)
+        dyn.train()
+        fallback = KVRollout(dyn, B, K, ctx)
+        fallback.prefill(ctx, ctx_a, batched=True)  # dropout would differ from step(): the steps are used
+        assert torch.equal(fallback.k, steps.k[:, :, :, :K]) and torch.equal(fallback.v, steps.v[:, :, :, :K])

@@ -466,3 +466,37 @@ def test_a_refit_after_the_fact_holds_out_the_loops_validation_episodes(learn_ru
                         echo=lambda m: None)
     best = load_checkpoint(r["best_checkpoint"])
     assert best["episode_split"] == "stable"  # evaluate --stage 2 of the refit reads the same validation games
+
+
+def test_the_loops_agent_imagines_after_each_starts_real_history_from_the_replay(tmp_path, monkeypatch):
+    """``agent.imagine_context`` inside `learn`: every update gets K real steps before each start, taken from the
+    start's own episode in the replay (Replay.starts), and the loop runs to its budget."""
+    from agent.actor_critic import ActorCritic
+    from envs.replay import Episode
+    from experiments.learn import Replay
+
+    def episode(n: int, first_action: int) -> Episode:
+        return Episode(frames=np.zeros((n + 1, 8, 8), np.uint8), actions=np.arange(first_action, first_action + n) % 4,
+                       rewards=np.zeros(n, np.float32), life_loss=np.zeros(n, bool), terminated=np.zeros(n, bool),
+                       truncated=np.zeros(n, bool), labels=np.zeros((n + 1, 5), np.int16))
+
+    cfg = load_config("tiny", [*TINY, f"run.runs_dir={tmp_path}", "agent.imagine_context=3"])
+    replay = Replay(cfg, tmp_path / "r", None, torch.device("cpu"))
+    replay.episodes = [episode(4, 1), episode(2, 0)]  # frames 0-4, then 5-7
+    replay.latents = [torch.arange(5.0)[:, None], torch.arange(5.0, 8.0)[:, None]]
+    s = replay.starts(3, torch.device("cpu"))
+    assert s.context_rows.tolist()[4] == [1, 2, 3] and s.context_actions.tolist()[4] == [2, 3, 0]
+    assert s.context_rows.tolist()[7] == [5, 5, 6] and s.context_actions.tolist()[7] == [0, 0, 1]
+
+    seen = []
+    update = ActorCritic.update
+
+    def spy(self, model, z0, real=None, context=None, context_actions=None):
+        seen.append(None if context is None else (tuple(context.shape), tuple(context_actions.shape)))
+        return update(self, model, z0, real, context, context_actions)
+
+    monkeypatch.setattr(ActorCritic, "update", spy)
+    summary = learn(cfg, progress=False, echo=lambda m: None)
+    assert summary["env_steps"] == BUDGET and seen
+    B, D = cfg.agent.batch_size, cfg.models.shared_latent_dim
+    assert all(x == ((B, 3, D), (B, 3)) for x in seen)

@@ -164,11 +164,25 @@ class KVRollout:
         out.t = self.t
         return out
 
-    def prefill(self, context: torch.Tensor, context_actions: torch.Tensor) -> None:
-        """Feed real history: latents ``[B, K, D]`` and the actions taken in them ``[B, K]`` (outputs unused)."""
+    def prefill(self, context: torch.Tensor, context_actions: torch.Tensor, batched: bool = False) -> None:
+        """Feed real history: latents ``[B, K, D]`` and the actions taken in them ``[B, K]`` (outputs unused).
+
+        ``batched``: into an empty state, all K steps in one causal pass per block (what the actor-critic's
+        imagination after real history uses: one call instead of K); the keys and values equal the step-by-step
+        ones up to float rounding. Otherwise, and always for a state that holds steps or a history longer than the
+        window, one :meth:`step` per real step (CEM's history, whose decisions stay bit for bit as before)."""
         B, K = context_actions.shape
         assert context.shape[:2] == (B, K), f"context {tuple(context.shape)} and actions {(B, K)} disagree"
-        emb = self.model.a_in(context_actions)  # [B, K, C]
+        m = self.model
+        if batched and self.t == 0 and 0 < K <= m.max_len and not m.training:
+            x = m.embed(context, context_actions)  # [B, K, C]
+            for i, (blk, b) in enumerate(zip(m.blocks, m.causal_bias(K))):
+                x, k, v = blk(x, b)  # k, v [B, h, K, d]
+                self.k[i, :, :, :K] = k
+                self.v[i, :, :, :K] = v
+            self.t = K
+            return
+        emb = m.a_in(context_actions)  # [B, K, C]
         for k in range(K):
             self.step(context[:, k:k + 1], emb[:, k:k + 1])
 

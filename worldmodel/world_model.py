@@ -128,7 +128,8 @@ class WorldModel:
                              f"{None if context_actions is None else tuple(context_actions.shape)}")
         state = KVRollout(dyn, B, K + horizon, z)
         if K:
-            state.prefill(context.to(self.device).float(), torch.as_tensor(context_actions, device=self.device).long())
+            state.prefill(context.to(self.device).float(), torch.as_tensor(context_actions, device=self.device).long(),
+                          batched=True)
         lat, acts, rew, cont = [], [], [], []
         for _ in range(horizon):
             a = torch.as_tensor(policy_fn(z[:, 0]), device=self.device).long().view(B, 1)  # [B, 1]
