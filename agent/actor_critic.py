@@ -314,8 +314,7 @@ class ImaginationStarts:
 
     ``latents [M, D]``: every latent the starts and their histories need; ``start_rows long [N]``: the row of each
     start; ``context_rows long [N, K]`` and ``context_actions long [N, K]``: the rows of the K steps before each start
-    (oldest first) and the actions taken in them. Built with :meth:`from_episodes`, which repeats an episode's
-    first frame with action 0 (NOOP) where a start has fewer than K steps before it.
+    (oldest first) and the actions taken in them, as :func:`history_frames` finds them.
     """
 
     def __init__(self, latents: torch.Tensor, start_rows: torch.Tensor, context_rows: torch.Tensor,
@@ -326,22 +325,6 @@ class ImaginationStarts:
             f"{tuple(context_rows.shape)}, context_actions {tuple(context_actions.shape)}")
         self.latents, self.start_rows = latents, start_rows.long()
         self.context_rows, self.context_actions = context_rows.long(), context_actions.long()
-
-    @classmethod
-    def from_episodes(cls, latents: torch.Tensor, actions: np.ndarray, episode_first: np.ndarray, frames: np.ndarray,
-                      context: int) -> ImaginationStarts:
-        """Starts at global frames ``frames [N]`` of a replay laid out episode after episode.
-
-        ``latents [M, D]`` are indexed by global frame; ``actions [G]``: the action taken in each frame;
-        ``episode_first [G]``: the global index of each frame's episode's first frame; ``context``: K.
-        """
-        frames = np.asarray(frames, dtype=np.int64)
-        prev = frames[:, None] - context + np.arange(context)[None, :]  # [N, K]: the K frames before, oldest first
-        first = np.asarray(episode_first, dtype=np.int64)[frames][:, None]  # [N, 1]
-        inside = prev >= first
-        rows = np.where(inside, prev, first)
-        acts = np.where(inside, np.asarray(actions, dtype=np.int64)[np.maximum(prev, 0)], 0)
-        return cls(latents, torch.from_numpy(frames), torch.from_numpy(rows), torch.from_numpy(acts))
 
     def to(self, device: torch.device | str) -> ImaginationStarts:
         """The same starts with their latents on ``device`` (the index tables stay on the CPU)."""
@@ -363,6 +346,20 @@ class ImaginationStarts:
             return {"z0": z0, "context": None, "context_actions": None}
         ctx = self.latents[self.context_rows[idx].to(self.latents.device)].to(device)  # [B, K, D]
         return {"z0": z0, "context": ctx, "context_actions": self.context_actions[idx].to(device)}
+
+
+def history_frames(episodes: Any, frames: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``context`` real steps before each of ``frames [N]`` (global frame indices of ``episodes`` laid end to end,
+    L+1 frames an episode): their global frames ``[N, K]``, oldest first, and the actions taken in them ``[N, K]``.
+    Steps before a start's episode began repeat its first frame with action 0 (NOOP)."""
+    counts = np.array([len(e) + 1 for e in episodes], dtype=np.int64)  # frames per episode
+    first = np.repeat(np.cumsum(counts) - counts, counts)  # [G]: each frame's episode's first frame
+    actions = np.concatenate([np.append(e.actions, 0) for e in episodes]).astype(np.int64)  # [G]
+    frames = np.asarray(frames, dtype=np.int64)
+    prev = frames[:, None] - context + np.arange(context)[None, :]  # [N, K]
+    start = first[frames][:, None]  # [N, 1]
+    inside = prev >= start
+    return np.where(inside, prev, start), np.where(inside, actions[np.maximum(prev, 0)], 0)
 
 
 def check_imagine_context(cfg: AgentConfig, model: LatentWorldModel, path: str = "agent") -> None:

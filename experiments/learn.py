@@ -53,7 +53,7 @@ import click
 import numpy as np
 import torch
 
-from agent.actor_critic import ActorCritic, ImaginationStarts, RealTransitions
+from agent.actor_critic import ActorCritic, ImaginationStarts, RealTransitions, history_frames
 from agent.player import CHECKPOINT_KIND, ActorCriticAgent
 from envs.breakout import NUM_ACTIONS, make_env
 from envs.dataset import FrameStackDataset, TemporalSequenceDataset
@@ -281,11 +281,10 @@ class Replay:
     def starts(self, context: int, device: torch.device) -> ImaginationStarts:
         """Every frame as an imagination start, with the ``context`` real steps before it (agent.imagine_context),
         its latents on ``device``."""
-        counts = np.array([len(e) + 1 for e in self.episodes], dtype=np.int64)  # frames per episode
-        first = np.repeat(np.cumsum(counts) - counts, counts)  # [G]: each frame's episode's first frame
-        actions = np.concatenate([np.append(e.actions, 0) for e in self.episodes]).astype(np.int64)  # [G]
-        return ImaginationStarts.from_episodes(self.frame_latents(), actions, first, np.arange(len(first)),
-                                               context).to(device)
+        frames = np.arange(sum(len(e) + 1 for e in self.episodes))
+        rows, actions = history_frames(self.episodes, frames, context)
+        return ImaginationStarts(self.frame_latents(), torch.from_numpy(frames), torch.from_numpy(rows),
+                                 torch.from_numpy(actions)).to(device)
 
 
 def truncate_replay(root: Path, count: int) -> None:

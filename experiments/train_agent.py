@@ -19,7 +19,14 @@ import click
 import numpy as np
 import torch
 
-from agent.actor_critic import ActorCritic, AgentConfig, ImaginationStarts, RealTransitions, check_imagine_context
+from agent.actor_critic import (
+    ActorCritic,
+    AgentConfig,
+    ImaginationStarts,
+    RealTransitions,
+    check_imagine_context,
+    history_frames,
+)
 from agent.player import CHECKPOINT_KIND, ActorCriticAgent, load_agent_checkpoint
 from envs.errors import UserError
 from envs.replay import load_episodes
@@ -47,17 +54,15 @@ def encode_start_latents(model: LatentModel, data_dir: str | Path, count: int, s
     rng = np.random.default_rng(seed)
     n = min(count, store.num_frames)
     idx = np.sort(rng.choice(store.num_frames, size=n, replace=False))
-    first = store.frame_offsets[store.episode_of]  # [G]: each frame's episode's first frame
-    starts = ImaginationStarts.from_episodes(torch.empty(0, model.latent_dim), store.actions, first, idx,
-                                             agent.imagine_context)
-    # Encode every frame the starts and their histories use; rows index into that sorted set.
-    need = np.unique(np.concatenate([idx, starts.context_rows.numpy().ravel()])) if agent.imagine_context else idx
+    rows, actions = history_frames(episodes, idx, agent.imagine_context)  # [n, K] global frames, actions
+    # Encode every frame the starts and their histories use; the starts' tables index into that sorted set.
+    need = np.unique(np.concatenate([idx, rows.ravel()])) if agent.imagine_context else idx
     out = [model.encode(store.obs(need[i:i + chunk])).float().cpu() for i in range(0, len(need), chunk)]
     z = torch.cat(out)  # [M, D]
     assert z.shape == (len(need), model.latent_dim), (
         f"encoded latents {tuple(z.shape)}, expected [{len(need)}, {model.latent_dim}]")
-    row = (lambda g: torch.from_numpy(np.searchsorted(need, g)))
-    starts = ImaginationStarts(z, row(idx), row(starts.context_rows.numpy()), starts.context_actions)
+    starts = ImaginationStarts(z, torch.from_numpy(np.searchsorted(need, idx)),
+                               torch.from_numpy(np.searchsorted(need, rows)), torch.from_numpy(actions))
     return starts, RealTransitions.from_episodes(episodes, z[starts.start_rows], agent, frame_index=idx)
 
 

@@ -13,6 +13,7 @@ from agent.actor_critic import (
     ImaginationStarts,
     RealTransitions,
     ReturnNormalizer,
+    history_frames,
     imagine_with_policy,
     lambda_returns,
     real_returns,
@@ -467,15 +468,19 @@ def test_imagination_starts_take_the_real_steps_before_each_start_inside_its_epi
     """Two episodes of 4 and 3 frames laid end to end; K = 2: the history of each start is the two frames before it
     in its own episode, oldest first, with their actions; missing steps repeat the episode's first frame with NOOP."""
     latents = torch.arange(7, dtype=torch.float32)[:, None].repeat(1, 3)  # frame g has latent g
-    actions = np.array([1, 2, 3, 0, 3, 1, 0])  # a dummy 0 at each episode's last frame
-    first = np.array([0, 0, 0, 0, 4, 4, 4])
-    s = ImaginationStarts.from_episodes(latents, actions, first, np.arange(7), 2)
+    eps = [Episode(frames=np.zeros((n + 1, 8, 8), np.uint8), actions=np.array(a), rewards=np.zeros(n, np.float32),
+                   life_loss=np.zeros(n, bool), terminated=np.zeros(n, bool), truncated=np.zeros(n, bool),
+                   labels=np.zeros((n + 1, 5), np.int16)) for n, a in ((3, [1, 2, 3]), (2, [3, 1]))]  # frames 0-3, 4-6
+    rows, acts = history_frames(eps, np.arange(7), 2)
+    s = ImaginationStarts(latents, torch.arange(7), torch.from_numpy(rows), torch.from_numpy(acts))
     assert len(s) == 7 and s.context == 2
     assert s.context_rows.tolist() == [[0, 0], [0, 0], [0, 1], [1, 2], [4, 4], [4, 4], [4, 5]]
     assert s.context_actions.tolist() == [[0, 0], [0, 1], [1, 2], [2, 3], [0, 0], [0, 3], [3, 1]]
     b = s.batch(torch.tensor([3, 6]), "cpu")
     assert b["z0"][:, 0].tolist() == [3.0, 6.0] and b["context"][..., 0].tolist() == [[1.0, 2.0], [4.0, 5.0]]
-    plain = ImaginationStarts.from_episodes(latents, actions, first, np.arange(7), 0).batch(torch.tensor([5]), "cpu")
+    rows, acts = history_frames(eps, np.arange(7), 0)
+    plain = ImaginationStarts(latents, torch.arange(7), torch.from_numpy(rows), torch.from_numpy(acts))
+    plain = plain.batch(torch.tensor([5]), "cpu")
     assert plain["context"] is None and plain["z0"][0, 0] == 5.0
 
 
