@@ -330,4 +330,10 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":  # python -m experiments.results docs/results/atari100k_episodes.json
-    raise SystemExit(_main(sys.argv[1:]))
+    try:
+        code = _main(sys.argv[1:])
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped early (`| head`): nothing of ours failed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's own flush does not fail too
+        code = 0
+    raise SystemExit(code)

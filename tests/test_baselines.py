@@ -334,3 +334,18 @@ def test_the_diff_of_two_arms_from_episode_files_and_its_bad_input(tmp_path):
                         ((f"{cmp}:learn", f"{cmp}:dqn", "--paired"), "as many seeds")]:
         r = diff(*args)
         assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr, r.stderr
+
+
+def test_the_diff_read_by_a_reader_that_stops_early_ends_quietly(tmp_path):
+    """``python -m experiments.results diff A B | head -1``: a reader that closes the pipe before the end is not an
+    error of the tool's: exit code 0 and no traceback (the output is larger than a pipe's buffer, so the tool is
+    still writing when the reader stops)."""
+    cmp = tmp_path / "episodes.json"
+    cmp.write_text(json.dumps({"pairs": [{"agent": "learn", "seed": s, "returns": [float(s % 7)], "env_steps": 1,
+                                          "wall_clock_s": 1} for s in range(3000)]}))
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.results", "diff", f"{cmp}:learn", f"{cmp}:learn"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "{"
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err
