@@ -33,7 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from envs.errors import UserError  # noqa: E402
-from experiments.results import format_table, summarize_agent  # noqa: E402
+from experiments.results import HUMAN_SCORE, RANDOM_SCORE, format_table, summarize_agent  # noqa: E402
 
 RESULT_FILE = "result.json"
 
@@ -99,9 +99,6 @@ def _colors(labels: list[str]) -> dict[str, Any]:
     return {label: cmap(i % 10) for i, label in enumerate(labels)}
 
 
-HUMAN_BREAKOUT = 30.5  # the human reference score of the Atari-100k literature
-
-
 def _mean_band(runs: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float], list[float]]:
     """Env steps evaluated by every seed, the mean over seeds there and a 95% bootstrap band of that mean."""
     import numpy as np
@@ -122,7 +119,8 @@ def _mean_band(runs: list[dict[str, Any]]) -> tuple[list[int], list[float], list
 
 def plot_learning_curves(results: dict[str, list[dict[str, Any]]]):
     """Per agent: each seed thin, the mean over seeds bold with a 95% bootstrap band (agents that learn from env
-    steps); agents evaluated once (random among them) are a point and a dashed level. Human is a reference line."""
+    steps); agents evaluated once (random among them) are a point and a dashed level. Human and random play (the
+    Atari-100k literature's 30.5 and 1.7, experiments.results) are reference lines."""
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     colors = _colors(list(results))
     xmax = max([p["env_steps"] for runs in results.values() for r in runs for p in r["curve"]] + [1])
@@ -145,7 +143,8 @@ def plot_learning_curves(results: dict[str, list[dict[str, Any]]]):
                 continue
         ax.plot([], [], "-o" if curves else "o", color=colors[label], label=f"{label} ({len(runs)} seed"
                 f"{'s' if len(runs) > 1 else ''})")
-    ax.axhline(HUMAN_BREAKOUT, color="black", ls=":", lw=1.2, label=f"human {HUMAN_BREAKOUT}")
+    ax.axhline(HUMAN_SCORE, color="black", ls=":", lw=1.2, label=f"human {HUMAN_SCORE:g}")
+    ax.axhline(RANDOM_SCORE, color="grey", ls="-.", lw=1.0, label=f"random {RANDOM_SCORE:g} (literature)")
     ax.set_xlim(0, xmax * 1.03)
     ax.set_xlabel("env steps (agent steps, frame skip 4)")
     ax.set_ylabel("evaluation return (full game, raw score)")

@@ -87,3 +87,13 @@ def test_dashboard_cli_rebuilds_from_saved_runs(tiny_dashboard, cli, tmp_path):
     assert out.is_file() and out.read_text().count("<img class='plot'") == 2  # no pretrain run given this time
     res = cli("dashboard", str(tmp_path / "missing"))
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_learning_curves_draw_human_and_random_reference_lines():
+    """The issue's reference lines: human 30.5 and random 1.7, whether or not a random agent was in the comparison."""
+    from experiments.dashboard import plot_learning_curves
+
+    curve = [{"env_steps": 500, "mean": 2.0}, {"env_steps": 1000, "mean": 3.0}]
+    fig = plot_learning_curves({"learn": [{"curve": curve, "returns": [3.0]}]})
+    levels = {line.get_label(): line.get_ydata()[0] for line in fig.axes[0].get_lines() if len(line.get_ydata())}
+    assert levels.get("human 30.5") == 30.5 and levels.get("random 1.7 (literature)") == 1.7, levels
