@@ -10,7 +10,11 @@
 
 Timings are wall-clock medians over rounds; the machine's load average is reported with them.
 
-Usage: python benchmarks/bench_stage2.py [--preset quick] [--rounds 5]
+With ``--compile`` the training step is also measured through ``torch.compile(loss)`` (same model, batch and
+optimizer; compile time reported apart): on the 2-core CPU machine, atari100k's sizes, it was 0.86x eager after
+292 s of compilation (docs/research_log.md, "Ideas that did not help"), so no config key offers it for Stage 2.
+
+Usage: python benchmarks/bench_stage2.py [--preset quick] [--rounds 5] [--compile]
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="also time the training step through torch.compile")
     args = ap.parse_args()
     cfg = load_config(args.preset, ["run.wandb=disabled"])
     s2 = cfg.vjepa2_world_model.stage2
@@ -72,8 +77,8 @@ def main() -> None:
     batch = {"z": torch.randn(B, T + 1, D), "actions": torch.randint(0, 4, (B, T)), "rewards": torch.zeros(B, T),
              "life_loss": torch.zeros(B, T, dtype=torch.bool)}
 
-    def full_step():
-        out = loss_fn(model, batch, train=True)
+    def full_step(fn=loss_fn):
+        out = fn(model, batch, train=True)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
@@ -87,6 +92,16 @@ def main() -> None:
 
     model.train()
     t_full, t_tf = timed(full_step, args.rounds), timed(tf_step, args.rounds)
+    compiled_row = None
+    if args.compile:
+        compiled = torch.compile(loss_fn)
+        t0 = time.perf_counter()
+        for _ in range(3):  # compilation happens on the first calls
+            full_step(compiled)
+        compile_s = time.perf_counter() - t0
+        t_comp, t_eager = timed(lambda: full_step(compiled), args.rounds), timed(full_step, args.rounds)
+        compiled_row = {"compile_and_first_3_steps_s": compile_s, "sequences_per_s": B / t_comp,
+                        "eager_sequences_per_s_same_moment": B / t_eager, "speedup_vs_eager": t_eager / t_comp}
     wm = WorldModel(PooledEncoder(build_encoder(cfg)), model)
     result = {
         "preset": args.preset, "load_average_1min": os.getloadavg()[0], "torch": torch.__version__,
@@ -97,6 +112,8 @@ def main() -> None:
                   "reference_teacher_forced_sequences_per_s": B / t_tf, "loss_cost_vs_reference": t_full / t_tf},
         "imagine": {},
     }
+    if compiled_row is not None:
+        result["train"]["compiled"] = compiled_row
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for bsz, H in ((256, 8), (64, 12)):
