@@ -278,10 +278,27 @@ def load_seed_returns(spec: str) -> list[tuple[str, np.ndarray]]:
     return out
 
 
+def seeds_for_power(a_means: np.ndarray, b_means: np.ndarray, paired: bool, difference: float,
+                    z_alpha: float = 1.959964, z_beta: float = 0.841621) -> int | None:
+    """Training seeds an arm that a two-sided 5% test needs to find ``difference`` with 80% power, from these arms'
+    spread between seeds (a normal approximation): ``ceil(((z_alpha + z_beta) * sd / difference)^2)``, where ``sd^2``
+    is the variance of the per-seed differences (``paired``) or the sum of the two arms' per-seed variances. Each
+    per-seed mean carries its own games' noise, so the figure holds for that many games a seed. None where it cannot
+    be told: a difference of 0 or fewer than 2 seeds in an arm."""
+    a_means, b_means = np.asarray(a_means, dtype=np.float64), np.asarray(b_means, dtype=np.float64)
+    if difference == 0 or a_means.size < 2 or b_means.size < 2:
+        return None
+    var = (np.var(a_means - b_means, ddof=1) if paired
+           else np.var(a_means, ddof=1) + np.var(b_means, ddof=1))
+    return max(2, int(np.ceil(((z_alpha + z_beta) ** 2) * var / difference ** 2)))
+
+
 def compare_arms(a: list[np.ndarray], b: list[np.ndarray], paired: bool = False, reps: int = 4000
                  ) -> dict[str, Any]:
     """Both arms' per-seed means and means, and ``mean(a) - mean(b)`` with its games-only and seeds-then-games 95%
-    bootstrap intervals (:func:`games_bootstrap_diff_ci`, :func:`seed_bootstrap_diff_ci`)."""
+    bootstrap intervals (:func:`games_bootstrap_diff_ci`, :func:`seed_bootstrap_diff_ci`); the spread between seeds
+    (SD of each arm's per-seed means, and of their differences when paired) and the seeds an arm that would show
+    this difference with 80% power (:func:`seeds_for_power`)."""
     def arm(g: list[np.ndarray]) -> dict[str, Any]:
         lo, hi = seed_bootstrap_ci(g, reps=reps)
         return {"per_seed": [round(float(x.mean()), 2) for x in g], "games": [int(x.size) for x in g],
@@ -289,8 +306,14 @@ def compare_arms(a: list[np.ndarray], b: list[np.ndarray], paired: bool = False,
 
     d, glo, ghi = games_bootstrap_diff_ci(a, b, reps=reps)
     _, slo, shi = seed_bootstrap_diff_ci(a, b, paired=paired, reps=reps)
+    ma, mb = np.array([x.mean() for x in a]), np.array([x.mean() for x in b])
+    sd = {"a": round(float(np.std(ma, ddof=1)), 2) if ma.size > 1 else None,
+          "b": round(float(np.std(mb, ddof=1)), 2) if mb.size > 1 else None}
+    if paired and ma.size > 1:
+        sd["difference"] = round(float(np.std(ma - mb, ddof=1)), 2)
     return {"a": arm(a), "b": arm(b), "difference": round(d, 2), "ci_games_only": [round(glo, 2), round(ghi, 2)],
-            "ci_seeds_then_games": [round(slo, 2), round(shi, 2)], "paired": paired}
+            "ci_seeds_then_games": [round(slo, 2), round(shi, 2)], "paired": paired, "seed_sd": sd,
+            "seeds_for_80pct_power": seeds_for_power(ma, mb, paired, float(ma.mean() - mb.mean()))}
 
 
 def _main(argv: list[str]) -> int:

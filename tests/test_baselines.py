@@ -349,3 +349,21 @@ def test_the_diff_read_by_a_reader_that_stops_early_ends_quietly(tmp_path):
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err
+
+
+def test_seeds_for_power_follows_the_normal_approximation():
+    """Seeds an arm for 80% power at two-sided 5%: (1.96 + 0.84)^2 x sd^2 / d^2, by hand on small cases; paired arms
+    use the spread of the per-seed differences; no figure for a zero difference or a single seed."""
+    from experiments.results import compare_arms, seeds_for_power
+
+    # unpaired: var(a) = 2, var(b) = 0, d = 2 -> 7.849 x 2 / 4 = 3.92 -> 4 seeds an arm
+    assert seeds_for_power(np.array([1.0, 3.0]), np.array([0.0, 0.0]), paired=False, difference=2.0) == 4
+    # paired: differences 6.5 and -1 (var 28.125), d = 2.75 -> 7.849 x 28.125 / 7.5625 = 29.19 -> 30
+    assert seeds_for_power(np.array([8.0, 3.0]), np.array([1.5, 4.0]), paired=True, difference=2.75) == 30
+    # unpaired: var 12.5 + 3.125 = 15.625 -> 7.849 x 15.625 / 7.5625 = 16.22 -> 17
+    assert seeds_for_power(np.array([8.0, 3.0]), np.array([1.5, 4.0]), paired=False, difference=2.75) == 17
+    assert seeds_for_power(np.array([1.0, 3.0]), np.array([1.0, 3.0]), paired=True, difference=0.0) is None
+    assert seeds_for_power(np.array([5.0]), np.array([1.0, 2.0]), paired=False, difference=3.5) is None
+    out = compare_arms([np.array([6.0, 8.0, 10.0]), np.array([2.0, 4.0, 3.0])],
+                       [np.array([1.0, 2.0]), np.array([3.0, 5.0])], paired=True, reps=200)
+    assert out["seed_sd"] == {"a": 3.54, "b": 1.77, "difference": 5.3} and out["seeds_for_80pct_power"] == 30
