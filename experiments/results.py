@@ -293,12 +293,39 @@ def seeds_for_power(a_means: np.ndarray, b_means: np.ndarray, paired: bool, diff
     return max(2, int(np.ceil(((z_alpha + z_beta) ** 2) * var / difference ** 2)))
 
 
+def probability_of_improvement(a_means: np.ndarray, b_means: np.ndarray) -> float:
+    """P(A > B) of rliable (Agarwal et al. 2021) for one task: the chance that a training seed of arm a scores above
+    one of arm b, ties counting half, over all pairs of their per-seed means (the Mann-Whitney U statistic over
+    ``m * n``). 0.5 when neither arm tends to beat the other, whatever their means."""
+    a_means, b_means = np.asarray(a_means, dtype=np.float64), np.asarray(b_means, dtype=np.float64)
+    diff = a_means[..., :, None] - b_means[..., None, :]  # [..., m, n]
+    return (diff > 0).mean(axis=(-2, -1)) + 0.5 * (diff == 0).mean(axis=(-2, -1))
+
+
+def probability_of_improvement_ci(a: list[np.ndarray], b: list[np.ndarray], reps: int = 4000, level: float = 0.95,
+                                  seed: int = 0) -> tuple[float, float, float]:
+    """:func:`probability_of_improvement` of the per-seed means and its percentile-bootstrap CI, resampling each
+    arm's seeds and then each drawn seed's games (as :func:`seed_bootstrap_ci`; the arms' seeds are drawn apart, as
+    rliable's stratified bootstrap draws each algorithm's runs). Returns (P(A > B), lo, hi)."""
+    ga = [np.asarray(r, dtype=np.float64) for r in a]
+    gb = [np.asarray(r, dtype=np.float64) for r in b]
+    rng = np.random.default_rng(seed)
+    ma, mb = _resampled_seed_means(ga, rng, reps), _resampled_seed_means(gb, rng, reps)
+    pa, pb = rng.integers(0, len(ga), size=(reps, len(ga))), rng.integers(0, len(gb), size=(reps, len(gb)))
+    values = probability_of_improvement(np.take_along_axis(ma, pa, axis=1), np.take_along_axis(mb, pb, axis=1))
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
+    point = float(probability_of_improvement(np.array([g.mean() for g in ga]), np.array([g.mean() for g in gb])))
+    return point, float(lo), float(hi)
+
+
 def compare_arms(a: list[np.ndarray], b: list[np.ndarray], paired: bool = False, reps: int = 4000
                  ) -> dict[str, Any]:
     """Both arms' per-seed means and means, and ``mean(a) - mean(b)`` with its games-only and seeds-then-games 95%
     bootstrap intervals (:func:`games_bootstrap_diff_ci`, :func:`seed_bootstrap_diff_ci`); the spread between seeds
     (SD of each arm's per-seed means, and of their differences when paired) and the seeds an arm that would show
-    this difference with 80% power (:func:`seeds_for_power`)."""
+    this difference with 80% power (:func:`seeds_for_power`); and rliable's probability that a seed of a beats a
+    seed of b, with its seeds-then-games interval (:func:`probability_of_improvement_ci`; unpaired either way)."""
     def arm(g: list[np.ndarray]) -> dict[str, Any]:
         lo, hi = seed_bootstrap_ci(g, reps=reps)
         return {"per_seed": [round(float(x.mean()), 2) for x in g], "games": [int(x.size) for x in g],
@@ -311,9 +338,11 @@ def compare_arms(a: list[np.ndarray], b: list[np.ndarray], paired: bool = False,
           "b": round(float(np.std(mb, ddof=1)), 2) if mb.size > 1 else None}
     if paired and ma.size > 1:
         sd["difference"] = round(float(np.std(ma - mb, ddof=1)), 2)
+    poi, plo, phi = probability_of_improvement_ci(a, b, reps=reps)
     return {"a": arm(a), "b": arm(b), "difference": round(d, 2), "ci_games_only": [round(glo, 2), round(ghi, 2)],
             "ci_seeds_then_games": [round(slo, 2), round(shi, 2)], "paired": paired, "seed_sd": sd,
-            "seeds_for_80pct_power": seeds_for_power(ma, mb, paired, float(ma.mean() - mb.mean()))}
+            "seeds_for_80pct_power": seeds_for_power(ma, mb, paired, float(ma.mean() - mb.mean())),
+            "probability_a_beats_b": {"value": round(poi, 3), "ci_seeds_then_games": [round(plo, 3), round(phi, 3)]}}
 
 
 def _main(argv: list[str]) -> int:

@@ -367,3 +367,22 @@ def test_seeds_for_power_follows_the_normal_approximation():
     out = compare_arms([np.array([6.0, 8.0, 10.0]), np.array([2.0, 4.0, 3.0])],
                        [np.array([1.0, 2.0]), np.array([3.0, 5.0])], paired=True, reps=200)
     assert out["seed_sd"] == {"a": 3.54, "b": 1.77, "difference": 5.3} and out["seeds_for_80pct_power"] == 30
+
+
+def test_probability_of_improvement_counts_seed_pairs_and_ties_half():
+    """rliable's P(A > B) over per-seed means, by hand: every seed of a above every seed of b is 1, the reverse 0, a
+    tie counts half; the bootstrap interval holds the point and stays within [0, 1]; compare_arms reports it."""
+    from experiments.results import compare_arms, probability_of_improvement, probability_of_improvement_ci
+
+    assert probability_of_improvement(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert probability_of_improvement(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
+    # pairs (1,2) (1,2) (3,2) (3,2): 0 + 0 + 1 + 1 -> 0.5; (2 vs 2) ties -> 0.5 each
+    assert probability_of_improvement(np.array([1.0, 3.0]), np.array([2.0, 2.0])) == 0.5
+    assert probability_of_improvement(np.array([2.0]), np.array([2.0, 1.0])) == 0.75
+    a = [np.array([6.0, 8.0]), np.array([9.0, 11.0]), np.array([4.0, 4.0])]  # seed means 7, 10, 4
+    b = [np.array([5.0, 5.0]), np.array([6.0, 8.0])]  # seed means 5, 7
+    # 7>5, 7=7 (half), 10>5, 10>7, 4<5, 4<7 -> (1 + 0.5 + 1 + 1) / 6
+    p, lo, hi = probability_of_improvement_ci(a, b, reps=500)
+    assert p == pytest.approx(3.5 / 6) and 0.0 <= lo <= p <= hi <= 1.0 and hi - lo > 0.2
+    out = compare_arms(a, b, paired=False, reps=200)
+    assert out["probability_a_beats_b"]["value"] == round(3.5 / 6, 3)
