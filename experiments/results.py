@@ -240,15 +240,27 @@ def table_from_episodes(paths: list[str | Path]) -> str:
     return format_table(summaries)
 
 
-def load_seed_returns(spec: str) -> list[tuple[str, np.ndarray]]:
+def _run_seed(jsonl: Path) -> int | None:
+    """The training seed of a plan-in-env run (``run.seed`` of the ``config.yaml`` beside its episodes), or None."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((jsonl.parent / "config.yaml").read_text())
+        return int(cfg["run"]["seed"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None
+
+
+def load_seed_returns(spec: str) -> list[tuple[str, np.ndarray, int | None]]:
     """Per-seed returns named by ``spec``: a glob of files, each a compare-baselines ``episodes.json`` (with
     ``:AGENT`` after the glob, every seed of that agent in it) or a plan-in-env run's ``episodes.jsonl`` (one
-    seed; a run folder names its own). Files in sorted order, seeds in file order. Returns (label, returns)."""
+    seed; a run folder names its own). Files in sorted order, seeds in file order. Returns (label, returns,
+    training seed), the seed None where the file does not say it (a plan-in-env run without its config.yaml)."""
     import glob
 
     pattern, _, agent = spec.partition(":")
     paths = sorted(glob.glob(pattern)) or [pattern]
-    out: list[tuple[str, np.ndarray]] = []
+    out: list[tuple[str, np.ndarray, int | None]] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
@@ -269,13 +281,39 @@ def load_seed_returns(spec: str) -> list[tuple[str, np.ndarray]]:
             returns = [float(r["return"]) for r in rows if not agent or r.get("planner") == agent]
             if not returns:
                 raise ValueError(f"{path} has no game of planner '{agent}'; it holds {', '.join(planners)}")
-            out.append((str(path), np.asarray(returns)))
+            out.append((str(path), np.asarray(returns), _run_seed(path)))
         else:
             if agent not in agents:
                 raise ValueError(f"{path} holds the agents {', '.join(agents)}: add ':AGENT' naming one of them")
-            out += [(f"{path}:{agent}:s{p['seed']}", np.asarray(p["returns"], dtype=np.float64))
+            out += [(f"{path}:{agent}:s{p['seed']}", np.asarray(p["returns"], dtype=np.float64), int(p["seed"]))
                     for p in pairs if p["agent"] == agent]
     return out
+
+
+def pair_by_seed(a: list[tuple[str, np.ndarray, int | None]], b: list[tuple[str, np.ndarray, int | None]]
+                 ) -> tuple[list[tuple[str, np.ndarray, int | None]], str]:
+    """Arm ``b`` reordered so that its i-th entry has the training seed of ``a``'s i-th, for a paired difference.
+
+    Where every entry of both arms names its training seed, the arms must hold the same seeds once each (a seed
+    missing from one arm, or run twice, is an error naming it: pairing by position would silently compare
+    different training runs). Where some entry does not say its seed, the arms pair by position, as given.
+    Returns (b in a's order, "training seed" or "position")."""
+    if any(s is None for _, _, s in a + b):
+        return b, "position"
+    for name, arm in (("a", a), ("b", b)):
+        seeds = [s for _, _, s in arm]
+        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        if twice:
+            raise ValueError(f"arm {name} holds training seed {', '.join(map(str, twice))} more than once; a paired "
+                             "difference needs one run a seed in each arm: narrow its glob")
+    sa, sb = [s for _, _, s in a], {e[2]: e for e in b}
+    if set(sa) != set(sb):
+        only_a, only_b = sorted(set(sa) - set(sb)), sorted(set(sb) - set(sa))
+        parts = ([f"only a has seed {', '.join(map(str, only_a))}"] if only_a else []) + (
+            [f"only b has seed {', '.join(map(str, only_b))}"] if only_b else [])
+        raise ValueError(f"the paired arms hold different training seeds ({'; '.join(parts)}): give both arms the "
+                         "same seeds, or drop --paired")
+    return [sb[s] for s in sa], "training seed"
 
 
 def seeds_for_power(a_means: np.ndarray, b_means: np.ndarray, paired: bool, difference: float,
@@ -363,15 +401,22 @@ def _main(argv: list[str]) -> int:
         parser.add_argument("a", help="arm a: a glob of episodes.json files with :AGENT, or of plan-in-env runs")
         parser.add_argument("b", help="arm b, the same way")
         parser.add_argument("--paired", action="store_true",
-                            help="seed i of a and of b share a training run up to the setting compared")
+                            help="seed i of a and of b share a training run up to the setting compared; the arms "
+                                 "pair by training seed where every file names it (else by position)")
         args = parser.parse_args(argv)
         try:
             a, b = load_seed_returns(args.a), load_seed_returns(args.b)
-            result = compare_arms([r for _, r in a], [r for _, r in b], paired=args.paired)
+            paired_by = None
+            if args.paired:
+                b, paired_by = pair_by_seed(a, b)
+            result = compare_arms([r for _, r, _ in a], [r for _, r, _ in b], paired=args.paired)
         except ValueError as err:
             sys.stderr.write(f"error: {err}\n")
             return 2
-        result["a"]["sources"], result["b"]["sources"] = [n for n, _ in a], [n for n, _ in b]
+        result["a"]["sources"], result["b"]["sources"] = [n for n, _, _ in a], [n for n, _, _ in b]
+        result["a"]["seeds"], result["b"]["seeds"] = [s for _, _, s in a], [s for _, _, s in b]
+        if paired_by:
+            result["paired_by"] = paired_by
         print(json.dumps(result, indent=1))
         return 0
     parser.add_argument("episodes", nargs="+", help="compare-baselines episodes.json files")

@@ -331,7 +331,7 @@ def test_the_diff_of_two_arms_from_episode_files_and_its_bad_input(tmp_path):
     for args, words in [((str(cmp), str(runs[0]) + ":actor-critic"), "add ':AGENT'"),
                         ((f"{cmp}:learn", str(runs[0])), "add ':PLANNER'"),
                         ((f"{cmp}:learn", str(tmp_path / "none.json") + ":x"), "not a readable"),
-                        ((f"{cmp}:learn", f"{cmp}:dqn", "--paired"), "as many seeds")]:
+                        ((f"{cmp}:learn", f"{cmp}:dqn", "--paired"), "only a has seed 1")]:
         r = diff(*args)
         assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr, r.stderr
 
@@ -386,3 +386,43 @@ def test_probability_of_improvement_counts_seed_pairs_and_ties_half():
     assert p == pytest.approx(3.5 / 6) and 0.0 <= lo <= p <= hi <= 1.0 and hi - lo > 0.2
     out = compare_arms(a, b, paired=False, reps=200)
     assert out["probability_a_beats_b"]["value"] == round(3.5 / 6, 3)
+
+
+def test_a_paired_diff_pairs_the_arms_by_training_seed_and_names_a_seed_one_arm_lacks(tmp_path):
+    """``diff A B --paired`` matches seed i of a with the same training seed of b, whatever order the files list
+    them in (plan-in-env runs name theirs in config.yaml); a seed only one arm holds, or one held twice, is one
+    sentence and exit code 2, never a silent pairing of different training runs."""
+    def episodes(name, seeds_returns):
+        path = tmp_path / name
+        path.write_text(json.dumps({"pairs": [{"agent": "learn", "seed": s, "returns": r, "env_steps": 1,
+                                               "wall_clock_s": 1} for s, r in seeds_returns]}))
+        return f"{path}:learn"
+
+    a = episodes("a.json", [(9, [10.0, 12.0]), (10, [4.0, 6.0])])
+    b = episodes("b.json", [(10, [2.0, 4.0]), (9, [8.0, 10.0])])  # the other order
+    runs = []
+    for s, r in [(10, [2.0, 4.0]), (9, [8.0, 10.0])]:  # plan-in-env runs, sorted 'pie-0' (seed 10) before 'pie-1'
+        run = tmp_path / f"pie-{len(runs)}"
+        run.mkdir()
+        (run / "episodes.jsonl").write_text("".join(json.dumps({"planner": "actor-critic", "return": x}) + "\n"
+                                                    for x in r))
+        (run / "config.yaml").write_text(f"run:\n  seed: {s}\n")
+        runs.append(run)
+
+    def diff(*args):
+        return subprocess.run([sys.executable, "-m", "experiments.results", "diff", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    for other in (b, f"{tmp_path}/pie-*:actor-critic"):
+        r = diff(a, other, "--paired")
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["paired_by"] == "training seed" and out["a"]["seeds"] == out["b"]["seeds"] == [9, 10]
+        assert out["b"]["per_seed"] == [9.0, 3.0] and out["seed_sd"]["difference"] == 0.0  # +2 within each seed
+    unpaired = json.loads(diff(a, b).stdout)
+    assert "paired_by" not in unpaired and unpaired["b"]["per_seed"] == [3.0, 9.0]  # as listed
+    short = episodes("c.json", [(9, [8.0]), (11, [1.0])])
+    twice = episodes("d.json", [(9, [8.0]), (9, [1.0])])
+    for other, words in [(short, "only a has seed 10; only b has seed 11"), (twice, "seed 9 more than once")]:
+        r = diff(a, other, "--paired")
+        assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr, r.stderr
