@@ -1,0 +1,112 @@
+"""Write or extend docs/results/atari100k_loop_training_x4_confirm.json, the record of the R4 confirmatory test.
+
+The rule: docs/research_log.md, "Four times the loop's training per env step: a confirmatory test on new seeds"
+(commits b142f70 and 67459c3, before any run or game). Each session runs both arms of its seeds on one machine into
+RUNS (default runs/cf): ``preS`` / ``r4S`` (compare-baselines folders, their held-out games), ``tune_preS`` /
+``tune_r4S`` (plan-in-env runs, 100 tuning games each) and ``time_preS.txt`` / ``time_r4S.txt`` (``/usr/bin/time -f
+"%U %S %e"``). A seed enters the record only with both arms' 100 tuning games; pairs already recorded (other
+sessions, other machines) are kept. The running difference is an interim figure until 18 seeds: it decides nothing.
+
+    python docs/results/atari100k_loop_training_x4_confirm.py [--runs runs/cf] [--machine "2-core AMD EPYC"]
+    python -m experiments.results diff 'docs/results/atari100k_loop_training_x4_confirm.json:r4' \
+        'docs/results/atari100k_loop_training_x4_confirm.json:preset' --paired      # the same interim figure
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from experiments.results import compare_arms  # noqa: E402
+
+RECORD = ROOT / "docs/results/atari100k_loop_training_x4_confirm.json"
+ARMS = {"pre": "preset", "r4": "r4"}
+GAMES = 100
+SEEDS_FOR_READING = 18
+
+
+def _one(pattern: str) -> Path | None:
+    found = sorted(glob.glob(pattern))
+    return Path(found[-1]) if found else None
+
+
+def arm_entry(runs: Path, arm: str, seed: int, machine: str) -> dict | None:
+    """One arm of one seed from the run folders, or None while its 100 tuning games are not all played."""
+    tune = _one(f"{runs}/tune_{arm}{seed}/plan-in-env/*/episodes.jsonl")
+    if tune is None:
+        return None
+    rows = [json.loads(x) for x in tune.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r.get("planner") == "actor-critic"]
+    if len(rows) != GAMES:
+        return None
+    cmp = json.loads((runs / f"{arm}{seed}" / "episodes.json").read_text())
+    pair = next(p for p in cmp["pairs"] if p["agent"] == "learn")
+    u, s, e = (float(x) for x in (runs / f"time_{arm}{seed}.txt").read_text().split()[:3])
+    return {
+        "agent": ARMS[arm], "seed": seed, "returns": [float(r["return"]) for r in rows],
+        "game_seeds": [int(r["seed"]) for r in rows], "block": "tuning",
+        "held_out_returns": pair["returns"], "held_out_game_seeds": pair["eval_seeds"],
+        "env_steps": pair["env_steps"], "wall_clock_s": pair["wall_clock_s"],
+        "cost": {"cpu_min": round((u + s) / 60, 1), "wall_min": round(e / 60, 1),
+                 "learn_split_min": {k: round(v / 60, 1) for k, v in pair["hyperparams"]["learn_timings_s"].items()}},
+        "reward_head": {k: round(v, 3) for k, v in pair["hyperparams"]["reward_head"].items()},
+        "commit": pair["platform"]["commit"], "machine": machine, "recorded_from": str(runs / f"{arm}{seed}"),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs/cf")
+    ap.add_argument("--machine", default="2-core AMD EPYC, two runs side by side, one thread each")
+    args = ap.parse_args()
+    rec = json.loads(RECORD.read_text()) if RECORD.exists() else {"pairs": []}
+    have = {(p["agent"], p["seed"]) for p in rec["pairs"]}
+    seeds = sorted({int(Path(d).name[len(a):]) for a in ARMS for d in glob.glob(f"{args.runs}/{a}[0-9]*")
+                    if Path(d).is_dir() and Path(d).name[len(a):].isdigit()})
+    left_out = []
+    for seed in seeds:
+        if all((ARMS[a], seed) in have for a in ARMS):
+            continue
+        entries = [arm_entry(args.runs, a, seed, args.machine) for a in ARMS]
+        if all(entries):
+            rec["pairs"] += entries
+        else:
+            left_out.append({"seed": seed, "finished": [ARMS[a] for a, e in zip(ARMS, entries, strict=True) if e]})
+    rec["pairs"].sort(key=lambda p: (p["seed"], p["agent"]))
+    by = {a: {p["seed"]: np.array(p["returns"]) for p in rec["pairs"] if p["agent"] == a} for a in ARMS.values()}
+    paired = sorted(set(by["r4"]) & set(by["preset"]))
+    rec.update({
+        "what": "R4 (learn.stage2_train_ratio=64, learn.agent_updates=1200) against the atari100k preset (16, 300) on "
+                "new seeds 9+, 100 tuning games an agent (10000+100S..+99, T = 0.5), paired by seed; held-out games "
+                "beside (10 a seed, 20000+10S..+9, choosing nothing)",
+        "rule": "docs/research_log.md, 'Four times the loop's training per env step: a confirmatory test on new "
+                "seeds', commits b142f70 and 67459c3 (before any run or game); reads at 18 seeds",
+        "reading": f"interim: {len(paired)} of {SEEDS_FOR_READING} seeds; decides nothing" if len(paired) <
+                   SEEDS_FOR_READING else "final: the rule reads now",
+        "seeds": paired,
+        "left_out_this_session": left_out,
+    })
+    if paired:
+        rec["tuning_r4_minus_preset"] = compare_arms([by["r4"][s] for s in paired], [by["preset"][s] for s in paired],
+                                                     paired=True)
+        held = {a: [np.array(p["held_out_returns"]) for p in rec["pairs"] if p["agent"] == a and p["seed"] in paired]
+                for a in ARMS.values()}
+        rec["held_out_r4_minus_preset"] = compare_arms(held["r4"], held["preset"], paired=True)
+    text = json.dumps(rec, indent=1)
+    tmp = RECORD.with_suffix(".json.tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(RECORD)
+    print(json.dumps({k: rec[k] for k in ("reading", "seeds", "left_out_this_session")} | (
+        {"difference": rec["tuning_r4_minus_preset"]["difference"],
+         "ci_seeds_then_games": rec["tuning_r4_minus_preset"]["ci_seeds_then_games"]} if paired else {}), indent=1))
+
+
+if __name__ == "__main__":
+    main()
