@@ -24,7 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from experiments.results import compare_arms  # noqa: E402
+from experiments.results import _atomic_write, compare_arms  # noqa: E402
 
 RECORD = ROOT / "docs/results/atari100k_loop_training_x4_confirm.json"
 ARMS = {"pre": "preset", "r4": "r4"}
@@ -99,10 +99,7 @@ def main() -> None:
         held = {a: [np.array(p["held_out_returns"]) for p in rec["pairs"] if p["agent"] == a and p["seed"] in paired]
                 for a in ARMS.values()}
         rec["held_out_r4_minus_preset"] = compare_arms(held["r4"], held["preset"], paired=True)
-    text = json.dumps(rec, indent=1)
-    tmp = RECORD.with_suffix(".json.tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(RECORD)
+    _atomic_write(RECORD, json.dumps(rec, indent=1) + "\n")
     print(json.dumps({k: rec[k] for k in ("reading", "seeds", "left_out_this_session")} | (
         {"difference": rec["tuning_r4_minus_preset"]["difference"],
          "ci_seeds_then_games": rec["tuning_r4_minus_preset"]["ci_seeds_then_games"]} if paired else {}), indent=1))
