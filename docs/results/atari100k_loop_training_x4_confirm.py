@@ -8,6 +8,7 @@ RUNS (default runs/cf): ``preS`` / ``r4S`` (compare-baselines folders, their hel
 sessions, other machines) are kept. The running difference is an interim figure until 18 seeds: it decides nothing.
 
     python docs/results/atari100k_loop_training_x4_confirm.py [--runs runs/cf] [--machine "2-core AMD EPYC"]
+    python docs/results/atari100k_loop_training_x4_confirm.py --markdown   # docs/results.md's table and bullets
     python -m experiments.results diff 'docs/results/atari100k_loop_training_x4_confirm.json:r4' \
         'docs/results/atari100k_loop_training_x4_confirm.json:preset' --paired      # the same interim figure
 """
@@ -61,12 +62,65 @@ def arm_entry(runs: Path, arm: str, seed: int, machine: str) -> dict | None:
     }
 
 
+def markdown(rec: dict) -> str:
+    """docs/results.md's table rows and figure bullets for the confirmatory test, from the record alone."""
+    t, h = rec["tuning_r4_minus_preset"], rec["held_out_r4_minus_preset"]
+    seeds = rec["seeds"]
+    sl = " / ".join(str(s) for s in seeds)
+
+    def per(d: dict) -> str:
+        return " / ".join(f"{x:.2f}" for x in d["per_seed"])
+
+    def ci(c: list) -> str:
+        return f"{c[0]:+.2f} to {c[1]:+.2f}"
+
+    def row(label: str, d: dict, bold: bool) -> str:
+        diff = f"**{d['difference']:+.2f}**" if bold else f"{d['difference']:+.2f}"
+        return (f"| {label} | {per(d['a'])} | {d['a']['mean']:.2f} | {per(d['b'])} | {d['b']['mean']:.2f} | {diff} | "
+                f"{ci(d['ci_games_only'])} | {ci(d['ci_seeds_then_games'])} |")
+
+    by = {(p["agent"], p["seed"]): p for p in rec["pairs"]}
+
+    def costs(agent: str) -> str:
+        wall = " / ".join(f"{by[agent, s]['cost']['wall_min']:.1f}" for s in seeds)
+        cpu = " / ".join(f"{by[agent, s]['cost']['cpu_min']:.1f}" for s in seeds)
+        return f"{wall} ({cpu})"
+
+    def heads(agent: str) -> str:
+        return " / ".join(f"{by[agent, s]['reward_head']['reward_recall']:.2f} at "
+                          f"{by[agent, s]['reward_head']['reward_precision']:.2f}" for s in seeds)
+
+    return "\n".join([
+        f"### Four times the loop's training per env step: the confirmatory test on new seeds (atari100k; "
+        f"{rec['reading'].split(';')[0].replace('interim: ', 'interim, ')})",
+        "",
+        f"| games | R4 (64, 1200), seeds {sl} | mean | the preset (16, 300) | mean | difference | games-only 95% CI "
+        "| seeds then games |",
+        "|---|---|---:|---|---:|---:|---|---|",
+        row(f"tuning, {t['a']['games'][0]} a seed (interim)", t, True),
+        row(f"held out, {h['a']['games'][0]} a seed (chooses nothing)", h, False),
+        "",
+        f"- The paired differences' SD over seeds (tuning games): {t['seed_sd']['difference']:.2f}; 1.81 on seeds 5-8, "
+        "which the rule's 18 seeds were sized on.",
+        f"- Cost (wall-minutes, CPU-minutes in brackets), seeds {sl}: R4 {costs('r4')}, the preset {costs('preset')}.",
+        f"- Reward heads on the final world models (recall at precision), seeds {sl}: R4 {heads('r4')}; the preset "
+        f"{heads('preset')}.",
+    ])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=Path, default=ROOT / "runs/cf")
     ap.add_argument("--machine", default="2-core AMD EPYC, two runs side by side, one thread each")
+    ap.add_argument("--markdown", action="store_true", help="print docs/results.md's figures from the record "
+                    "(writes nothing)")
     args = ap.parse_args()
     rec = json.loads(RECORD.read_text()) if RECORD.exists() else {"pairs": []}
+    if args.markdown:
+        if not rec.get("seeds"):
+            sys.exit(f"{RECORD} holds no finished pair yet: run this script with --runs first.")
+        print(markdown(rec))
+        return
     have = {(p["agent"], p["seed"]) for p in rec["pairs"]}
     seeds = sorted({int(Path(d).name[len(a):]) for a in ARMS for d in glob.glob(f"{args.runs}/{a}[0-9]*")
                     if Path(d).is_dir() and Path(d).name[len(a):].isdigit()})

@@ -1,0 +1,30 @@
+"""The docs' figures come from the committed records: a hand edit that drifts from its record fails here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_confirmatory_test_section_matches_its_record():
+    writer = _module(ROOT / "docs/results/atari100k_loop_training_x4_confirm.py")
+    rec = json.loads(writer.RECORD.read_text())
+    docs = (ROOT / "docs/results.md").read_text().splitlines()
+    lines = [x for x in writer.markdown(rec).splitlines() if x.strip()]
+    missing = [x for x in lines if x not in docs]
+    assert not missing, f"docs/results.md differs from the record; print it with --markdown: {missing}"
+    # the interim figure is the record's own paired difference, and the README links the section as it is named now
+    assert f"**{rec['tuning_r4_minus_preset']['difference']:+.2f}**" in lines[3]
+    anchor = lines[0].lstrip("# ").lower()
+    anchor = "".join(c for c in anchor if c.isalnum() or c in " -").replace(" ", "-")
+    assert f"#{anchor})" in (ROOT / "README.md").read_text()
