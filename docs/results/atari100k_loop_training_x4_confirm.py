@@ -118,7 +118,8 @@ def main() -> None:
     rec = json.loads(RECORD.read_text()) if RECORD.exists() else {"pairs": []}
     if args.markdown:
         if not rec.get("seeds"):
-            sys.exit(f"{RECORD} holds no finished pair yet: run this script with --runs first.")
+            print(f"{RECORD} holds no finished pair yet: run this script with --runs first.", file=sys.stderr)
+            sys.exit(2)
         print(markdown(rec))
         return
     have = {(p["agent"], p["seed"]) for p in rec["pairs"]}
