@@ -28,3 +28,11 @@ def test_confirmatory_test_section_matches_its_record():
     anchor = lines[0].lstrip("# ").lower()
     anchor = "".join(c for c in anchor if c.isalnum() or c in " -").replace(" ", "-")
     assert f"#{anchor})" in (ROOT / "README.md").read_text()
+
+
+def test_dqn_new_seeds_section_matches_its_record():
+    writer = _module(ROOT / "docs/results/atari100k_dqn_new_seeds.py")
+    rec = json.loads(writer.RECORD.read_text())
+    docs = (ROOT / "docs/results.md").read_text().splitlines()
+    missing = [x for x in writer.markdown(rec).splitlines() if x.strip() and x not in docs]
+    assert not missing, f"docs/results.md differs from the record; print it with --markdown: {missing}"
