@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from experiments.results import _atomic_write, compare_arms  # noqa: E402
 
 RECORD = ROOT / "docs/results/atari100k_loop_training_x4_confirm.json"
+NINE = ROOT / "docs/results/atari100k_nine_seeds_episodes.json"  # acceptance 1's nine seeds, quoted beside
 ARMS = {"pre": "preset", "r4": "r4"}
 GAMES = 100
 SEEDS_FOR_READING = 18
@@ -94,6 +95,7 @@ def markdown(rec: dict) -> str:
         return " / ".join(f"{by[agent, s]['reward_head']['reward_recall']:.2f} at "
                           f"{by[agent, s]['reward_head']['reward_precision']:.2f}" for s in seeds)
 
+    nine = json.loads(NINE.read_text())["outcome"]["nine_seeds"]
     final = rec["reading"].startswith("final")
     lines = [
         "### Four times the loop's training per env step: the confirmatory test on new seeds (atari100k; "
@@ -114,7 +116,8 @@ def markdown(rec: dict) -> str:
         f"- Held-out games alone (10 a seed, choosing nothing; mean over seeds, seeds-then-games 95% CI): R4 "
         f"{h['a']['mean']:.2f} ({span(h['a']['ci_seeds'])}), the preset {h['b']['mean']:.2f} "
         f"({span(h['b']['ci_seeds'])}); "
-        "on seeds 0-8 the preset read 11.82 and SB3's DQN 11.80 (README, acceptance 1).",
+        f"on seeds 0-8 the preset read {nine['learn_mean']:.2f} and SB3's DQN {nine['dqn_sb3_mean']:.2f} (README, "
+        "acceptance 1).",
     ]
     if final:
         lines.append(f"- The reading (the rule of commits b142f70 and 67459c3): {rec['reading']}.")
@@ -123,8 +126,8 @@ def markdown(rec: dict) -> str:
 
 def verdict(tuning: dict, r4_wall_min: list[float]) -> str:
     """The rule's reading at 18 seeds: the preset takes R4 only if the seeds-then-games interval lies above 0 and a
-    seed costs at most 75 wall-minutes two side by side (read on the median seed: seeds 9, 10, 12 and 14 shared the
-    cores with a third process, docs/results.md says when)."""
+    seed costs at most 75 wall-minutes two side by side (read on the median seed, since several seeds shared the
+    cores with a third process for part of their run: docs/results.md says which and when)."""
     lo, hi = tuning["ci_seeds_then_games"]
     med = float(np.median(r4_wall_min))
     cost = f"R4's median seed {med:.1f} wall-minutes, at most {COST_BOUND_MIN} allowed"
