@@ -36,3 +36,16 @@ def test_dqn_new_seeds_section_matches_its_record():
     docs = (ROOT / "docs/results.md").read_text().splitlines()
     missing = [x for x in writer.markdown(rec).splitlines() if x.strip() and x not in docs]
     assert not missing, f"docs/results.md differs from the record; print it with --markdown: {missing}"
+
+
+def test_dqn_new_seeds_verdict_follows_the_27_seed_interval():
+    writer = _module(ROOT / "docs/results/atari100k_dqn_new_seeds.py")
+
+    def arms(lo: float, hi: float) -> dict:
+        return {"ci_seeds_then_games": [lo, hi], "difference": (lo + hi) / 2, "a": {"per_seed": [0.0] * 27}}
+
+    assert "the loop beats SB3's DQN" in writer.verdict(arms(0.1, 3.0))
+    assert "are level" in writer.verdict(arms(-0.5, 2.0))
+    assert "are level" in writer.verdict(arms(-2.0, 0.0))
+    assert "SB3's DQN is ahead" in writer.verdict(arms(-3.0, -0.2))
+    assert "over 27 seeds" in writer.verdict(arms(0.1, 3.0))

@@ -5,7 +5,8 @@ before any of its runs). Each session runs ``dqn-sb3`` on the next seeds into RU
 (a compare-baselines folder: its 10 held-out games 20000+10S..+9) and ``time_dqnS.txt`` (``/usr/bin/time -f "%U %S
 %e"``). The preset's side is the confirmatory test's preset arm on the same seeds and games
 (docs/results/atari100k_loop_training_x4_confirm.json); seeds 0-8 come from the nine-seed record. Seeds already
-recorded are kept. The difference is an interim figure until seeds 9-26 are all in: it decides nothing.
+recorded are kept. The difference is an interim figure until seeds 9-26 are all in: it decides nothing; then
+``verdict`` prints the rule's reading from the 27-seed interval (above 0, holding 0, below 0).
 
     python docs/results/atari100k_dqn_new_seeds.py [--runs runs/dq]
     python docs/results/atari100k_dqn_new_seeds.py --markdown          # docs/results.md's figures, from the record
@@ -63,8 +64,7 @@ def outcome(pairs: list[dict]) -> dict:
     by = {a: {p["seed"]: np.array(p["returns"], dtype=float) for p in pairs if p["agent"] == a}
           for a in ("learn", "dqn-sb3")}
     seeds = sorted(set(by["learn"]) & set(by["dqn-sb3"]))
-    out = {"seeds": seeds, "reading": (f"interim: {len(seeds)} of {len(SEEDS)} seeds; decides nothing"
-                                       if len(seeds) < len(SEEDS) else f"final at {len(SEEDS)} seeds")}
+    out = {"seeds": seeds, "reading": f"interim: {len(seeds)} of {len(SEEDS)} seeds; decides nothing"}
     if not seeds:
         return out
     out["new_seeds"] = compare_arms([by["learn"][s] for s in seeds], [by["dqn-sb3"][s] for s in seeds])
@@ -75,7 +75,22 @@ def outcome(pairs: list[dict]) -> dict:
     out["all_seeds"] = compare_arms([old["learn"][s] for s in both] + [by["learn"][s] for s in seeds],
                                     [old["dqn-sb3"][s] for s in both] + [by["dqn-sb3"][s] for s in seeds])
     out["all_seeds"]["seeds"] = both + seeds
+    if seeds == SEEDS:
+        out["reading"] = verdict(out["all_seeds"])
     return out
+
+
+def verdict(all_seeds: dict) -> str:
+    """The rule's reading once seeds 9-26 are all in: acceptance 1 is the 27-seed seeds-then-games interval of the
+    preset minus ``dqn-sb3``; above 0 the loop beats DQN, holding 0 the two are level, below 0 DQN is ahead."""
+    lo, hi = all_seeds["ci_seeds_then_games"]
+    n = len(all_seeds["a"]["per_seed"])
+    ci = f"{all_seeds['difference']:+.2f}, seeds then games {lo:+.2f} to {hi:+.2f}"
+    if lo > 0:
+        return f"final at {len(SEEDS)} seeds; over {n} seeds the loop beats SB3's DQN ({ci}, above 0)"
+    if hi < 0:
+        return f"final at {len(SEEDS)} seeds; over {n} seeds SB3's DQN is ahead of the loop ({ci}, below 0)"
+    return f"final at {len(SEEDS)} seeds; over {n} seeds the loop and SB3's DQN are level ({ci}, holds 0)"
 
 
 def markdown(rec: dict) -> str:
@@ -94,7 +109,8 @@ def markdown(rec: dict) -> str:
         "|---|---:|---|---:|---|---:|---:|---|",
         row(f"new, {o['seeds'][0]}-{o['seeds'][-1]}", o["new_seeds"]),
         row(f"all, 0-8 and {o['seeds'][0]}-{o['seeds'][-1]}", o["all_seeds"]),
-    ])
+    ] + ([] if o["reading"].startswith("interim") else ["", f"**Reading ({o['reading'].split('; ')[0]}):** "
+                                                          f"{o['reading'].split('; ', 1)[1]}."]))
 
 
 def main() -> None:
