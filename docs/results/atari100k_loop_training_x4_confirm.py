@@ -7,7 +7,7 @@ RUNS (default runs/cf): ``preS`` / ``r4S`` (compare-baselines folders, their hel
 "%U %S %e"``). A seed enters the record only with both arms' 100 tuning games; pairs already recorded (other
 sessions, other machines) are kept. The running difference is an interim figure until 18 seeds: it decides nothing.
 
-    python docs/results/atari100k_loop_training_x4_confirm.py [--runs runs/cf] [--machine "2-core AMD EPYC"]
+    python docs/results/atari100k_loop_training_x4_confirm.py [--runs runs/cf] [--machine LABEL]
     python docs/results/atari100k_loop_training_x4_confirm.py --markdown   # docs/results.md's table and bullets
     python -m experiments.results diff 'docs/results/atari100k_loop_training_x4_confirm.json:r4' \
         'docs/results/atari100k_loop_training_x4_confirm.json:preset' --paired      # the same interim figure
@@ -40,6 +40,15 @@ def _one(pattern: str) -> Path | None:
     return Path(found[-1]) if found else None
 
 
+def machine_of(cmp: dict, fallback: str) -> str:
+    """The machine as the run's own provenance names it (CPU model, its SIMD level), else the hand-given label."""
+    plat = next((p.get("platform", {}) for p in cmp["pairs"] if p["agent"] == "learn"), {})
+    if not plat.get("cpu"):
+        return fallback
+    return (f"{plat.get('cpu_count', '?')}-core {plat['cpu']} ({plat.get('cpu_capability')}), two runs side by side, "
+            "one thread each")
+
+
 def arm_entry(runs: Path, arm: str, seed: int, machine: str) -> dict | None:
     """One arm of one seed from the run folders, or None while its 100 tuning games are not all played."""
     tune = _one(f"{runs}/tune_{arm}{seed}/plan-in-env/*/episodes.jsonl")
@@ -60,7 +69,8 @@ def arm_entry(runs: Path, arm: str, seed: int, machine: str) -> dict | None:
         "cost": {"cpu_min": round((u + s) / 60, 1), "wall_min": round(e / 60, 1),
                  "learn_split_min": {k: round(v / 60, 1) for k, v in pair["hyperparams"]["learn_timings_s"].items()}},
         "reward_head": {k: round(v, 3) for k, v in pair["hyperparams"]["reward_head"].items()},
-        "commit": pair["platform"]["commit"], "machine": machine, "recorded_from": str(runs / f"{arm}{seed}"),
+        "commit": pair["platform"]["commit"], "machine": machine_of(cmp, machine),
+        "recorded_from": str(runs / f"{arm}{seed}"),
     }
 
 
@@ -143,7 +153,8 @@ def verdict(tuning: dict, r4_wall_min: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=Path, default=ROOT / "runs/cf")
-    ap.add_argument("--machine", default="2-core AMD EPYC, two runs side by side, one thread each")
+    ap.add_argument("--machine", default="2-core AMD EPYC, two runs side by side, one thread each",
+                    help="the machine's label where a run's provenance names no CPU")
     ap.add_argument("--markdown", action="store_true", help="print docs/results.md's figures from the record "
                     "(writes nothing)")
     args = ap.parse_args()
@@ -154,6 +165,9 @@ def main() -> None:
             sys.exit(2)
         print(markdown(rec))
         return
+    for p in rec["pairs"]:  # a recorded pair whose run folder is still here takes the machine its provenance names
+        if (done := Path(p["recorded_from"]) / "episodes.json").exists():
+            p["machine"] = machine_of(json.loads(done.read_text()), p["machine"])
     have = {(p["agent"], p["seed"]) for p in rec["pairs"]}
     seeds = sorted({int(Path(d).name[len(a):]) for a in ARMS for d in glob.glob(f"{args.runs}/{a}[0-9]*")
                     if Path(d).is_dir() and Path(d).name[len(a):].isdigit()})
