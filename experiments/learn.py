@@ -603,7 +603,8 @@ class EncoderRefresh:
             events = ds.events(idx, self.model.event_horizon).to(self.device) if self.model.uses_events else None
             future = ({k: v.to(self.device) for k, v in ds.future(idx, self.model.future_horizon).items()}
                       if self.model.uses_future else None)
-            out = self.model(ds.batch(idx)["obs"].to(self.device), None, None, events, future)
+            obs, future = self.model.augment(ds.batch(idx)["obs"].to(self.device), future)  # stage1.random_shift
+            out = self.model(obs, None, None, events, future)
             optimizer_step(out["loss"], params, self.opt, None, s1.grad_clip)
             self.model.update_target()
             losses.append(float(out["loss"].detach()))

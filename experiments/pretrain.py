@@ -129,6 +129,7 @@ class Stage1Task:
         future = ({k: to_device(v, self.device)
                    for k, v in self.train_ds.future(idx, self.model.future_horizon).items()}
                   if self.model.uses_future else None)
+        obs, future = self.model.augment(obs, future)  # random shift (stage1.random_shift; off by default)
         with autocast(self.cfg, self.device):
             if self.group.active:  # the global batch's masks and weights, drawn alike on every rank; this rank's rows
                 mask, weights = self.model.sample_mask(len(obs), self.device), self.model.token_weights(obs)

@@ -507,3 +507,48 @@ def test_pixel_input_norm_standardises_each_pixel_and_travels_in_the_checkpoint(
     plain = MaskedViT(image_size=32, in_channels=4, patch_size=16, dim=8, depth=1, heads=2, mlp_dim=16)
     fit_input_stats(plain, frames)  # a no-op without input_norm
     assert "pixel_mean" not in plain.state_dict()
+
+
+def test_random_shift_crops_a_padded_copy_alike_for_every_frame_and_the_future_frames():
+    from worldmodel.masked_prediction import random_shift
+
+    torch.manual_seed(0)
+    obs = torch.randint(0, 255, (6, 4, 16, 16), dtype=torch.uint8)
+    later = obs.flip(1).clone()  # another stack: it must move by the same offsets
+    assert random_shift(obs, 0)[0] is obs
+    shifted, shifted_later = random_shift(obs, 2, later, generator=torch.Generator().manual_seed(1))
+    assert shifted.dtype == torch.uint8 and shifted.shape == obs.shape
+    padded = torch.nn.functional.pad(obs.float(), (2, 2, 2, 2), mode="replicate").to(torch.uint8)
+    padded_later = torch.nn.functional.pad(later.float(), (2, 2, 2, 2), mode="replicate").to(torch.uint8)
+    offsets = set()
+    for b in range(6):  # each sample is one 16x16 window of its padded stack, the same window for all 4 frames
+        hits = [(dy, dx) for dy in range(5) for dx in range(5)
+                if torch.equal(shifted[b], padded[b, :, dy:dy + 16, dx:dx + 16])]
+        assert hits, b
+        dy, dx = hits[0]
+        assert torch.equal(shifted_later[b], padded_later[b, :, dy:dy + 16, dx:dx + 16])
+        offsets.add((dy, dx))
+    assert len(offsets) > 1  # the offsets are drawn per sample
+
+
+def test_random_shift_trains_stage1_on_shifted_views_only():
+    cfg = load_config("tiny", ["vjepa2_world_model.stage1.random_shift=4"])
+    model = build_stage1_model(cfg)
+    obs = torch.randint(0, 255, (3, 4, 64, 64), dtype=torch.uint8)
+    torch.manual_seed(0)
+    shifted, none = model.augment(obs)
+    assert none is None and not torch.equal(shifted, obs)
+    off = build_stage1_model(load_config("tiny"))
+    assert off.augment(obs)[0] is obs  # off by default: the batch goes through untouched
+    for bad in ("random_shift=-1", "random_shift=17"):
+        with pytest.raises(UserError, match="random_shift"):
+            load_config("tiny", [f"vjepa2_world_model.stage1.{bad}"])
+
+
+def test_pretrain_with_random_shift_trains_and_its_encoder_loads(cli, tiny_data, tmp_path):
+    runs = tmp_path / "runs"
+    res = cli("pretrain", "--stage", "1", "--preset", "tiny", "--data", str(tiny_data), "--wandb", "disabled",
+              "--set", f"run.runs_dir={runs}", "--set", "vjepa2_world_model.stage1.random_shift=3")
+    assert res.returncode == 0, res.stderr[-2000:]
+    enc = load_encoder(next(runs.glob("pretrain/*/stage1/best.pt")))
+    assert torch.isfinite(enc(torch.randint(0, 255, (2, 4, 64, 64), dtype=torch.uint8))).all()

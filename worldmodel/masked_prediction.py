@@ -83,6 +83,10 @@ class Stage1Config:
     # the ball will be, z_t must hold where it is and where it goes (0 = off)
     future_weight: float = 0.0
     future_horizon: int = 2
+    # augmentation (DrQ's and SPR's random shift): each training stack is padded by this many pixels (edges repeated)
+    # and cropped back at a random offset, the same offset for its frames, for the online and the target view and
+    # for every auxiliary target; validation, probes and Stage 2 see the frames as they are (0 = off)
+    random_shift: int = 0
     batch_size: int = 128
     grad_clip: float = 1.0  # max global grad norm
     warmup_epochs: float = 0.5  # linear LR warm-up before cosine decay
@@ -106,6 +110,8 @@ class Stage1Config:
         check_range(self.event_horizon >= 1, f"{path}.event_horizon", self.event_horizon, "an integer >= 1")
         check_range(self.future_weight >= 0.0, f"{path}.future_weight", self.future_weight, "a number >= 0 (0 = off)")
         check_range(self.future_horizon >= 1, f"{path}.future_horizon", self.future_horizon, "an integer >= 1")
+        check_range(0 <= self.random_shift <= 16, f"{path}.random_shift", self.random_shift,
+                    "a number of pixels from 0 (off) to 16")
         check_range(0.0 <= self.ema_decay <= 1.0, f"{path}.ema_decay", self.ema_decay, "a value in [0, 1]")
         check_schedule(self, path)
         check_range(self.warmup_epochs >= 0, f"{path}.warmup_epochs", self.warmup_epochs, "a number of epochs >= 0")
@@ -196,6 +202,30 @@ class FuturePredictor(nn.Module):
         return self.out(self.hidden(h))  # [B, N, D]
 
 
+def random_shift(obs: torch.Tensor, pad: int, *more: torch.Tensor, generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, ...]:
+    """Random-shift augmentation of ``obs [B, F, H, W]`` (uint8 or float): each sample is padded by ``pad`` pixels
+    (edge pixels repeated) and cropped back to ``H x W`` at an offset drawn uniformly from ``0..2 * pad`` per axis,
+    the same for all its ``F`` frames. Each tensor of ``more`` (``[B, ..., H, W]``, e.g. frames ``k`` steps later)
+    is shifted by the same per-sample offsets. Returns the shifted tensors, ``obs`` first, with their dtypes."""
+    if pad <= 0:
+        return (obs, *more)
+    B, H, W = obs.shape[0], obs.shape[-2], obs.shape[-1]
+    dy = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(obs.device)
+    dx = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(obs.device)
+    rows = (torch.arange(H, device=obs.device)[None, :] + dy[:, None])  # [B, H] rows of the padded frame
+    cols = (torch.arange(W, device=obs.device)[None, :] + dx[:, None])  # [B, W]
+    out = []
+    for x in (obs, *more):
+        flat = x.reshape(B, -1, H, W)
+        padded = F.pad(flat.float(), (pad, pad, pad, pad), mode="replicate")  # [B, C, H + 2p, W + 2p]
+        b = torch.arange(B, device=x.device)[:, None, None, None]
+        c = torch.arange(flat.shape[1], device=x.device)[None, :, None, None]
+        crop = padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]  # [B, C, H, W]
+        out.append(crop.to(x.dtype).reshape(x.shape))  # exact for uint8: replicate padding only copies pixels
+    return tuple(out)
+
+
 def patch_motion(obs: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Each patch's pixel motion ``[B, N]``: ``mean |f_t - f_{t-1}|`` over the stacked frames of ``obs``."""
     x = obs.float()
@@ -271,8 +301,9 @@ class MaskedPredictionModel(nn.Module):
                  predictor_mlp_dim: int = 256, predictor_dropout: float = 0.0, bottleneck_token_weight: float = 1.0,
                  motion_weighting: float = 0.0, motion_map_weight: float = 0.0, motion_map_cells: int = 0,
                  event_weight: float = 0.0, event_horizon: int = 8, motion_axes_weight: float = 0.0,
-                 future_weight: float = 0.0, future_horizon: int = 2, num_actions: int = 4):
+                 future_weight: float = 0.0, future_horizon: int = 2, num_actions: int = 4, random_shift: int = 0):
         super().__init__()
+        self.random_shift = int(random_shift)
         if target not in ("pooled", "tokens", "bottleneck"):
             raise ValueError(f"target must be 'pooled', 'tokens' or 'bottleneck', got {target!r}")
         self.target_kind = target
@@ -328,7 +359,7 @@ class MaskedPredictionModel(nn.Module):
                    motion_map_weight=stage1.motion_map_weight, motion_map_cells=stage1.motion_map_cells,
                    event_weight=stage1.event_weight, event_horizon=stage1.event_horizon,
                    motion_axes_weight=stage1.motion_axes_weight, future_weight=stage1.future_weight,
-                   future_horizon=stage1.future_horizon, num_actions=num_actions)
+                   future_horizon=stage1.future_horizon, num_actions=num_actions, random_shift=stage1.random_shift)
 
     def train(self, mode: bool = True) -> MaskedPredictionModel:
         super().train(mode)
@@ -350,6 +381,18 @@ class MaskedPredictionModel(nn.Module):
         if self.target_kind != "bottleneck" or self.motion_weighting <= 0 or obs.shape[1] <= 1:
             return None
         return motion_weights(obs, self.online.patch_size, self.motion_weighting)
+
+    def augment(self, obs: torch.Tensor, future: dict[str, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """A training batch with :func:`random_shift` applied (``random_shift`` pixels; unchanged when 0): ``obs``
+        and, shifted alike, ``future["obs"]``. Drawn from torch's global generator, so every data-parallel rank
+        draws the global batch's offsets alike before taking its rows."""
+        if self.random_shift <= 0:
+            return obs, future
+        if future is None:
+            return random_shift(obs, self.random_shift)[0], None
+        obs, fut = random_shift(obs, self.random_shift, future["obs"])
+        return obs, {**future, "obs": fut}
 
     @property
     def uses_events(self) -> bool:
