@@ -177,13 +177,30 @@ def test_scoring_sequences_are_oversampled():
     assert plain < 0.06 and 0.25 <= over < 0.32
 
 
-def test_encoder_refresh_changes_the_encoder_the_world_model_and_the_agent_use(tmp_path):
+def test_encoder_refresh_changes_the_encoder_the_world_model_and_the_agent_use(tmp_path, monkeypatch):
     from worldmodel import load_world_model
-    from worldmodel.masked_prediction import load_encoder
+    from worldmodel.masked_prediction import MaskedPredictionModel, load_encoder, random_shift
 
+    shifted = []  # (pad, batch) of every random shift: the prefill's Stage 1 and the refreshes' steps are augmented
+
+    def counting(obs, pad, *more, generator=None):
+        shifted.append((pad, len(obs)))
+        return random_shift(obs, pad, *more, generator=generator)
+
+    monkeypatch.setattr("worldmodel.masked_prediction.random_shift", counting)
     cfg = load_config("tiny", [*TINY, f"run.runs_dir={tmp_path}", "learn.encoder_every=100", "learn.encoder_updates=3",
-                               "learn.encoder_stage2_updates=2", "vjepa2_world_model.stage1.future_weight=1"])
+                               "learn.encoder_stage2_updates=2", "vjepa2_world_model.stage1.future_weight=1",
+                               "vjepa2_world_model.stage1.random_shift=2"])
+    calls, augment = [], MaskedPredictionModel.augment
+
+    def counted(self, obs, future=None):
+        calls.append(future is not None)
+        return augment(self, obs, future)
+
+    monkeypatch.setattr(MaskedPredictionModel, "augment", counted)
     s = learn(cfg, progress=False, echo=lambda m: None)
+    assert len(calls) >= 2 * 3 + 1 and all(calls)  # the future frames travel with the shift, refreshes included
+    assert len(shifted) == len(calls) and {p for p, _ in shifted} == {2}
     run = s["run_dir"]
     rows = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
     assert [r["stage1/refreshes"] for r in rows if "stage1/refreshes" in r] == [1, 2]  # at 300 and 400, not in the last
