@@ -49,3 +49,23 @@ def test_dqn_new_seeds_verdict_follows_the_27_seed_interval():
     assert "are level" in writer.verdict(arms(-2.0, 0.0))
     assert "SB3's DQN is ahead" in writer.verdict(arms(-3.0, -0.2))
     assert "over 27 seeds" in writer.verdict(arms(0.1, 3.0))
+
+
+def test_random_shift_screen_section_matches_its_record():
+    writer = _module(ROOT / "docs/results/atari100k_random_shift_screen.py")
+    rec = json.loads(writer.RECORD.read_text())
+    docs = (ROOT / "docs/results.md").read_text().splitlines()
+    missing = [x for x in writer.markdown(rec).splitlines() if x.strip() and x not in docs]
+    assert not missing, f"docs/results.md differs from the record; print it with --markdown: {missing}"
+    assert rec["lead"] == writer.is_lead(rec["tuning_s4_minus_preset"])
+
+
+def test_random_shift_screen_lead_needs_the_bar_and_the_games_only_interval():
+    writer = _module(ROOT / "docs/results/atari100k_random_shift_screen.py")
+
+    def arm(d: float, lo: float) -> dict:
+        return {"difference": d, "ci_games_only": [lo, lo + 2]}
+
+    assert writer.is_lead(arm(1.5, 0.1)) and "a lead" in writer.reading(arm(1.5, 0.1), 6)
+    assert not writer.is_lead(arm(1.4, 0.1)) and not writer.is_lead(arm(2.0, -0.1))
+    assert "no lead" in writer.reading(arm(-3.0, -4.0), 6)
