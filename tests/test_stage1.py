@@ -552,3 +552,42 @@ def test_pretrain_with_random_shift_trains_and_its_encoder_loads(cli, tiny_data,
     assert res.returncode == 0, res.stderr[-2000:]
     enc = load_encoder(next(runs.glob("pretrain/*/stage1/best.pt")))
     assert torch.isfinite(enc(torch.randint(0, 255, (2, 4, 64, 64), dtype=torch.uint8))).all()
+
+
+def test_random_shift_in_standardised_space_moves_the_encoders_inputs_without_changing_their_scale():
+    cfg = load_config("tiny", ["vjepa2_world_model.stage1.random_shift=2",
+                               "vjepa2_world_model.stage1.random_shift_space=standardised"])
+    model = build_stage1_model(cfg)
+    frames = torch.randint(0, 40, (16, 4, 64, 64), dtype=torch.uint8)
+    frames[:, :, :, :6] = 200  # a bright wall: a large input once shifted onto pixels that never change
+    fit_input_stats(model.online, frames)
+    fit_input_stats(model.target, frames)
+    mean, std = model.online.pixel_mean, model.online.pixel_std
+
+    def standardised(x):
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        return (x - mean) / std
+
+    obs = frames[:6]
+    fut = {"obs": frames[6:12], "actions": torch.zeros(6, 2, dtype=torch.long), "valid": torch.ones(6, dtype=torch.bool)}
+    torch.manual_seed(3)
+    shifted, shifted_fut = model.augment(obs, fut)
+    padded = torch.nn.functional.pad(standardised(obs), (2, 2, 2, 2), mode="replicate")
+    padded_fut = torch.nn.functional.pad(standardised(fut["obs"]), (2, 2, 2, 2), mode="replicate")
+    for b in range(6):  # the encoder's input is a window of the padded standardised stack, the future's the same one
+        hits = [(dy, dx) for dy in range(5) for dx in range(5)
+                if torch.allclose(standardised(shifted[b:b + 1])[0], padded[b, :, dy:dy + 64, dx:dx + 64], atol=1e-4)]
+        assert hits, b
+        dy, dx = hits[0]
+        assert torch.allclose(standardised(shifted_fut["obs"][b:b + 1])[0], padded_fut[b, :, dy:dy + 64, dx:dx + 64],
+                              atol=1e-4)
+    # the scale of what the encoder sees stays that of unshifted frames; a raw-pixel shift moves the wall onto
+    # pixels of small std
+    raw = build_stage1_model(load_config("tiny", ["vjepa2_world_model.stage1.random_shift=2"]))
+    raw.online.load_state_dict(model.online.state_dict())
+    torch.manual_seed(3)
+    assert standardised(shifted).abs().max() <= standardised(obs).abs().max() + 1e-4
+    assert standardised(raw.augment(obs)[0]).abs().max() > 2 * standardised(obs).abs().max()
+    assert torch.isfinite(model(shifted, None, None, None, shifted_fut)["loss"])
+    with pytest.raises(UserError, match="random_shift_space"):
+        load_config("tiny", ["vjepa2_world_model.stage1.random_shift_space=both"])

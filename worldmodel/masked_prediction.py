@@ -87,6 +87,11 @@ class Stage1Config:
     # and cropped back at a random offset, the same offset for its frames, for the online and the target view and
     # for every auxiliary target; validation, probes and Stage 2 see the frames as they are (0 = off)
     random_shift: int = 0
+    # where the shift acts: "pixels" (the raw frames, before the encoder's per-pixel standardisation: the S4 screen of
+    # 2026-12-07, -3.49; shifted walls and bricks land on pixels whose std is floored at 0.1, so the inputs it trains
+    # on are ~35x larger than those it plays on) or "standardised" (the standardised frames, edges repeated there:
+    # the encoder's inputs move without changing scale; not screened yet)
+    random_shift_space: Literal["pixels", "standardised"] = "pixels"
     batch_size: int = 128
     grad_clip: float = 1.0  # max global grad norm
     warmup_epochs: float = 0.5  # linear LR warm-up before cosine decay
@@ -112,6 +117,8 @@ class Stage1Config:
         check_range(self.future_horizon >= 1, f"{path}.future_horizon", self.future_horizon, "an integer >= 1")
         check_range(0 <= self.random_shift <= 16, f"{path}.random_shift", self.random_shift,
                     "a number of pixels from 0 (off) to 16")
+        check_range(self.random_shift_space in ("pixels", "standardised"), f"{path}.random_shift_space",
+                    self.random_shift_space, "'pixels' or 'standardised'")
         check_range(0.0 <= self.ema_decay <= 1.0, f"{path}.ema_decay", self.ema_decay, "a value in [0, 1]")
         check_schedule(self, path)
         check_range(self.warmup_epochs >= 0, f"{path}.warmup_epochs", self.warmup_epochs, "a number of epochs >= 0")
@@ -301,9 +308,10 @@ class MaskedPredictionModel(nn.Module):
                  predictor_mlp_dim: int = 256, predictor_dropout: float = 0.0, bottleneck_token_weight: float = 1.0,
                  motion_weighting: float = 0.0, motion_map_weight: float = 0.0, motion_map_cells: int = 0,
                  event_weight: float = 0.0, event_horizon: int = 8, motion_axes_weight: float = 0.0,
-                 future_weight: float = 0.0, future_horizon: int = 2, num_actions: int = 4, random_shift: int = 0):
+                 future_weight: float = 0.0, future_horizon: int = 2, num_actions: int = 4, random_shift: int = 0,
+                 random_shift_space: str = "pixels"):
         super().__init__()
-        self.random_shift = int(random_shift)
+        self.random_shift, self.random_shift_space = int(random_shift), random_shift_space
         if target not in ("pooled", "tokens", "bottleneck"):
             raise ValueError(f"target must be 'pooled', 'tokens' or 'bottleneck', got {target!r}")
         self.target_kind = target
@@ -359,7 +367,8 @@ class MaskedPredictionModel(nn.Module):
                    motion_map_weight=stage1.motion_map_weight, motion_map_cells=stage1.motion_map_cells,
                    event_weight=stage1.event_weight, event_horizon=stage1.event_horizon,
                    motion_axes_weight=stage1.motion_axes_weight, future_weight=stage1.future_weight,
-                   future_horizon=stage1.future_horizon, num_actions=num_actions, random_shift=stage1.random_shift)
+                   future_horizon=stage1.future_horizon, num_actions=num_actions, random_shift=stage1.random_shift,
+                   random_shift_space=stage1.random_shift_space)
 
     def train(self, mode: bool = True) -> MaskedPredictionModel:
         super().train(mode)
@@ -389,10 +398,17 @@ class MaskedPredictionModel(nn.Module):
         draws the global batch's offsets alike before taking its rows."""
         if self.random_shift <= 0:
             return obs, future
-        if future is None:
-            return random_shift(obs, self.random_shift)[0], None
-        obs, fut = random_shift(obs, self.random_shift, future["obs"])
-        return obs, {**future, "obs": fut}
+        more = () if future is None else (future["obs"],)
+        if self.random_shift_space == "standardised" and self.online.input_norm == "pixel":
+            # shift (x - mean) / std and hand the encoder mean + std * that (floats on the /255 scale): the
+            # standardisation inside the encoder gives back the shifted standardised frames
+            mean, std = self.online.pixel_mean, self.online.pixel_std  # [1, 1, H, W]
+            norm = [(x.float() / 255.0 - mean) / std if x.dtype == torch.uint8 else (x.float() - mean) / std
+                    for x in (obs, *more)]
+            shifted = [mean + std * x for x in random_shift(norm[0], self.random_shift, *norm[1:])]
+        else:
+            shifted = list(random_shift(obs, self.random_shift, *more))
+        return shifted[0], (None if future is None else {**future, "obs": shifted[1]})
 
     @property
     def uses_events(self) -> bool:
