@@ -569,7 +569,8 @@ def test_random_shift_in_standardised_space_moves_the_encoders_inputs_without_ch
         return (x - mean) / std
 
     obs = frames[:6]
-    fut = {"obs": frames[6:12], "actions": torch.zeros(6, 2, dtype=torch.long), "valid": torch.ones(6, dtype=torch.bool)}
+    fut = {"obs": frames[6:12], "actions": torch.zeros(6, 2, dtype=torch.long),
+           "valid": torch.ones(6, dtype=torch.bool)}
     torch.manual_seed(3)
     shifted, shifted_fut = model.augment(obs, fut)
     padded = torch.nn.functional.pad(standardised(obs), (2, 2, 2, 2), mode="replicate")
