@@ -12,6 +12,7 @@ games-only interval above 0; a lead changes no preset.
 
     python docs/results/atari100k_random_shift_screen.py [--runs runs/aug] [--preset-runs ../wt-cf/runs/cf]
     python docs/results/atari100k_random_shift_screen.py --markdown     # docs/results.md's figures, from the record
+    python docs/results/atari100k_random_shift_screen.py --hint [--markdown]   # the S4n hint (seeds 13-14, 30 games)
 """
 
 from __future__ import annotations
@@ -53,31 +54,32 @@ def stage1_probes(learn_runs: Path, seed: int) -> dict[str, float] | None:
     return None
 
 
-def s4_entry(runs: Path, seed: int) -> dict | None:
-    """S4's entry of one seed from its run folders, or None while its 100 tuning games are not all played."""
-    tune = _last(f"{runs}/tune_s4{seed}/plan-in-env/*/episodes.jsonl")
+def s4_entry(runs: Path, seed: int, arm: str = "s4", games: int = GAMES) -> dict | None:
+    """The entry of one seed of ``arm`` (run folders ``{arm}S``, ``tune_{arm}S``, ``time_{arm}S.txt``), or None
+    while its ``games`` tuning games are not all played."""
+    tune = _last(f"{runs}/tune_{arm}{seed}/plan-in-env/*/episodes.jsonl")
     if tune is None:
         return None
     rows = [r for r in (json.loads(x) for x in tune.read_text().splitlines() if x.strip())
             if r.get("planner") == "actor-critic"]
-    if len(rows) != GAMES:
+    if len(rows) != games:
         return None
-    cmp = json.loads((runs / f"s4{seed}" / "episodes.json").read_text())
+    cmp = json.loads((runs / f"{arm}{seed}" / "episodes.json").read_text())
     pair = next(p for p in cmp["pairs"] if p["agent"] == "learn")
-    u, s, e = (float(x) for x in (runs / f"time_s4{seed}.txt").read_text().split()[:3])
+    u, s, e = (float(x) for x in (runs / f"time_{arm}{seed}.txt").read_text().split()[:3])
     plat = pair["platform"]
     return {
-        "agent": "s4", "seed": seed, "returns": [float(r["return"]) for r in rows],
+        "agent": arm, "seed": seed, "returns": [float(r["return"]) for r in rows],
         "game_seeds": [int(r["seed"]) for r in rows], "block": "tuning",
         "held_out_returns": pair["returns"], "held_out_game_seeds": pair["eval_seeds"],
         "env_steps": pair["env_steps"],
         "cost": {"cpu_min": round((u + s) / 60, 1), "wall_min": round(e / 60, 1)},
         "reward_head": {k: round(v, 3) for k, v in pair["hyperparams"]["reward_head"].items()},
-        "stage1_probes": stage1_probes(runs / f"s4{seed}" / "learn-runs", seed),
+        "stage1_probes": stage1_probes(runs / f"{arm}{seed}" / "learn-runs", seed),
         "commit": plat["commit"],
         "machine": f"{plat.get('cpu_count', '?')}-core {plat.get('cpu')} ({plat.get('cpu_capability')}), two runs "
                    "side by side, one thread each",
-        "recorded_from": str(runs / f"s4{seed}"),
+        "recorded_from": str(runs / f"{arm}{seed}"),
     }
 
 
@@ -142,13 +144,60 @@ def markdown(rec: dict) -> str:
     return "\n".join(lines)
 
 
+HINT = ROOT / "docs/results/atari100k_random_shift_s4n_hint.json"
+HINT_SEEDS, HINT_GAMES = [13, 14], 30
+
+
+def hint(runs: Path) -> dict:
+    """The S4n hint (shift of the standardised frames), seeds 13 and 14, 30 tuning games a seed: against the preset
+    and against S4 on those games (the first 30 of their 100)."""
+    pairs = [e for s in HINT_SEEDS if (e := s4_entry(runs, s, "s4n", HINT_GAMES)) is not None]
+    if not pairs:
+        print(f"no S4n seed in {runs} has played its {HINT_GAMES} tuning games yet.", file=sys.stderr)
+        sys.exit(2)
+    seeds = [p["seed"] for p in pairs]
+    other = {name: {p["seed"]: p for p in json.loads(path.read_text())["pairs"] if p["agent"] == agent}
+             for name, path, agent in (("preset", CONFIRM, "preset"), ("s4", RECORD, "s4"))}
+    for p in pairs:
+        assert all(other[n][p["seed"]]["game_seeds"][:HINT_GAMES] == p["game_seeds"] for n in other), p["seed"]
+    a = [np.array(p["returns"]) for p in pairs]
+    rec = {"what": "S4n (random_shift=4, random_shift_space=standardised) on seeds 13-14, 30 tuning games a seed "
+                   "(10000+100S..+29), against the preset and S4 on the same games; a hint, decides nothing",
+           "rule": "docs/research_log.md, 'A confound, found after the reading, and a one-pair hint'",
+           "seeds": seeds,
+           **{f"s4n_minus_{n}": compare_arms(a, [np.array(other[n][s]["returns"][:HINT_GAMES]) for s in seeds],
+                                             paired=True) for n in other},
+           "pairs": pairs}
+    _atomic_write(HINT, json.dumps(rec, indent=1) + "\n")
+    return rec
+
+
+def hint_markdown(rec: dict) -> str:
+    """docs/results.md's lines for the S4n hint, from its record alone."""
+    p, q = rec["s4n_minus_preset"], rec["s4n_minus_s4"]
+    per = " / ".join(f"{x:.2f}" for x in p["a"]["per_seed"])
+    pp = " / ".join(f"{x:.2f}" for x in p["b"]["per_seed"])
+    qq = " / ".join(f"{x:.2f}" for x in q["b"]["per_seed"])
+    return (f"- S4n (the shift of the standardised frames), seeds {' / '.join(map(str, rec['seeds']))}, 30 tuning "
+            f"games a seed: {per} = {p['a']['mean']:.2f}, against the preset {pp} = {p['b']['mean']:.2f} "
+            f"({p['difference']:+.2f}, games only {p['ci_games_only'][0]:+.2f} to {p['ci_games_only'][1]:+.2f}) and "
+            f"S4 {qq} = {q['b']['mean']:.2f} ({q['difference']:+.2f}) on the same games; a hint, deciding nothing.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=Path, default=ROOT / "runs/aug")
     ap.add_argument("--preset-runs", type=Path, default=ROOT.parent / "wt-cf/runs/cf",
                     help="the R4 test's run folders (preS/learn-runs), for the preset's Stage-1 probes")
     ap.add_argument("--markdown", action="store_true", help="print docs/results.md's figures from the record")
+    ap.add_argument("--hint", action="store_true", help="record the S4n hint (seeds 13-14, 30 games) instead")
     args = ap.parse_args()
+    if args.hint:
+        if args.markdown:
+            print(hint_markdown(json.loads(HINT.read_text())))
+        else:
+            print(hint_markdown(hint(args.runs)))
+        return
     if args.markdown:
         if not RECORD.exists():
             print(f"{RECORD} does not exist yet: run this script with --runs first.", file=sys.stderr)
