@@ -74,25 +74,31 @@ def arm_entry(runs: Path, arm: str, seed: int, machine: str) -> dict | None:
     }
 
 
+def per(d: dict) -> str:
+    """An arm's per-seed means, ``a / b / c``."""
+    return " / ".join(f"{x:.2f}" for x in d["per_seed"])
+
+
+def ci(c: list) -> str:
+    """A difference's interval, ``-a to +b``."""
+    return f"{c[0]:+.2f} to {c[1]:+.2f}"
+
+
+def row(label: str, d: dict, bold: bool) -> str:
+    """One table row of a :func:`experiments.results.compare_arms` result: both arms, the difference, both CIs."""
+    diff = f"**{d['difference']:+.2f}**" if bold else f"{d['difference']:+.2f}"
+    return (f"| {label} | {per(d['a'])} | {d['a']['mean']:.2f} | {per(d['b'])} | {d['b']['mean']:.2f} | {diff} | "
+            f"{ci(d['ci_games_only'])} | {ci(d['ci_seeds_then_games'])} |")
+
+
 def markdown(rec: dict) -> str:
     """docs/results.md's table rows and figure bullets for the confirmatory test, from the record alone."""
     t, h = rec["tuning_r4_minus_preset"], rec["held_out_r4_minus_preset"]
     seeds = rec["seeds"]
     sl = " / ".join(str(s) for s in seeds)
 
-    def per(d: dict) -> str:
-        return " / ".join(f"{x:.2f}" for x in d["per_seed"])
-
-    def ci(c: list) -> str:
-        return f"{c[0]:+.2f} to {c[1]:+.2f}"
-
     def span(c: list) -> str:
         return f"{c[0]:.2f}-{c[1]:.2f}"
-
-    def row(label: str, d: dict, bold: bool) -> str:
-        diff = f"**{d['difference']:+.2f}**" if bold else f"{d['difference']:+.2f}"
-        return (f"| {label} | {per(d['a'])} | {d['a']['mean']:.2f} | {per(d['b'])} | {d['b']['mean']:.2f} | {diff} | "
-                f"{ci(d['ci_games_only'])} | {ci(d['ci_seeds_then_games'])} |")
 
     by = {(p["agent"], p["seed"]): p for p in rec["pairs"]}
 

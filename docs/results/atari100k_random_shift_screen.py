@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from experiments.results import _atomic_write, compare_arms  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from atari100k_loop_training_x4_confirm import per, row  # noqa: E402  (the R4 writer's table rows)
+
 RECORD = ROOT / "docs/results/atari100k_random_shift_screen.json"
 CONFIRM = ROOT / "docs/results/atari100k_loop_training_x4_confirm.json"
 SEEDS = [13, 14, 15, 16, 17, 18]
@@ -103,17 +106,6 @@ def markdown(rec: dict) -> str:
     seeds = rec["seeds"]
     sl = " / ".join(str(s) for s in seeds)
 
-    def per(d: dict) -> str:
-        return " / ".join(f"{x:.2f}" for x in d["per_seed"])
-
-    def ci(c: list) -> str:
-        return f"{c[0]:+.2f} to {c[1]:+.2f}"
-
-    def row(label: str, d: dict, bold: bool) -> str:
-        diff = f"**{d['difference']:+.2f}**" if bold else f"{d['difference']:+.2f}"
-        return (f"| {label} | {per(d['a'])} | {d['a']['mean']:.2f} | {per(d['b'])} | {d['b']['mean']:.2f} | {diff} | "
-                f"{ci(d['ci_games_only'])} | {ci(d['ci_seeds_then_games'])} |")
-
     s4 = {p["seed"]: p for p in rec["pairs"]}
 
     def probes(side: str) -> str:
@@ -176,11 +168,9 @@ def hint(runs: Path) -> dict:
 def hint_markdown(rec: dict) -> str:
     """docs/results.md's lines for the S4n hint, from its record alone."""
     p, q = rec["s4n_minus_preset"], rec["s4n_minus_s4"]
-    per = " / ".join(f"{x:.2f}" for x in p["a"]["per_seed"])
-    pp = " / ".join(f"{x:.2f}" for x in p["b"]["per_seed"])
-    qq = " / ".join(f"{x:.2f}" for x in q["b"]["per_seed"])
+    ps, pp, qq = per(p["a"]), per(p["b"]), per(q["b"])
     return (f"- S4n (the shift of the standardised frames), seeds {' / '.join(map(str, rec['seeds']))}, 30 tuning "
-            f"games a seed: {per} = {p['a']['mean']:.2f}, against the preset {pp} = {p['b']['mean']:.2f} "
+            f"games a seed: {ps} = {p['a']['mean']:.2f}, against the preset {pp} = {p['b']['mean']:.2f} "
             f"({p['difference']:+.2f}, games only {p['ci_games_only'][0]:+.2f} to {p['ci_games_only'][1]:+.2f}) and "
             f"S4 {qq} = {q['b']['mean']:.2f} ({q['difference']:+.2f}), those two on their 100 games a seed "
             "(10000+100S..: plan-in-env's block of 30 games is 10000+30S.., not the first 30 of those, as the rule "
